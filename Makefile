@@ -1,0 +1,19 @@
+# The suite's commands. `make test` is what CI runs (.ci/run).
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+MMCV   ?= lite
+DATA   ?= data/derived
+
+.PHONY: setup data test clean-data
+
+setup:                ## create/update .venv with the pinned stack (MMCV=full for mmcv with ops)
+	MMCV=$(MMCV) VENV=$(abspath $(VENV)) bash tools/setup_env.sh
+
+data: setup           ## derive the semantic-segmentation and crop sets from data/tiny_coco
+	$(PY) tools/prepare_tiny_coco.py --source data/tiny_coco --out $(DATA)
+
+test: setup           ## set up if needed, then run the test suite on the CPU
+	$(PY) -m pytest tests
+
+clean-data:
+	rm -rf $(DATA)
