@@ -25,6 +25,7 @@ case "$MMCV" in lite|full) ;; *) echo "MMCV must be 'lite' or 'full', got '$MMCV
 
 stamp_of() {  # everything that decides what the venv holds
   cat "$ROOT"/requirements/*.txt "$ROOT/pyproject.toml" "$ROOT/tools/setup_env.sh"
+  ls "$ROOT"/*/__init__.py   # the editable install maps each top-level package: a new one needs a re-run
   echo "mmcv=$MMCV detectron2=$DETECTRON2_WHEEL"
 }
 STAMP_FILE=$VENV/.semaim-setup-stamp

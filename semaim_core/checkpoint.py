@@ -1,0 +1,230 @@
+"""Checkpoints: atomic writes, the kinds of file the suite reads, conversion of an encoder to the
+layouts of timm, detectron2 and mmseg, and the verified load that every consumer uses.
+
+Kinds read (``detect_kind``):
+  semaim-train    this suite's training checkpoint (``format`` = "semaim-train")
+  semaim-encoder  this suite's exported encoder (``format`` = "semaim-encoder")
+  semaim-authors  the authors' SemAIM release: ``state_dict`` with a ``module.`` prefix, a string under ``model``
+  saim            SAIM: split q / k / v projections (fused into ``qkv`` here)
+  mae             MAE releases and timm ViTs: ``{"model": sd}`` or a bare state dict with fused ``qkv``
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+FORMAT_TRAIN, FORMAT_ENCODER = "semaim-train", "semaim-encoder"
+KINDS = ("semaim-train", "semaim-encoder", "semaim-authors", "saim", "mae")
+ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
+BLOCK_KEYS = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable, of the wrong kind or incomplete."""
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
+    a crash leaves either the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return path
+
+
+def load_file(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated zip, pickle from elsewhere, ...
+        raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
+                              "is it a complete PyTorch checkpoint?") from e
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
+    return ckpt
+
+
+def _state_dict(ckpt: dict) -> dict:
+    for key in ("model", "state_dict", "module"):
+        if isinstance(ckpt.get(key), dict):
+            return ckpt[key]
+    return ckpt
+
+
+def _strip(sd: dict, prefix: str = "module.") -> dict:
+    return {k.removeprefix(prefix): v for k, v in sd.items()}
+
+
+def detect_kind(ckpt: dict) -> str:
+    fmt = ckpt.get("format")
+    if fmt in (FORMAT_TRAIN, FORMAT_ENCODER):
+        return fmt
+    if isinstance(ckpt.get("state_dict"), dict) and isinstance(ckpt.get("model"), str):
+        return "semaim-authors"
+    keys = set(_strip(_state_dict(ckpt)))
+    if any(re.fullmatch(r"blocks\.\d+\.attn\.q\.weight", k) for k in keys):
+        return "saim"
+    if "blocks.0.attn.qkv.weight" in keys and "patch_embed.proj.weight" in keys:
+        return "mae"
+    hint = ""
+    if any(k.startswith("backbone.net.") for k in keys):
+        hint = " It looks like a detectron2 model; pass the pretrained encoder it was initialized from instead."
+    elif any(k.startswith(("layers.0.ln1", "backbone.layers.")) for k in keys):
+        hint = " It looks like an mmseg model; pass the pretrained encoder it was initialized from instead."
+    raise CheckpointError(f"unrecognized checkpoint: expected one of {', '.join(KINDS)} "
+                          f"(first keys: {sorted(keys)[:5]}).{hint}")
+
+
+def _fuse_qkv(sd: dict) -> dict:
+    """SAIM / BEiT style split projections -> timm's fused qkv (missing k bias = zeros)."""
+    out = {}
+    for k, v in sd.items():
+        m = re.fullmatch(r"(blocks\.\d+\.attn)\.(q|k|v)\.(weight|bias)|(blocks\.\d+\.attn)\.(q|v)_bias", k)
+        if not m:
+            out[k] = v
+    for i in sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.attn\.q\.weight", k))}):
+        p = f"blocks.{i}.attn"
+        out[f"{p}.qkv.weight"] = torch.cat([sd[f"{p}.{x}.weight"] for x in "qkv"])
+        biases = [sd.get(f"{p}.{x}.bias", sd.get(f"{p}.{x}_bias")) for x in "qkv"]
+        if any(b is not None for b in biases):
+            zero = torch.zeros_like(next(b for b in biases if b is not None))
+            out[f"{p}.qkv.bias"] = torch.cat([zero if b is None else b for b in biases])
+    return out
+
+
+def encoder_depth(sd: dict) -> int:
+    return 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
+
+
+def required_encoder_keys(depth: int) -> list[str]:
+    keys = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"]
+    for i in range(depth):
+        keys += [f"blocks.{i}.{name}.{wb}" for name in BLOCK_KEYS for wb in ("weight", "bias")]
+    return keys
+
+
+def encoder_from_checkpoint(ckpt: dict) -> tuple[dict, dict]:
+    """(encoder state dict with timm/MAE names, metadata) from any readable kind; fails with the
+    list of missing weights when the encoder is incomplete."""
+    kind = detect_kind(ckpt)
+    sd = _strip(_state_dict(ckpt))
+    if kind == "saim":
+        sd = _fuse_qkv(sd)
+    sd = {k: v for k, v in sd.items() if k.startswith(ENCODER_PREFIXES)}
+    depth = encoder_depth(sd)
+    if depth == 0:
+        raise CheckpointError(f"the {kind} checkpoint has no encoder blocks")
+    missing = [k for k in required_encoder_keys(depth) if k not in sd]
+    if missing:
+        raise CheckpointError(f"the {kind} checkpoint lacks {len(missing)} encoder weights: {missing[:8]}")
+    meta = dict(ckpt.get("meta") or {})
+    cfg = (ckpt.get("config") or {}).get("model_config", {}) if kind == FORMAT_TRAIN else {}
+    dim = sd["cls_token"].shape[-1]
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    n = sd["pos_embed"].shape[1] - 1
+    meta.setdefault("embed_dim", dim)
+    meta.setdefault("depth", depth)
+    meta.setdefault("num_heads", cfg.get("num_heads", dim // 64))
+    meta.setdefault("patch_size", patch)
+    meta.setdefault("img_size", int(round(n ** 0.5)) * patch)
+    meta.setdefault("mlp_ratio", sd["blocks.0.mlp.fc1.weight"].shape[0] / dim)
+    meta["source_kind"] = meta.get("source_kind", kind)
+    return sd, meta
+
+
+def timm_model_args(meta: dict) -> tuple[str, dict]:
+    """timm architecture name and the keyword arguments that make its ViT match ``meta``."""
+    sizes = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+    arch = f"vit_{sizes.get(meta['embed_dim'], 'base')}_patch16_224"
+    kwargs = dict(img_size=meta["img_size"], patch_size=meta["patch_size"], embed_dim=meta["embed_dim"],
+                  depth=meta["depth"], num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"])
+    return arch, kwargs
+
+
+def to_encoder(sd: dict, meta: dict) -> dict:
+    arch, kwargs = timm_model_args(meta)
+    return {"format": FORMAT_ENCODER, "model": sd, "meta": {**meta, "timm_arch": arch, "timm_kwargs": kwargs}}
+
+
+def to_detectron2(sd: dict) -> dict:
+    """detectron2 ``ViT`` under ``backbone.net.`` (its ``pos_embed`` keeps the [CLS] slot, which
+    the ViT drops and resizes itself); [CLS] and the final norm have no place there."""
+    return {"model": {f"backbone.net.{k}": v for k, v in sd.items() if not k.startswith(("cls_token", "norm."))},
+            "__author__": "semaim", "matching_heuristics": False}
+
+
+MMSEG_RENAMES = (
+    (r"^blocks\.", "layers."), (r"\.norm1\.", ".ln1."), (r"\.norm2\.", ".ln2."),
+    (r"\.mlp\.fc1\.", ".ffn.layers.0.0."), (r"\.mlp\.fc2\.", ".ffn.layers.1."),
+    (r"^patch_embed\.proj\.", "patch_embed.projection."), (r"^norm\.", "ln1."),
+)
+
+
+def to_mmseg(sd: dict) -> dict:
+    """mmseg's MAE/BEiT backbone layout (no ``backbone.`` prefix), as its ``init_cfg`` loads it."""
+    out = {}
+    for k, v in sd.items():
+        for pattern, repl in MMSEG_RENAMES:
+            k = re.sub(pattern, repl, k)
+        out[k] = v
+    return {"state_dict": out}
+
+
+def load_verified(module: torch.nn.Module, sd: dict, what: str, allowed_missing=()) -> dict:
+    """Load ``sd`` into ``module`` and report; fail if any weight of ``sd`` found no place, or any
+    parameter of ``module`` got none unless it matches ``allowed_missing`` (regexes).
+
+    Shapes are checked too: a mismatch is an error, not a silent skip."""
+    own = module.state_dict()
+    unexpected = sorted(k for k in sd if k not in own)
+    mismatched = sorted(k for k in sd if k in own and own[k].shape != sd[k].shape)
+    missing = sorted(k for k in own if k not in sd and not any(re.search(p, k) for p in allowed_missing))
+    if unexpected or mismatched or missing:
+        lines = [f"{what}: the weights do not fit the model"]
+        if missing:
+            lines.append(f"  {len(missing)} model weights got no value: {missing[:8]}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} checkpoint weights found no place: {unexpected[:8]}")
+        for k in mismatched[:8]:
+            lines.append(f"  shape of {k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}")
+        raise CheckpointError("\n".join(lines))
+    result = module.load_state_dict(sd, strict=False)  # strict=False only for the allowed leftovers, checked above
+    report = dict(loaded=len(sd), left_at_init=sorted(result.missing_keys))
+    print(f"{what}: loaded {report['loaded']} tensors; left at initialization (allowed): "
+          f"{len(report['left_at_init'])} {report['left_at_init'][:4]}")
+    return report
+
+
+def read_encoder(path: str | Path) -> tuple[dict, dict]:
+    """Encoder weights and metadata from any checkpoint kind the suite reads."""
+    return encoder_from_checkpoint(load_file(path))
+
+
+def timm_vit_from_encoder(path: str | Path, **overrides) -> torch.nn.Module:
+    """A timm ``VisionTransformer`` with the encoder's weights; only the classifier head is left
+    at initialization (``overrides`` such as ``num_classes`` or ``drop_path_rate`` go to timm)."""
+    import timm
+
+    sd, meta = read_encoder(path)
+    arch, kwargs = timm_model_args(meta)
+    model = timm.create_model(arch, pretrained=False, **{**kwargs, **overrides})
+    load_verified(model, sd, f"timm {arch} <- {path}", allowed_missing=(r"^head\.",))
+    return model

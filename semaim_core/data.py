@@ -1,0 +1,81 @@
+"""Pretraining images: an ImageFolder (ImageNet layout) or a flat folder, with the MAE/SemAIM
+augmentation (RandomResizedCrop 0.2-1.0, bicubic, flip). Labels are ignored."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from PIL import Image
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class UnreadableImageError(OSError):
+    pass
+
+
+def pretrain_transform(img_size: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.RandomHorizontalFlip(),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+
+
+def eval_transform(img_size: int) -> transforms.Compose:
+    return transforms.Compose([
+        transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.CenterCrop(img_size),
+        transforms.ToTensor(),
+        transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+    ])
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Every image below ``root`` (an ImageFolder's class folders or a flat folder), sorted."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {root} does not exist: pass an ImageNet-style folder "
+                                "(train/<class>/*.JPEG) or a folder of images")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+    return files
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Images found under a folder (or an explicit list of files). An unreadable image raises an
+    error naming the file, unless ``skip_unreadable`` is set: then the next readable image stands
+    in and the file is counted."""
+
+    def __init__(self, source: str | Path | list, transform, skip_unreadable: bool = False):
+        self.files = [Path(f) for f in source] if isinstance(source, list) else find_images(source)
+        self.transform = transform
+        self.skip_unreadable = skip_unreadable
+        self.skipped: set[str] = set()  # per worker process; the trainer reports the total it sees
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load(self, index: int) -> Image.Image:
+        path = self.files[index]
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise UnreadableImageError(f"cannot read image {path}: {e}. Remove or replace it, or pass "
+                                       "--skip-unreadable to skip such files (they are counted).") from e
+
+    def __getitem__(self, index: int):
+        for attempt in range(len(self.files)):
+            i = (index + attempt) % len(self.files)
+            try:
+                return self.transform(self.load(i)), len(self.skipped)
+            except UnreadableImageError:
+                if not self.skip_unreadable:
+                    raise
+                self.skipped.add(str(self.files[i]))
+        raise UnreadableImageError(f"none of the {len(self.files)} images is readable")

@@ -1,0 +1,303 @@
+"""SemAIM: semantic-aware autoregressive image modeling (Song et al., AAAI 2024).
+
+A ViT encoder (timm/MAE parameter names) runs over [CLS] + patches where each patch sees only the
+patches predicted before it (and itself); a parallel decoder of cross-attention blocks predicts
+every patch from [CLS] and the patches strictly before it. Which patch comes first is decided per
+image by an order score C (``semaim_core.orders``); the default is the semantic order, built from
+the similarity of [CLS] to every patch in an unmasked pass of the same encoder.
+
+Two attention implementations compute the same function:
+
+* ``"sorted"`` (default): tokens are gathered into the order of C, so the encoder mask becomes the
+  plain causal mask and the decoder mask "query k sees sorted keys 0..k" over [CLS] + the first
+  N - 1 sorted patches. Both run through ``scaled_dot_product_attention(is_causal=True)``
+  (flash / memory-efficient kernels), with no N x N mask in memory.
+* ``"dense"``: tokens stay in raster order with explicit boolean masks built from C: the paper's
+  formulation, kept as the reference that the tests compare against.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import DropPath, Mlp, PatchEmbed
+from timm.models.vision_transformer import Block
+
+from . import orders as O
+from .targets import FeatureTarget, PixelTarget
+
+ATTENTION = ("sorted", "dense")
+SIMILARITY_SOURCES = ("online", "ema", "teacher")
+LayerNorm = partial(nn.LayerNorm, eps=1e-6)
+
+
+def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
+    """MAE's fixed 2D sin-cos embedding, (1 + N) x dim with a zero [CLS] slot (half the channels
+    encode the row, half the column)."""
+    if dim % 4:
+        raise ValueError(f"embed dim {dim} must be divisible by 4 for 2D sin-cos position embeddings")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
+    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
+                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+
+    def embed(pos):
+        out = pos.flatten()[:, None] * omega[None]
+        return torch.cat([out.sin(), out.cos()], dim=1)
+
+    emb = torch.cat([embed(rows), embed(cols)], dim=1).float()
+    return torch.cat([torch.zeros(1, dim), emb]) if cls_token else emb
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class EncoderBlock(Block):
+    """timm's ViT block (same parameters and names) whose attention takes a mask or is causal."""
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+                drop_path: bool = True) -> torch.Tensor:
+        a = self.ls1(self._attention(self.norm1(x), attn_mask, is_causal))
+        x = x + (self.drop_path1(a) if drop_path else a)
+        m = self.ls2(self.mlp(self.norm2(x)))
+        return x + (self.drop_path2(m) if drop_path else m)
+
+    def _attention(self, x, attn_mask, is_causal):
+        attn = self.attn
+        b, n, _ = x.shape
+        q, k, v = attn.qkv(x).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q, k = attn.q_norm(q), attn.k_norm(k)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        return attn.proj(_merge_heads(out))
+
+
+class DecoderBlock(nn.Module):
+    """Cross-attention block: queries attend to encoder states; one LayerNorm serves both inputs."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, drop_path: float = 0.0):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm1 = LayerNorm(dim)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = LayerNorm(dim)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio))
+
+    def forward(self, g, h, attn_mask=None, is_causal=False):
+        q = _split_heads(self.q(self.norm1(g)), self.num_heads)
+        k, v = (_split_heads(t, self.num_heads) for t in self.kv(self.norm1(h)).chunk(2, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
+        g = g + self.drop_path(self.proj(_merge_heads(out)))
+        return g + self.drop_path(self.mlp(self.norm2(g)))
+
+
+def dense_masks(order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The paper's masks as boolean B x 1 x Q x K tensors (True = may attend), [CLS] first.
+
+    Encoder: patch i sees [CLS] and every patch j with C_j <= C_i (itself included); [CLS] sees
+    only itself. Decoder: the query of patch i sees [CLS] and the patches with C_j < C_i."""
+    cf = torch.cat([order.new_full((order.shape[0], 1), float("-inf")), order], dim=1)  # [CLS] = -inf
+    encoder = cf[:, None, :] <= cf[:, :, None]
+    decoder = cf[:, None, :] < order[:, :, None]
+    return encoder[:, None], decoder[:, None]
+
+
+@dataclass
+class SemAIMOutput:
+    loss: torch.Tensor            # scalar, mean over images and patches
+    patch_loss: torch.Tensor      # B x N, raster patch order
+    order: torch.Tensor           # B x N score C that was used (smaller = earlier)
+    similarity: torch.Tensor | None  # B x N similarity map S, when the order needed one
+
+
+class SemAIM(nn.Module):
+    def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
+                 depth: int = 12, num_heads: int = 12, decoder_depth: int | None = None, mlp_ratio: float = 4.0,
+                 drop_path_rate: float = 0.0, order: str = "semantic", attention: str = "sorted",
+                 similarity_source: str = "online", order_lambda: float = 1e-3, order_smooth: bool = False,
+                 num_centers: int = 2, target: str = "pixel", teacher: dict | None = None):
+        super().__init__()
+        decoder_depth = depth if decoder_depth is None else decoder_depth
+        if order not in O.ORDERS:
+            raise ValueError(f"unknown order '{order}': choose one of {', '.join(O.ORDERS)}")
+        if attention not in ATTENTION:
+            raise ValueError(f"unknown attention '{attention}': choose 'sorted' or 'dense'")
+        if similarity_source not in SIMILARITY_SOURCES:
+            raise ValueError(f"unknown similarity_source '{similarity_source}': choose one of {SIMILARITY_SOURCES}")
+        if decoder_depth < 1 or depth % decoder_depth:
+            raise ValueError(f"decoder_depth ({decoder_depth}) must divide the encoder depth ({depth})")
+        if similarity_source == "teacher" and target == "pixel":
+            raise ValueError("similarity_source='teacher' needs a feature target (target='dino' or 'clip')")
+        self.patch_size, self.order_name, self.attention = patch_size, order, attention
+        self.similarity_source = similarity_source
+        self.order_lambda, self.order_smooth, self.num_centers = order_lambda, order_smooth, num_centers
+        self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                           depth=depth, num_heads=num_heads, decoder_depth=decoder_depth, mlp_ratio=mlp_ratio)
+
+        # encoder: timm / MAE names, so exports load into timm, detectron2 and mmseg
+        self.patch_embed = PatchEmbed(img_size, patch_size, in_chans, embed_dim, strict_img_size=False)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
+        grid = self.patch_embed.grid_size
+        self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, grid)[None], requires_grad=False)
+        dpr = torch.linspace(0, drop_path_rate, depth).tolist()
+        self.blocks = nn.ModuleList(
+            EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=LayerNorm)
+            for i in range(depth))
+        # The final encoder norm only serves the no-grad similarity pass (and downstream use), so it
+        # never receives a gradient; freezing it keeps DDP from waiting for one.
+        self.norm = LayerNorm(embed_dim).requires_grad_(False)
+
+        # decoder: block k reads the output of encoder block (k + 1) * depth / decoder_depth - 1
+        self.decoder_every = depth // decoder_depth
+        self.decoder_blocks = nn.ModuleList(
+            DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[(k + 1) * self.decoder_every - 1])
+            for k in range(decoder_depth))
+
+        if target == "pixel":
+            self.target = PixelTarget(patch_size, in_chans)
+        else:
+            self.target = FeatureTarget(target, **(teacher or {}))
+            if self.target.patch_size != patch_size:
+                raise ValueError(f"teacher patch size {self.target.patch_size} != model patch size {patch_size}")
+        self.decoder_norm = LayerNorm(embed_dim)
+        self.decoder_pred = Mlp(embed_dim, 4 * embed_dim, self.target.dim)
+        self._init_weights()
+        # An EMA copy of the encoder blocks and final norm, for similarity_source="ema". It is a
+        # submodule so checkpoints carry it; it has no trainable parameters.
+        self.ema_encoder = None
+        if similarity_source == "ema":
+            self.ema_encoder = copy.deepcopy(nn.ModuleDict({"blocks": self.blocks, "norm": self.norm})).requires_grad_(False)
+
+    # ------------------------------------------------------------------ init and helpers
+    def _init_weights(self):
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.cls_token, std=0.02)
+        for name, m in self.named_modules():
+            if name.startswith("target"):
+                continue  # a teacher keeps its own weights
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def grid(self, images: torch.Tensor) -> tuple[int, int]:
+        h, w = images.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"image size {h}x{w} is not divisible by the patch size {p}")
+        return h // p, w // p
+
+    def pos_embed_for(self, grid: tuple[int, int]) -> torch.Tensor:
+        """Position embeddings for any grid: the stored table, or a fresh sin-cos one."""
+        if tuple(grid) == tuple(self.patch_embed.grid_size):
+            return self.pos_embed
+        return sincos_pos_embed(self.pos_embed.shape[-1], grid)[None].to(self.pos_embed)
+
+    def encoder_parameters(self):
+        """(name, parameter) of the part that is exported and fine-tuned downstream."""
+        prefixes = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
+        return [(n, p) for n, p in self.named_parameters() if n.startswith(prefixes)]
+
+    def encoder_state_dict(self) -> dict:
+        return {n: p.detach().clone() for n, p in self.encoder_parameters()}
+
+    @torch.no_grad()
+    def update_ema(self, decay: float):
+        """ema <- decay * ema + (1 - decay) * online, for the similarity encoder."""
+        if self.ema_encoder is None:
+            return
+        online = dict(nn.ModuleDict({"blocks": self.blocks, "norm": self.norm}).named_parameters())
+        ema = dict(self.ema_encoder.named_parameters())
+        torch._foreach_lerp_([ema[k] for k in online], [online[k].detach() for k in online], 1.0 - decay)
+
+    def no_weight_decay(self):
+        return {"pos_embed", "cls_token"}
+
+    # ------------------------------------------------------------------ the three stages
+    def embed(self, images: torch.Tensor):
+        """Patch tokens with position embeddings (B x N x D) and the [CLS] token (B x 1 x D)."""
+        grid = self.grid(images)
+        pos = self.pos_embed_for(grid)
+        x = self.patch_embed(images) + pos[:, 1:]
+        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+        return x, cls, pos
+
+    @torch.no_grad()
+    def forward_similarity(self, x: torch.Tensor, cls: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        """S (B x N) from an unmasked, no-grad, eval-mode pass (no drop path)."""
+        if self.similarity_source == "teacher":
+            return O.similarity_map(self.target.tokens(images))
+        encoder = self if self.similarity_source == "online" else self.ema_encoder
+        h = torch.cat([cls, x], dim=1)
+        for blk in encoder.blocks:
+            h = blk(h, drop_path=False)  # eval behaviour without switching modes (compile-friendly)
+        return O.similarity_map(encoder.norm(h))
+
+    def make_order(self, x, cls, images) -> tuple[torch.Tensor, torch.Tensor | None]:
+        s = self.forward_similarity(x.detach(), cls.detach(), images) if self.order_name in O.NEEDS_SIMILARITY else None
+        c = O.make_order(self.order_name, x.shape[0], self.grid(images), x.device, s, lam=self.order_lambda,
+                         smooth=self.order_smooth, num_centers=self.num_centers)
+        return c, s
+
+    def forward_encoder_decoder(self, x, cls, pos, order):
+        """Predictions (B x N x target dim) in raster order, or in sorted order with the sort index."""
+        if self.attention == "sorted":
+            idx = order.argsort(dim=1, stable=True)  # ties (only possible in a given order) keep index order
+            gather = idx[..., None].expand(-1, -1, x.shape[-1])
+            h = torch.cat([cls, x.gather(1, gather)], dim=1)
+            g = pos[:, 1:].expand(x.shape[0], -1, -1).gather(1, gather)
+            n = x.shape[1]
+            enc = dict(is_causal=True)
+            dec = dict(is_causal=True)
+            kv = lambda h: h[:, :n]  # [CLS] + the first N - 1 sorted patches  # noqa: E731
+        else:
+            idx = None
+            h = torch.cat([cls, x], dim=1)
+            g = pos[:, 1:].expand(x.shape[0], -1, -1)
+            enc_mask, dec_mask = dense_masks(order)
+            enc, dec = dict(attn_mask=enc_mask), dict(attn_mask=dec_mask)
+            kv = lambda h: h  # noqa: E731
+        for i, blk in enumerate(self.blocks):
+            h = blk(h, **enc)
+            if (i + 1) % self.decoder_every == 0:
+                g = self.decoder_blocks[(i + 1) // self.decoder_every - 1](g, kv(h), **dec)
+        return self.decoder_pred(self.decoder_norm(g)), idx
+
+    def forward_loss(self, pred, target, idx):
+        """Per-patch loss (B x N, raster order) and its mean."""
+        if idx is not None:
+            target = target.gather(1, idx[..., None].expand(-1, -1, target.shape[-1]))
+        dtype = torch.promote_types(pred.dtype, torch.float32)  # the loss in fp32 even under autocast
+        per_patch = self.target.loss(pred.to(dtype), target.to(dtype))
+        if idx is not None:
+            per_patch = torch.empty_like(per_patch).scatter_(1, idx, per_patch)
+        return per_patch.mean(), per_patch
+
+    def forward(self, images: torch.Tensor, order: torch.Tensor | None = None) -> SemAIMOutput:
+        x, cls, pos = self.embed(images)
+        s = None
+        if order is None:
+            order, s = self.make_order(x, cls, images)
+        elif order.shape != x.shape[:2]:
+            raise ValueError(f"order must be B x N = {tuple(x.shape[:2])}, got {tuple(order.shape)}")
+        pred, idx = self.forward_encoder_decoder(x, cls, pos, order.float())
+        with torch.no_grad():
+            target = self.target(images)
+        loss, per_patch = self.forward_loss(pred, target, idx)
+        return SemAIMOutput(loss, per_patch, order, s)

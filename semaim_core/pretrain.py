@@ -1,0 +1,407 @@
+"""SemAIM pretraining: single process, torchrun (DDP, multi-GPU / multi-node) or CPU.
+
+    python -m semaim_core.pretrain --data /path/to/imagenet/train --output-dir runs/semaim_b --preset base
+    torchrun --nproc_per_node 8 -m semaim_core.pretrain --data ... --output-dir ... --preset base
+
+Every run directory holds ``config.json``, ``metrics.jsonl`` (one JSON object per logged step),
+TensorBoard logs under ``tb/``, training checkpoints ``checkpoint-<step>.pth`` (atomic, the last
+``--keep`` kept) and, at the end, the exported encoder ``encoder.pth``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from . import MODELS, build_model
+from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, to_encoder
+from .data import ImageDataset, pretrain_transform
+from .optim import build_optimizer, build_scheduler
+
+# Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
+# 400 (or 800), AdamW (0.9, 0.95), wd 0.05, clip 3, 224 crops, decoder depth = encoder depth.
+PRESETS = {
+    "tiny": dict(model="semaim_vit_tiny_patch16"),
+    "small": dict(model="semaim_vit_small_patch16"),
+    "base": dict(model="semaim_vit_base_patch16"),
+    "large": dict(model="semaim_vit_large_patch16"),
+    "huge": dict(model="semaim_vit_huge_patch16"),
+    # a few minutes on a CPU with the bundled images
+    "demo": dict(model="semaim_vit_tiny_patch16", img_size=96, depth=4, decoder_depth=4, batch_size=16,
+                 accum_iter=1, epochs=6, warmup_epochs=1, blr=1.5e-3, dtype="fp32", num_workers=2, save_every=20,
+                 log_every=1, device="cpu"),
+}
+
+
+@dataclass
+class Config:
+    data: str = ""
+    output_dir: str = ""
+    model: str = "semaim_vit_base_patch16"
+    img_size: int = 224
+    depth: int | None = None           # override the model size's encoder depth
+    decoder_depth: int | None = None   # default: the encoder depth
+    drop_path: float = 0.0
+    order: str = "semantic"
+    attention: str = "sorted"
+    similarity_source: str = "online"
+    ema_decay: float = 0.999
+    order_lambda: float = 1e-3         # the released code's value (the paper writes 0.01)
+    order_smooth: bool = False         # the paper's 3x3 mean filter on S (not in the released code)
+    num_centers: int = 2
+    target: str = "pixel"
+    teacher_weights: str | None = None
+    batch_size: int = 64               # per GPU and per micro-step
+    accum_iter: int = 4                # effective batch = batch_size * accum_iter * world size
+    epochs: int = 400
+    warmup_epochs: int = 30
+    blr: float = 2e-4                  # lr = blr * effective batch / 256
+    lr: float | None = None            # absolute lr; overrides blr
+    min_lr: float = 0.0
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.95)
+    clip_grad: float | None = 3.0
+    dtype: str = "bf16"                # bf16 | fp16 | fp32 (autocast)
+    compile: bool = False
+    device: str = "cuda"
+    num_workers: int = 8
+    seed: int = 0
+    save_every: int = 1000             # optimizer steps between checkpoints (and at every epoch end)
+    keep: int = 3
+    log_every: int = 20
+    resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any
+    skip_unreadable: bool = False
+    max_steps: int | None = None       # stop early (tests, smoke runs); the schedule stays the full one
+    extra: dict = field(default_factory=dict)
+
+    def model_overrides(self) -> dict:
+        o = dict(img_size=self.img_size, decoder_depth=self.decoder_depth, drop_path_rate=self.drop_path,
+                 order=self.order, attention=self.attention, similarity_source=self.similarity_source,
+                 order_lambda=self.order_lambda, order_smooth=self.order_smooth, num_centers=self.num_centers,
+                 target=self.target)
+        if self.depth is not None:
+            o["depth"] = self.depth
+        if self.target != "pixel":
+            o["teacher"] = dict(weights=self.teacher_weights)
+        return o
+
+
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
+# ---------------------------------------------------------------------------- distributed
+def init_distributed(device: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    rank = int(os.environ.get("RANK", 0))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda but no GPU is visible: pass --device cpu (or --preset demo)")
+    dev = torch.device(f"cuda:{local}" if device.startswith("cuda") else device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    return rank, world, dev
+
+
+def all_reduce_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    if world > 1:
+        x = x.clone()
+        dist.all_reduce(x)
+        x /= world
+    return x
+
+
+# ---------------------------------------------------------------------------- data order
+class ResumableSampler(torch.utils.data.Sampler):
+    """Shuffled indices of one epoch for one rank (a pure function of seed and epoch), starting
+    at a given position, so a resumed run sees exactly the samples the uninterrupted one would."""
+
+    def __init__(self, size: int, rank: int, world: int, seed: int, batch_size: int):
+        self.size, self.rank, self.world, self.seed, self.batch_size = size, rank, world, seed, batch_size
+        self.per_rank = (size // (world * batch_size)) * batch_size  # whole batches only
+        if self.per_rank == 0:
+            raise ValueError(f"{size} images are fewer than one batch of {batch_size} per process x {world}")
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0):
+        self.epoch, self.start = epoch, start_batch * self.batch_size
+
+    def epoch_indices(self) -> list[int]:
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        perm = torch.randperm(self.size, generator=g)[: self.per_rank * self.world]
+        return perm[self.rank::self.world].tolist()
+
+    def __iter__(self):
+        return iter([(self.epoch, i) for i in self.epoch_indices()[self.start:]])
+
+    def __len__(self):
+        return self.per_rank - self.start
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.per_rank // self.batch_size
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Seeds the augmentation of each sample from (seed, epoch, index): the crops do not depend on
+    worker count or on where a run was resumed."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (drop path, orders) untouched
+            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
+            return self.dataset[index]
+
+
+# ---------------------------------------------------------------------------- checkpoints
+def checkpoint_paths(output_dir: Path) -> list[Path]:
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth") if (m := re.fullmatch(r"checkpoint-(\d+)\.pth", p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def rng_state() -> dict:
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=np.random.get_state(), python=random.getstate())
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Trainer:
+    def __init__(self, cfg: Config):
+        if not cfg.data:
+            raise ValueError("--data is required: an ImageNet-style folder or a folder of images")
+        if not cfg.output_dir:
+            raise ValueError("--output-dir is required")
+        self.cfg = cfg
+        self.rank, self.world, self.device = init_distributed(cfg.device)
+        self.out = Path(cfg.output_dir)
+        self.is_main = self.rank == 0
+        torch.manual_seed(cfg.seed + self.rank)
+        np.random.seed(cfg.seed + self.rank)
+        random.seed(cfg.seed + self.rank)
+
+        self.dataset = ImageDataset(cfg.data, pretrain_transform(cfg.img_size), cfg.skip_unreadable)
+        self.sampler = ResumableSampler(len(self.dataset), self.rank, self.world, cfg.seed, cfg.batch_size)
+        self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.accum_iter
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"one epoch has {self.sampler.batches_per_epoch} batches, fewer than --accum-iter {cfg.accum_iter}")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+
+        self.model = build_model(cfg.model, **cfg.model_overrides()).to(self.device)
+        self.eff_batch = cfg.batch_size * cfg.accum_iter * self.world
+        self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
+        self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay, tuple(cfg.betas))
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch * cfg.warmup_epochs, cfg.min_lr)
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.step = 0          # optimizer steps done
+        self.resume_from(cfg.resume)
+
+        net = self.model
+        if self.world > 1:
+            net = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.net = torch.compile(net) if cfg.compile else net
+
+    # -------------------------------------------------------------- checkpoints
+    def state(self) -> dict:
+        return dict(format=FORMAT_TRAIN, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(), step=self.step, rng=rng_state(),
+                    config=dict(asdict(self.cfg), model_config=self.model.config))
+
+    def save(self):
+        if not self.is_main:
+            return
+        path = save_atomic(self.state(), self.out / f"checkpoint-{self.step:08d}.pth")
+        for old in checkpoint_paths(self.out)[: -self.cfg.keep]:
+            old.unlink()
+        return path
+
+    def resume_from(self, resume: str | None):
+        if not resume:
+            return
+        if resume == "auto":
+            found = checkpoint_paths(self.out)
+            if not found:
+                return
+            path = found[-1]
+        else:
+            path = Path(resume)
+        ckpt = load_file(path)
+        if ckpt.get("format") != FORMAT_TRAIN:
+            raise CheckpointError(f"{path} is not a SemAIM training checkpoint (format {ckpt.get('format')!r}); "
+                                  "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
+        self.model.load_state_dict(ckpt["model"])  # strict: a training checkpoint must match exactly
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.step = ckpt["step"]
+        set_rng_state(ckpt["rng"])
+        if self.is_main:
+            print(f"resumed from {path} at step {self.step}")
+
+    def export(self) -> Path:
+        sd, meta = encoder_from_checkpoint(dict(format=FORMAT_TRAIN, model=self.model.encoder_state_dict(),
+                                                config=dict(model_config=self.model.config)))
+        meta.update(order=self.cfg.order, target=self.cfg.target, steps=self.step, source_kind=FORMAT_TRAIN)
+        return save_atomic(to_encoder(sd, meta), self.out / "encoder.pth")
+
+    # -------------------------------------------------------------- training
+    def loader(self, epoch: int, start_batch: int):
+        self.sampler.set_epoch(epoch, start_batch)
+        return torch.utils.data.DataLoader(
+            SeededSamples(self.dataset, self.cfg.seed), batch_size=self.cfg.batch_size, sampler=self.sampler,
+            num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
+            generator=torch.Generator().manual_seed(epoch))  # so building a loader draws nothing from the global RNG
+
+    def train_step(self, micro_batches) -> tuple[float, float]:
+        """One optimizer step over ``accum_iter`` micro-batches; returns (loss, grad norm)."""
+        self.scheduler.step_update(self.step)
+        total = torch.zeros((), device=self.device)
+        for i, images in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = self.net.no_sync() if (self.world > 1 and not last) else _null()
+            with sync, torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                loss = self.net(images.to(self.device, non_blocking=True)).loss
+            self.scaler.scale(loss / len(micro_batches)).backward()
+            total += loss.detach() / len(micro_batches)
+        total = all_reduce_mean(total, self.world)
+        if not torch.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss is {total.item()} at step {self.step}: stopping. The last good checkpoint is kept "
+                f"({checkpoint_paths(self.out)[-1] if checkpoint_paths(self.out) else 'none written yet'}); "
+                "lower the lr, raise warm-up or use --dtype bf16, then resume.")
+        self.scaler.unscale_(self.optimizer)
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad or float("inf"))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.cfg.similarity_source == "ema":
+            self.model.update_ema(self.cfg.ema_decay)
+        self.step += 1
+        return total.item(), norm.item()
+
+    def fit(self) -> Path:
+        cfg = self.cfg
+        end = min(self.total_steps, cfg.max_steps or self.total_steps)
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.json").write_text(json.dumps(dict(asdict(cfg), world_size=self.world,
+                                                                  effective_batch=self.eff_batch, lr=self.lr), indent=2))
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(self.out / "tb")
+            metrics = open(self.out / "metrics.jsonl", "a")
+            bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
+        self.model.train()
+        while self.step < end:
+            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+            batches = iter(self.loader(epoch, in_epoch * cfg.accum_iter))
+            for _ in range(in_epoch, self.steps_per_epoch):
+                if self.step >= end:
+                    break
+                tick = time.perf_counter()
+                micro, skipped = [], 0
+                for _ in range(cfg.accum_iter):
+                    images, n_skipped = next(batches)
+                    micro.append(images)
+                    skipped = max(skipped, int(n_skipped.max()))
+                loss, grad_norm = self.train_step(micro)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                ips = self.eff_batch / (time.perf_counter() - tick)
+                if self.is_main:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+                    if self.step % cfg.log_every == 0 or self.step == end:
+                        rec = dict(step=self.step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, img_per_s=ips,
+                                   skipped_images=skipped)
+                        metrics.write(json.dumps(rec) + "\n")
+                        metrics.flush()
+                        for k in ("loss", "lr", "grad_norm", "img_per_s"):
+                            tb.add_scalar(f"train/{k}", rec[k], self.step)
+                if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
+                    self.save()
+        encoder = None
+        if self.is_main:
+            bar.close()
+            metrics.close()
+            tb.close()
+            encoder = self.export()
+            print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
+        if self.world > 1:
+            dist.barrier()
+        return encoder
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ---------------------------------------------------------------------------- command line
+def parse_args(argv=None) -> Config:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (flags given override it)")
+    ap.add_argument("--config", help="a JSON file of settings (flags given override it)")
+    for f in fields(Config):
+        if f.name == "extra":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.type == "bool":
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        elif f.name == "betas":
+            ap.add_argument(flag, type=float, nargs=2, default=None)
+        else:
+            conv = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
+            ap.add_argument(flag, type=conv, default=None)
+    args = ap.parse_args(argv)
+    values = {}
+    if args.preset:
+        values.update(PRESETS[args.preset])
+    if args.config:
+        values.update(json.loads(Path(args.config).read_text()))
+    values.update({k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "config")})
+    if values.get("resume") in ("none", "no", ""):
+        values["resume"] = None
+    if values.get("model", Config.model) not in MODELS:
+        ap.error(f"unknown --model {values['model']}: choose one of {', '.join(MODELS)}")
+    return Config(**values)
+
+
+def main(argv=None):
+    cfg = parse_args(argv)
+    trainer = Trainer(cfg)
+    trainer.fit()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""What SemAIM predicts for each patch: blurred, per-patch-normalized pixels (default), or the patch
+tokens of a frozen DINO / CLIP teacher loaded from a local weights file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+# Teacher architectures (timm names) and the normalization their weights expect.
+TEACHERS = {
+    "dino": dict(arch="vit_base_patch16_224", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
+    "clip": dict(arch="vit_base_patch16_clip_224", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+}
+
+
+def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
+    """B x C x H x W -> B x N x (p * p * C), patches in raster order, MAE's channel-last layout."""
+    b, c, h, w = images.shape
+    x = images.reshape(b, c, h // p, p, w // p, p)
+    return torch.einsum("bchpwq->bhwpqc", x).reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(patches: torch.Tensor, p: int, grid: tuple[int, int]) -> torch.Tensor:
+    b, _, d = patches.shape
+    c = d // (p * p)
+    x = patches.reshape(b, grid[0], grid[1], p, p, c)
+    return torch.einsum("bhwpqc->bchpwq", x).reshape(b, c, grid[0] * p, grid[1] * p)
+
+
+def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    k1 = torch.exp(-(x ** 2) / (2 * sigma ** 2))
+    k1 = k1 / k1.sum()
+    return torch.outer(k1, k1).float()
+
+
+class PixelTarget(nn.Module):
+    """Gaussian blur (depthwise, zero padding) of the normalized image, patchified, each patch
+    normalized to zero mean and unit variance."""
+
+    def __init__(self, patch_size: int, in_chans: int = 3, kernel_size: int = 9, sigma: float = 1.0, eps: float = 1e-6):
+        super().__init__()
+        self.patch_size, self.eps = patch_size, eps
+        self.dim = patch_size * patch_size * in_chans
+        k = gaussian_kernel(kernel_size, sigma)
+        self.register_buffer("kernel", k.expand(in_chans, 1, -1, -1).clone(), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(images.device.type, enabled=False):  # targets in full precision
+            x = images.to(self.kernel.dtype)
+            blurred = F.conv2d(x, self.kernel, padding=self.kernel.shape[-1] // 2, groups=x.shape[1])
+            t = patchify(blurred, self.patch_size)
+            mean, var = t.mean(dim=-1, keepdim=True), t.var(dim=-1, keepdim=True)
+            return (t - mean) / (var + self.eps).sqrt()
+
+    @staticmethod
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).pow(2).mean(dim=-1)
+
+
+class TeacherWeightsError(FileNotFoundError):
+    pass
+
+
+def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None, **timm_kwargs) -> nn.Module:
+    """A frozen timm ViT with the user's local weights; every teacher weight must load."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    if kind not in TEACHERS:
+        raise ValueError(f"unknown feature target '{kind}': choose 'pixel', {', '.join(repr(k) for k in TEACHERS)}")
+    if not weights:
+        raise TeacherWeightsError(
+            f"target '{kind}' needs the teacher's weights as a local file: pass --teacher-weights PATH "
+            f"(a {TEACHERS[kind]['arch']} state dict; nothing is downloaded)")
+    weights = Path(weights)
+    if not weights.is_file():
+        raise TeacherWeightsError(f"teacher weights file {weights} does not exist: download it once and pass its path")
+    model = timm.create_model(arch or TEACHERS[kind]["arch"], pretrained=False, num_classes=0, **timm_kwargs)
+    sd = torch.load(weights, map_location="cpu", weights_only=False)
+    for key in ("teacher", "model", "state_dict"):  # DINO, MAE-style and Lightning-style wrappers
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+    sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
+    sd = checkpoint_filter_fn(sd, model)  # timm's converter also reads OpenAI CLIP / other layouts
+    missing, unexpected = model.load_state_dict(sd, strict=False)
+    missing = [k for k in missing if not k.startswith("head")]
+    if missing:
+        raise RuntimeError(f"teacher weights {weights} do not fit {model.default_cfg.get('architecture')}: "
+                           f"{len(missing)} weights missing (first: {missing[:5]})")
+    return model.eval().requires_grad_(False)
+
+
+class FeatureTarget(nn.Module):
+    """Patch tokens of a frozen teacher (final-norm output); loss 2 - 2 cos per patch."""
+
+    def __init__(self, kind: str, weights: str | Path | None = None, arch: str | None = None, **timm_kwargs):
+        super().__init__()
+        self.teacher = load_teacher(kind, weights, arch, **timm_kwargs)
+        self.dim = self.teacher.embed_dim
+        self.patch_size = self.teacher.patch_embed.patch_size[0]
+        self.prefix = self.teacher.num_prefix_tokens
+        mean, std = TEACHERS[kind]["mean"], TEACHERS[kind]["std"]
+        # inputs arrive ImageNet-normalized; the teacher may expect another normalization
+        scale = torch.tensor(IMAGENET_DEFAULT_STD) / torch.tensor(std)
+        shift = (torch.tensor(IMAGENET_DEFAULT_MEAN) - torch.tensor(mean)) / torch.tensor(std)
+        self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("shift", shift.view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # the teacher is frozen: never in training mode
+        return self
+
+    @torch.no_grad()
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """[CLS] + patch tokens, B x (1 + N) x D."""
+        out = self.teacher.forward_features(images * self.scale + self.shift)
+        return torch.cat([out[:, :1], out[:, self.prefix:]], dim=1)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.tokens(images)[:, 1:]
+
+    @staticmethod
+    def loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return 2 - 2 * F.cosine_similarity(pred, target, dim=-1)

@@ -1,0 +1,81 @@
+"""The paper's Fig. 2 for your own images: each image, its similarity map S, and the order in
+which every autoregression order would predict its patches (warm = early)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+from . import build_model
+from .checkpoint import encoder_from_checkpoint, load_file, load_verified
+from .data import ImageDataset, eval_transform, find_images
+from .orders import ORDERS
+
+
+def model_from_checkpoint(path: str | Path | None, img_size: int, name: str = "semaim_vit_base_patch16", **kw):
+    """A SemAIM model with the encoder of ``path`` (any kind the converter reads), or untrained."""
+    if path is None:
+        return build_model(name, img_size=img_size, **kw).eval()
+    sd, meta = encoder_from_checkpoint(load_file(path))
+    model = build_model(name, img_size=img_size, embed_dim=meta["embed_dim"], depth=meta["depth"],
+                        num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"], **kw)
+    sd = dict(sd, pos_embed=model.pos_embed.data)  # fixed sin-cos table, rebuilt for this image size
+    load_verified(model, sd, f"SemAIM encoder <- {path}", allowed_missing=(r"^decoder", r"^ema_encoder"))
+    return model.eval()
+
+
+@torch.no_grad()
+def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+    """{'S': the similarity map, order name: rank of each patch (0 = first)}, each B x h x w."""
+    from . import orders as O
+
+    grid = model.grid(images)
+    x, cls, _ = model.embed(images)
+    s = model.forward_similarity(x, cls, images)
+    g = torch.Generator(device=images.device).manual_seed(seed)
+    maps = {"S": s.view(-1, *grid).cpu().numpy()}
+    for name in ORDERS:
+        c = O.make_order(name, images.shape[0], grid, images.device, s, lam=model.order_lambda,
+                         smooth=model.order_smooth, num_centers=num_centers, generator=g)
+        maps[name] = c.argsort(1).argsort(1).view(-1, *grid).cpu().numpy()
+    return maps
+
+
+def render(images: torch.Tensor, maps: dict[str, np.ndarray], out: str | Path) -> Path:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    cols = ["image", *maps]
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.2 * len(images)), squeeze=False)
+    for r, img in enumerate(images.cpu()):
+        axes[r, 0].imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
+        for c, name in enumerate(maps, start=1):
+            cmap = "viridis" if name == "S" else "jet_r"  # warm = predicted early
+            axes[r, c].imshow(maps[name][r], cmap=cmap, interpolation="nearest")
+        for c, name in enumerate(cols):
+            axes[r, c].set_xticks([])
+            axes[r, c].set_yticks([])
+            if r == 0:
+                title = {"S": "similarity map S", "similarity": "similarity order"}.get(name, name.replace("_", "-"))
+                axes[r, c].set_title(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
+def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out: str | Path, img_size: int = 224,
+              num_centers: int = 2, max_images: int = 4) -> Path:
+    files = []
+    for p in image_paths:
+        files += find_images(p) if Path(p).is_dir() else [Path(p)]
+    ds = ImageDataset(files[:max_images], eval_transform(img_size))
+    images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))])
+    model = model_from_checkpoint(checkpoint, img_size)
+    return render(images, order_maps(model, images, num_centers), out)

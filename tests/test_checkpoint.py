@@ -1,0 +1,149 @@
+"""Checkpoint kinds, conversions and the verified load that det/, seg/ and cls/ rely on."""
+import pytest
+import torch
+
+from semaim_core import build_model
+from semaim_core.checkpoint import (CheckpointError, detect_kind, encoder_from_checkpoint, load_file, load_verified,
+                                    read_encoder, save_atomic, timm_vit_from_encoder, to_detectron2, to_encoder,
+                                    to_mmseg)
+
+DEPTH, DIM, HEADS, SIZE = 2, 64, 2, 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("semaim_vit_tiny_patch16", img_size=SIZE, depth=DEPTH, embed_dim=DIM, num_heads=HEADS)
+
+
+@pytest.fixture(scope="module")
+def encoder(model):
+    return model.encoder_state_dict()
+
+
+def assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_training_checkpoint_gives_the_encoder(model, encoder):
+    ckpt = {"format": "semaim-train", "model": model.state_dict(), "config": {"model_config": model.config}}
+    sd, meta = encoder_from_checkpoint(ckpt)
+    assert_same(sd, encoder)
+    assert (meta["depth"], meta["embed_dim"], meta["num_heads"], meta["img_size"]) == (DEPTH, DIM, HEADS, SIZE)
+
+
+def test_authors_checkpoint(model, encoder):
+    ckpt = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "model": "semaim_vit_base",
+            "epoch": 399}
+    assert detect_kind(ckpt) == "semaim-authors"
+    assert_same(encoder_from_checkpoint(ckpt)[0], encoder)
+
+
+def test_saim_split_qkv_is_fused(encoder):
+    sd = {}
+    for k, v in encoder.items():
+        if k.endswith("attn.qkv.weight"):
+            for name, part in zip("qkv", v.chunk(3)):
+                sd[k.replace("qkv", name)] = part
+        elif k.endswith("attn.qkv.bias"):
+            q, _, v_ = v.chunk(3)
+            sd[k.replace("qkv.bias", "q_bias")], sd[k.replace("qkv.bias", "v_bias")] = q, v_
+        else:
+            sd[k] = v
+    ckpt = {"model": {f"module.{k}": v for k, v in sd.items()}}
+    assert detect_kind(ckpt) == "saim"
+    fused, _ = encoder_from_checkpoint(ckpt)
+    expected = dict(encoder)
+    for i in range(DEPTH):  # SAIM/BEiT have no k bias: it becomes zeros
+        expected[f"blocks.{i}.attn.qkv.bias"] = expected[f"blocks.{i}.attn.qkv.bias"].clone()
+        expected[f"blocks.{i}.attn.qkv.bias"][DIM:2 * DIM] = 0
+    assert_same(fused, expected)
+
+
+def test_mae_release_and_export_round_trip(encoder, tmp_path):
+    save_atomic({"model": encoder}, tmp_path / "mae.pth")
+    sd, meta = read_encoder(tmp_path / "mae.pth")
+    assert meta["source_kind"] == "mae"
+    save_atomic(to_encoder(sd, meta), tmp_path / "enc.pth")
+    again, meta2 = read_encoder(tmp_path / "enc.pth")
+    assert_same(again, encoder)
+    assert meta2["timm_kwargs"]["depth"] == DEPTH
+    vit = timm_vit_from_encoder(tmp_path / "enc.pth", num_classes=3)
+    assert_same({k: v for k, v in vit.state_dict().items() if not k.startswith("head")}, encoder)
+
+
+def test_detectron2_layout_loads_every_backbone_weight(encoder):
+    from detectron2.modeling import ViT
+
+    net = ViT(img_size=64, patch_size=16, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, window_size=2,
+              window_block_indexes=[0], use_rel_pos=True, pretrain_img_size=SIZE)
+    sd = {k.removeprefix("backbone.net."): v for k, v in to_detectron2(encoder)["model"].items()}
+    load_verified(net, sd, "detectron2 ViT", allowed_missing=(r"rel_pos_[hw]$",))
+    for k, v in sd.items():
+        assert torch.equal(net.state_dict()[k], v), k
+    assert len(sd) == len(encoder) - 3  # all but [CLS] and the final norm
+
+
+def test_mmseg_layout_loads_every_backbone_weight(encoder):
+    import seg  # noqa: F401
+    from mmseg.models.backbones import MAE
+
+    net = MAE(img_size=(SIZE, SIZE), patch_size=16, embed_dims=DIM, num_layers=DEPTH, num_heads=HEADS,
+              init_values=1.0, final_norm=True)
+    sd = to_mmseg(encoder)["state_dict"]
+    load_verified(net, sd, "mmseg MAE", allowed_missing=(r"gamma_[12]$", r"relative_position"))
+    assert len(sd) == len(encoder)
+    assert torch.equal(net.layers[1].ffn.layers[1].weight, encoder["blocks.1.mlp.fc2.weight"])
+    assert torch.equal(net.ln1.weight, encoder["norm.weight"])
+
+
+def test_verified_load_fails_on_missing_and_misplaced_weights(encoder):
+    import timm
+
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=SIZE, embed_dim=DIM, depth=DEPTH,
+                            num_heads=HEADS)
+    incomplete = {k: v for k, v in encoder.items() if k != "blocks.1.mlp.fc1.weight"}
+    with pytest.raises(CheckpointError, match=r"1 model weights got no value: \['blocks.1.mlp.fc1.weight'\]"):
+        load_verified(vit, incomplete, "timm", allowed_missing=(r"^head\.",))
+    prefixed = {f"module.{k}": v for k, v in encoder.items()}  # the classic silent strict=False failure
+    with pytest.raises(CheckpointError, match="found no place"):
+        load_verified(vit, prefixed, "timm", allowed_missing=(r"^head\.",))
+    wrong = dict(encoder, cls_token=torch.zeros(1, 1, DIM + 1))
+    with pytest.raises(CheckpointError, match="shape of cls_token"):
+        load_verified(vit, wrong, "timm", allowed_missing=(r"^head\.",))
+
+
+def test_wrong_kinds_and_bad_files_are_named(encoder, tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_encoder(tmp_path / "nope.pth")
+    (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 torn")
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        read_encoder(tmp_path / "torn.pth")
+    save_atomic(to_detectron2(encoder), tmp_path / "d2.pth")
+    with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
+        read_encoder(tmp_path / "d2.pth")
+    save_atomic({"model": {"fc.weight": torch.zeros(2)}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="unrecognized checkpoint"):
+        read_encoder(tmp_path / "other.pth")
+    partial = {k: v for k, v in encoder.items() if not k.startswith("blocks.1.attn")}
+    save_atomic({"model": partial}, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError, match="lacks 4 encoder weights"):
+        read_encoder(tmp_path / "partial.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="not a dict"):
+        load_file(tmp_path / "list.pth")
+
+
+def test_convert_tool(encoder, tmp_path, capsys):
+    import runpy
+    import sys
+
+    save_atomic({"model": encoder}, tmp_path / "mae.pth")
+    for fmt in ("encoder", "timm", "detectron2", "mmseg"):
+        sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / f"{fmt}.pth"), "--to", fmt]
+        runpy.run_path("tools/convert_checkpoint.py", run_name="__main__")
+        assert (tmp_path / f"{fmt}.pth").is_file()
+    assert "mae" in capsys.readouterr().out
+    assert_same(read_encoder(tmp_path / "timm.pth")[0], encoder)

@@ -1,0 +1,130 @@
+"""SemAIM model: the sorted-causal attention equals the dense-mask reference, and the masks mean
+what the paper says."""
+import pytest
+import torch
+
+from semaim_core import build_model
+from semaim_core.model import dense_masks
+from semaim_core.orders import ORDERS
+
+
+def tiny(img_size=64, depth=4, decoder_depth=2, **kw):
+    torch.manual_seed(0)
+    return build_model("semaim_vit_tiny_patch16", img_size=img_size, depth=depth, decoder_depth=decoder_depth,
+                       embed_dim=64, num_heads=2, **kw).double()
+
+
+def loss_and_grads(model, images, order, attention):
+    model.attention = attention
+    model.zero_grad()
+    out = model(images, order=order)
+    out.loss.backward()
+    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("order_name", ORDERS)
+@pytest.mark.parametrize("img_size,depth,decoder_depth", [(64, 4, 4), (48, 4, 2), (64, 2, 1), ((32, 80), 4, 2)])
+def test_sorted_equals_dense(order_name, img_size, depth, decoder_depth):
+    model = tiny(img_size if isinstance(img_size, int) else 64, depth, decoder_depth, order=order_name)
+    h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
+    images = torch.randn(3, 3, h, w, dtype=torch.float64)
+    with torch.no_grad():
+        x, cls, _ = model.embed(images)
+        order, _ = model.make_order(x, cls, images)
+    sorted_out, sorted_grads = loss_and_grads(model, images, order, "sorted")
+    dense_out, dense_grads = loss_and_grads(model, images, order, "dense")
+    torch.testing.assert_close(sorted_out.loss, dense_out.loss, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(sorted_out.patch_loss, dense_out.patch_loss, rtol=1e-10, atol=1e-12)
+    assert sorted_grads.keys() == dense_grads.keys() and len(sorted_grads) > 20
+    for name in sorted_grads:
+        torch.testing.assert_close(sorted_grads[name], dense_grads[name], rtol=1e-8, atol=1e-10, msg=name)
+
+
+def test_sorted_equals_dense_float32():
+    model = tiny().float()
+    images = torch.randn(2, 3, 64, 64)
+    order = torch.rand(2, 16)
+    a, ga = loss_and_grads(model, images, order, "sorted")
+    b, gb = loss_and_grads(model, images, order, "dense")
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-6)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_dense_masks_follow_the_paper():
+    order = torch.tensor([[2.0, 0.5, 3.0, 1.0]])
+    enc, dec = (m[0, 0] for m in dense_masks(order))
+    n = order.shape[1]
+    assert enc.shape == (n + 1, n + 1) and dec.shape == (n, n + 1)
+    assert enc[0].tolist() == [True] + [False] * n           # [CLS] attends only to itself
+    assert enc[1:, 0].all() and dec[:, 0].all()              # everyone attends to [CLS]
+    assert enc.diagonal().all()                              # an encoder token sees itself
+    assert not dec[:, 1:].diagonal().any()                   # no query sees its own patch
+    first = order[0].argmin()
+    assert dec[first].tolist() == [True] + [False] * n        # the first patch: from [CLS] alone
+    for i in range(n):
+        for j in range(n):
+            assert enc[i + 1, j + 1] == (order[0, j] <= order[0, i])
+            assert dec[i, j + 1] == (order[0, j] < order[0, i])
+
+
+@pytest.mark.parametrize("attention", ["sorted", "dense"])
+def test_each_prediction_depends_on_exactly_the_earlier_patches(attention):
+    """Gradient of patch i's prediction w.r.t. the patch tokens: nonzero exactly where C_j < C_i."""
+    model = tiny(depth=2, decoder_depth=2)
+    model.attention = attention
+    images = torch.randn(1, 3, 64, 64, dtype=torch.float64)
+    x, cls, pos = model.embed(images)
+    x = x.detach().requires_grad_(True)
+    cls = cls.detach().requires_grad_(True)
+    order = torch.randperm(16).double()[None]
+    pred, idx = model.forward_encoder_decoder(x, cls, pos, order)
+    if idx is not None:  # back to raster order
+        pred = torch.empty_like(pred).scatter_(1, idx[..., None].expand_as(pred), pred)
+    for i in range(16):
+        gx, gc = torch.autograd.grad(pred[0, i].sum(), (x, cls), retain_graph=True)
+        seen = gx[0].abs().sum(-1) > 0
+        assert seen.tolist() == (order[0] < order[0, i]).tolist(), f"patch {i}"
+        assert gc.abs().sum() > 0  # [CLS] is always visible
+    first = int(order[0].argmin())
+    gx, = torch.autograd.grad(pred[0, first].sum(), x, retain_graph=True)
+    assert gx.abs().sum() == 0  # the first patch is predicted from [CLS] alone
+
+
+def test_forward_returns_loss_patch_loss_and_order():
+    model = tiny().float()
+    images = torch.randn(2, 3, 64, 64)
+    out = model(images)
+    assert out.loss.ndim == 0 and out.patch_loss.shape == (2, 16) and out.order.shape == (2, 16)
+    torch.testing.assert_close(out.loss, out.patch_loss.mean())
+    assert out.similarity is not None and torch.allclose(out.similarity.sum(-1), torch.ones(2))
+    replay = model(images, order=out.order)  # a generated order replays exactly
+    torch.testing.assert_close(replay.loss, out.loss)
+
+
+def test_any_size_divisible_by_the_patch():
+    model = tiny(img_size=64).float()
+    assert model(torch.randn(1, 3, 96, 48)).patch_loss.shape == (1, 18)
+    with pytest.raises(ValueError, match="not divisible by the patch size"):
+        model(torch.randn(1, 3, 100, 64))
+
+
+def test_similarity_pass_has_no_drop_path_and_no_grad():
+    model = tiny(drop_path_rate=0.5).float().train()
+    images = torch.randn(2, 3, 64, 64)
+    x, cls, _ = model.embed(images)
+    s1 = model.forward_similarity(x, cls, images)
+    s2 = model.forward_similarity(x, cls, images)
+    torch.testing.assert_close(s1, s2)  # deterministic although drop path is on in training
+    assert not s1.requires_grad and model.training
+
+
+def test_bad_settings_are_named():
+    with pytest.raises(ValueError, match="must divide"):
+        tiny(depth=4, decoder_depth=3)
+    with pytest.raises(ValueError, match="unknown order"):
+        tiny(order="spiral")
+    with pytest.raises(ValueError, match="unknown attention"):
+        tiny(attention="flash")
+    with pytest.raises(ValueError, match="unknown model"):
+        build_model("semaim_vit_gigantic_patch16")

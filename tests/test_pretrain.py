@@ -1,0 +1,157 @@
+"""The pretraining loop: exact resume, atomic checkpoints, NaN stop, learning on real images, export."""
+import json
+import shutil
+
+import pytest
+import torch
+
+from semaim_core import pretrain
+from semaim_core.checkpoint import CheckpointError, load_file, save_atomic
+from semaim_core.data import UnreadableImageError
+from semaim_core.pretrain import Config, NonFiniteLossError, Trainer, checkpoint_paths, parse_args
+
+
+def cfg(tiny_coco, out, **kw):
+    base = dict(data=str(tiny_coco / "train2017"), output_dir=str(out), model="semaim_vit_tiny_patch16", img_size=32,
+                depth=2, batch_size=4, accum_iter=1, epochs=2, warmup_epochs=1, blr=1e-3, dtype="fp32", device="cpu",
+                num_workers=0, save_every=1000, log_every=1, drop_path=0.1)
+    base.update(kw)
+    return Config(**base)
+
+
+def params(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def test_resume_is_exact(tiny_coco, tmp_path):
+    straight = Trainer(cfg(tiny_coco, tmp_path / "a", max_steps=6, accum_iter=2))
+    straight.fit()
+    first = Trainer(cfg(tiny_coco, tmp_path / "b", max_steps=3, accum_iter=2))
+    first.fit()
+    del first  # "killed"
+    resumed = Trainer(cfg(tiny_coco, tmp_path / "b", max_steps=6, accum_iter=2))
+    assert resumed.step == 3
+    resumed.fit()
+    a, b = params(straight), params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    # and the resumed optimizer state too
+    sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
+    assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_resume_crosses_epoch_boundaries(tiny_coco, tmp_path):
+    # 50 images / batch 4 = 12 steps per epoch: stop mid-epoch, finish in the next one
+    straight = Trainer(cfg(tiny_coco, tmp_path / "a", max_steps=14, depth=1, decoder_depth=1))
+    straight.fit()
+    Trainer(cfg(tiny_coco, tmp_path / "b", max_steps=7, depth=1, decoder_depth=1)).fit()
+    resumed = Trainer(cfg(tiny_coco, tmp_path / "b", max_steps=14, depth=1, decoder_depth=1))
+    resumed.fit()
+    for k, v in params(straight).items():
+        assert torch.equal(v, params(resumed)[k]), k
+
+
+def test_outputs_metrics_checkpoints_and_keep_last(tiny_coco, tmp_path):
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=5, save_every=1, keep=2, depth=1, decoder_depth=1))
+    t.fit()
+    assert [p.name for p in checkpoint_paths(tmp_path)] == ["checkpoint-00000004.pth", "checkpoint-00000005.pth"]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5]
+    assert {"loss", "lr", "grad_norm", "img_per_s", "epoch"} <= set(rows[0])
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+    assert json.loads((tmp_path / "config.json").read_text())["effective_batch"] == 4
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint-00000001.pth"
+    save_atomic({"format": "semaim-train", "step": 1}, path)
+
+    def dying_save(obj, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_atomic({"format": "semaim-train", "step": 2}, path)
+    monkeypatch.undo()
+    assert load_file(path)["step"] == 1
+    assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monkeypatch):
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=8, save_every=2, depth=1, decoder_depth=1))
+    forward = t.model.forward
+
+    def poisoned(images, order=None):
+        out = forward(images, order)
+        if t.step == 5:
+            out.loss = out.loss * float("nan")
+        return out
+
+    monkeypatch.setattr(t.model, "forward", poisoned)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at step 5.*checkpoint-00000004.pth"):
+        t.fit()
+    last = load_file(checkpoint_paths(tmp_path)[-1])
+    assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+
+
+def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_path):
+    import timm
+
+    t = Trainer(cfg(tiny_coco, tmp_path, img_size=64, depth=2, batch_size=10, epochs=8, warmup_epochs=1,
+                    blr=2e-2, drop_path=0.0))
+    t.fit()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 40
+    assert sum(losses[-5:]) / 5 < 0.95 * sum(losses[:5]) / 5
+
+    enc = load_file(tmp_path / "encoder.pth")
+    assert enc["format"] == "semaim-encoder" and enc["meta"]["depth"] == 2
+    model = timm.create_model(enc["meta"]["timm_arch"], pretrained=False, **enc["meta"]["timm_kwargs"])
+    result = model.load_state_dict(enc["model"], strict=False)
+    assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys
+    # timm computes exactly our unmasked encoder
+    images = torch.randn(2, 3, 64, 64)
+    t.model.eval()
+    x, cls, _ = t.model.embed(images)
+    h = torch.cat([cls, x], 1)
+    for blk in t.model.blocks:
+        h = blk(h)
+    torch.testing.assert_close(model.eval().forward_features(images), t.model.norm(h), rtol=1e-5, atol=1e-5)
+
+
+def test_empty_data_folder_is_a_clear_error(tiny_coco, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no images"):
+        Trainer(cfg(tiny_coco, tmp_path / "out", data=str(tmp_path / "empty")))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Trainer(cfg(tiny_coco, tmp_path / "out", data=str(tmp_path / "missing")))
+
+
+def test_corrupt_image_is_named_or_skipped_on_request(tiny_coco, tmp_path):
+    data = tmp_path / "images"
+    shutil.copytree(tiny_coco / "train2017", data)
+    victim = sorted(data.glob("*.jpg"))[0]
+    victim.write_bytes(b"not a jpeg")
+    with pytest.raises(UnreadableImageError, match=victim.name):
+        Trainer(cfg(tiny_coco, tmp_path / "a", data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1)).fit()
+    t = Trainer(cfg(tiny_coco, tmp_path / "b", data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1,
+                    skip_unreadable=True))
+    t.fit()
+    assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["skipped_images"] == 1
+
+
+def test_resume_refuses_the_wrong_kind_of_checkpoint(tiny_coco, tmp_path):
+    torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(1)}}, tmp_path / "mae.pth")
+    with pytest.raises(CheckpointError, match="not a SemAIM training checkpoint"):
+        Trainer(cfg(tiny_coco, tmp_path / "out", resume=str(tmp_path / "mae.pth")))
+
+
+def test_cli_presets_and_overrides(tmp_path):
+    c = parse_args(["--preset", "demo", "--data", "d", "--output-dir", "o", "--img-size", "64", "--order-smooth"])
+    assert c.model == "semaim_vit_tiny_patch16" and c.img_size == 64 and c.order_smooth and c.device == "cpu"
+    base = parse_args(["--preset", "base", "--data", "d", "--output-dir", "o"])
+    assert (base.blr, base.batch_size * base.accum_iter, base.clip_grad, base.betas) == (2e-4, 256, 3.0, (0.9, 0.95))
+    assert set(pretrain.PRESETS) >= {"tiny", "small", "base", "large", "huge", "demo"}

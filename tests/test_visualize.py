@@ -1,0 +1,32 @@
+"""The order picture on real bundled images, from an exported encoder."""
+import numpy as np
+import torch
+from PIL import Image
+
+from semaim_core import build_model
+from semaim_core.checkpoint import save_atomic, to_encoder, encoder_from_checkpoint
+from semaim_core.orders import ORDERS
+from semaim_core.visualize import model_from_checkpoint, order_maps, visualize
+
+
+def test_order_picture_from_an_exported_encoder(tiny_coco, tmp_path):
+    torch.manual_seed(0)
+    model = build_model("semaim_vit_tiny_patch16", img_size=64, depth=2)
+    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
+    save_atomic(to_encoder(sd, meta), tmp_path / "encoder.pth")
+
+    loaded = model_from_checkpoint(tmp_path / "encoder.pth", img_size=96, name="semaim_vit_tiny_patch16")
+    assert torch.equal(loaded.blocks[1].mlp.fc2.weight, model.blocks[1].mlp.fc2.weight)
+    images = torch.randn(2, 3, 96, 96)
+    maps = order_maps(loaded, images)
+    assert list(maps) == ["S", *ORDERS]
+    for name in ORDERS:  # every map is a permutation of the 36 ranks
+        assert (np.sort(maps[name].reshape(2, -1), axis=1) == np.arange(36)).all()
+    np.testing.assert_allclose(maps["S"].reshape(2, -1).sum(1), 1.0, rtol=1e-5)
+    center = maps["S"].reshape(2, -1).argmax(1)
+    assert (maps["semantic"].reshape(2, -1)[np.arange(2), center] == 0).all()  # the center comes first
+
+    out = visualize([tiny_coco / "val2017"], tmp_path / "encoder.pth", tmp_path / "orders.png", img_size=64,
+                    max_images=2)
+    with Image.open(out) as im:
+        assert im.width > 3 * im.height  # one row per image, seven panels per row

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Convert a pretrained encoder between the layouts the suite and its frameworks use.
+
+Reads: this suite's training checkpoints and exported encoders, the authors' SemAIM checkpoints,
+SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
+  encoder     {"format": "semaim-encoder", "model": ..., "meta": ...}   (what det/, seg/, cls/ read)
+  timm        a plain state dict for timm's VisionTransformer
+  detectron2  {"model": {"backbone.net.*": ...}} for DetectionCheckpointer
+  mmseg       {"state_dict": ...} in mmseg's MAE/BEiT backbone names
+
+    python tools/convert_checkpoint.py runs/semaim_b/checkpoint-00100000.pth runs/semaim_b/encoder.pth
+    python tools/convert_checkpoint.py semaim_authors.pth encoder_d2.pth --to detectron2
+"""
+import argparse
+import sys
+
+from semaim_core.checkpoint import CheckpointError, read_encoder, save_atomic, to_detectron2, to_encoder, to_mmseg
+
+WRITERS = {"encoder": to_encoder, "timm": lambda sd, meta: sd, "detectron2": lambda sd, meta: to_detectron2(sd),
+           "mmseg": lambda sd, meta: to_mmseg(sd)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("input")
+    ap.add_argument("output")
+    ap.add_argument("--to", choices=sorted(WRITERS), default="encoder")
+    args = ap.parse_args(argv)
+    try:
+        sd, meta = read_encoder(args.input)
+    except CheckpointError as e:
+        sys.exit(f"error: {e}")
+    save_atomic(WRITERS[args.to](sd, meta), args.output)
+    print(f"{args.input} ({meta['source_kind']}): {len(sd)} encoder tensors, ViT depth {meta['depth']}, "
+          f"width {meta['embed_dim']}, patch {meta['patch_size']} -> {args.output} ({args.to})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+#!/usr/bin/env python
+"""Picture of the autoregression orders (the paper's Fig. 2) for given images and a checkpoint:
+image, similarity map S, then raster / stochastic / similarity / semantic / multi-center orders.
+
+    python tools/visualize_orders.py data/tiny_coco/val2017 --checkpoint runs/demo/encoder.pth --out orders.png
+"""
+import argparse
+
+from semaim_core.visualize import visualize
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("images", nargs="+", help="image files or folders")
+    ap.add_argument("--checkpoint", help="any checkpoint the converter reads (default: an untrained encoder)")
+    ap.add_argument("--out", default="orders.png")
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--num-centers", type=int, default=2)
+    ap.add_argument("--max-images", type=int, default=4)
+    args = ap.parse_args(argv)
+    out = visualize(args.images, args.checkpoint, args.out, args.img_size, args.num_centers, args.max_images)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
