@@ -155,3 +155,44 @@ def test_cli_presets_and_overrides(tmp_path):
     base = parse_args(["--preset", "base", "--data", "d", "--output-dir", "o"])
     assert (base.blr, base.batch_size * base.accum_iter, base.clip_grad, base.betas) == (2e-4, 256, 3.0, (0.9, 0.95))
     assert set(pretrain.PRESETS) >= {"tiny", "small", "base", "large", "huge", "demo"}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_mixed_precision_steps(tiny_coco, tmp_path, dtype):
+    t = Trainer(cfg(tiny_coco, tmp_path, dtype=dtype, max_steps=2, depth=1, decoder_depth=1))
+    t.fit()
+    assert t.step == 2 and t.scaler.is_enabled() == (dtype == "fp16")
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+
+
+def test_ema_similarity_encoder_follows_the_online_one(tiny_coco, tmp_path):
+    t = Trainer(cfg(tiny_coco, tmp_path, similarity_source="ema", ema_decay=0.5, max_steps=3, depth=1, decoder_depth=1))
+    before = t.model.ema_encoder["blocks"][0].attn.qkv.weight.clone()
+    t.fit()
+    ema, online = t.model.ema_encoder["blocks"][0].attn.qkv.weight, t.model.blocks[0].attn.qkv.weight
+    assert not torch.equal(ema, before) and not torch.equal(ema, online)
+    assert not ema.requires_grad
+    assert not any("ema_encoder" in n for g in t.optimizer.param_groups for n in g.get("param_names", []))
+    assert sum(p.numel() for g in t.optimizer.param_groups for p in g["params"]) == sum(
+        p.numel() for p in t.model.parameters() if p.requires_grad)
+
+
+def test_torchrun_two_processes(tiny_coco, tmp_path):
+    """DDP on the CPU (gloo): two ranks train, rank 0 writes the outputs."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "semaim_core.pretrain", "--data", str(tiny_coco / "train2017"), "--output-dir", str(tmp_path),
+           "--model", "semaim_vit_tiny_patch16", "--img-size", "32", "--depth", "1", "--batch-size", "4",
+           "--accum-iter", "2", "--epochs", "1", "--warmup-epochs", "0", "--dtype", "fp32", "--device", "cpu",
+           "--num-workers", "0", "--max-steps", "3", "--log-every", "1"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg_written = json.loads((tmp_path / "config.json").read_text())
+    assert cfg_written["world_size"] == 2 and cfg_written["effective_batch"] == 16
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(rows) == 3  # rank 0 alone logs
+    assert load_file(checkpoint_paths(tmp_path)[-1])["step"] == 3
