@@ -1,0 +1,1 @@
+"""detectron2 glue for the SemAIM suite: ViTDet Mask R-CNN with a SemAIM-pretrained ViT."""

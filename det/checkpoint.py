@@ -1,0 +1,66 @@
+"""Loading weights into the detector: a pretrained SemAIM encoder into the ViT backbone (verified),
+a trained detector for evaluation (strict), and atomic checkpoint writes."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from semaim_core.checkpoint import (CheckpointError, load_file, load_verified, read_encoder, resize_pos_embed,
+                                    save_atomic, to_detectron2)
+
+# A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
+# token and final norm have no place in the detector (dropped by to_detectron2).
+BACKBONE_ALLOWED_MISSING = (r"rel_pos_[hw]$",)
+
+
+def unwrap(model):
+    return model.module if hasattr(model, "module") else model
+
+
+def load_backbone(model, path: str) -> dict:
+    """Load an encoder checkpoint (any kind semaim_core reads) into ``model.backbone.net``; fail
+    if any backbone weight is missing. The position table is resized to the backbone's
+    ``pretrain_img_size`` if the encoder was pretrained at another size."""
+    net = unwrap(model).backbone.net
+    sd, meta = read_encoder(path)
+    sd = {k.removeprefix("backbone.net."): v for k, v in to_detectron2(sd)["model"].items()}
+    want = net.pos_embed.shape[1] - 1
+    if sd["pos_embed"].shape[1] - 1 != want:
+        sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], want)
+    report = load_verified(net, sd, f"detectron2 ViT backbone <- {path} ({meta['source_kind']})",
+                           allowed_missing=BACKBONE_ALLOWED_MISSING)
+    logging.getLogger("detectron2").info(
+        f"loaded {report['loaded']} backbone tensors from {path}; at initialization: {report['left_at_init']}")
+    # re-zero the relative-position tables, as ViTDet does for MAE weights
+    for name, p in net.named_parameters():
+        if name.endswith(("rel_pos_h", "rel_pos_w")):
+            torch.nn.init.zeros_(p)
+    return report
+
+
+def load_detector(model, path: str) -> dict:
+    """A trained detector (``model_final.pth``) for evaluation: every weight must match."""
+    ckpt = load_file(path)
+    if ckpt.get("format") in ("semaim-encoder", "semaim-train") or "blocks.0.attn.qkv.weight" in ckpt.get("model", {}):
+        raise CheckpointError(f"{path} is a pretrained encoder, not a trained detector: --eval-only needs the "
+                              "model_final.pth (or model_XXXXXXX.pth) that det/train_net.py wrote")
+    if not isinstance(ckpt.get("model"), dict):
+        raise CheckpointError(f"{path} has no 'model' state dict: not a detectron2 checkpoint")
+    return load_verified(unwrap(model), ckpt["model"], f"detector <- {path}")
+
+
+class AtomicCheckpointer(DetectionCheckpointer):
+    """detectron2's checkpointer, but each file is written to a temporary name and renamed."""
+
+    def save(self, name: str, **kwargs) -> None:
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_atomic(data, f"{self.save_dir}/{basename}")
+        self.tag_last_checkpoint(basename)

@@ -1,0 +1,38 @@
+"""Datasets for the det configs: the bundled tiny_coco, and checks that named datasets exist."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import register_coco_instances
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_COCO = REPO / "data" / "tiny_coco"
+
+
+def register_tiny_coco(root: Path = TINY_COCO):
+    """``tiny_coco_train`` / ``tiny_coco_val``: COCO-format datasets over data/tiny_coco."""
+    for split in ("train", "val"):
+        name = f"tiny_coco_{split}"
+        if name not in DatasetCatalog.list():
+            register_coco_instances(name, {}, str(root / "annotations" / f"instances_{split}2017.json"),
+                                    str(root / f"{split}2017"))
+
+
+def check_datasets(names) -> None:
+    """Fail early, naming the expected layout, when a dataset's files are not there."""
+    for name in [names] if isinstance(names, str) else names:
+        if name not in DatasetCatalog.list():
+            raise KeyError(f"dataset '{name}' is not registered: use coco_2017_train / coco_2017_val "
+                           "(under $DETECTRON2_DATASETS) or tiny_coco_train / tiny_coco_val")
+        meta = MetadataCatalog.get(name)
+        json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
+        missing = [p for p in (json_file, image_root) if p and not os.path.exists(p)]
+        if missing:
+            root = os.environ.get("DETECTRON2_DATASETS", "datasets")
+            raise FileNotFoundError(
+                f"dataset '{name}' expects {json_file} and {image_root}/, but {missing[0]} does not exist. "
+                f"COCO 2017 must be laid out as {root}/coco/{{annotations/instances_{{train,val}}2017.json,"
+                f"train2017/,val2017/}}: set DETECTRON2_DATASETS to the folder that holds coco/ "
+                f"(now: {root!r}).")

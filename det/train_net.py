@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""ViTDet Mask R-CNN with a SemAIM backbone on detectron2 (LazyConfig).
+
+    python det/train_net.py --config det/configs/vitdet_semaim.py --num-gpus 8 \
+        train.init_checkpoint=runs/semaim_b/encoder.pth
+    python det/train_net.py --config det/configs/vitdet_semaim.py --eval-only train.init_checkpoint=output/.../model_final.pth
+    python det/train_net.py --config ... --resume          # continue from the last checkpoint in train.output_dir
+
+Multi-node: --num-machines N --machine-rank i --dist-url tcp://host0:port, as in detectron2.
+Metrics: metrics.json (JSON lines) and TensorBoard events in train.output_dir; each evaluation
+writes det_metrics.json (box and mask AP, per-class AP) there.
+"""
+import logging
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not det/: `det` and `semaim_core` from a checkout
+
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parser, default_setup,  # noqa: E402
+                               default_writers, hooks, launch)
+from detectron2.engine.defaults import create_ddp_model  # noqa: E402
+from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+
+from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector  # noqa: E402
+from det.data import check_datasets, register_tiny_coco  # noqa: E402
+from det.evaluation import write_metrics  # noqa: E402
+
+logger = logging.getLogger("det")
+
+
+def do_test(cfg, model, iteration: int = 0):
+    check_datasets(cfg.dataloader.test.dataset.names)
+    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    if comm.is_main_process():
+        print_csv_format(results)
+        path = write_metrics(results, cfg.train.output_dir, iteration, cfg.dataloader.test.dataset.names)
+        logger.info(f"wrote {path}")
+    return results
+
+
+def do_train(args, cfg):
+    check_datasets(cfg.dataloader.train.dataset.names)
+    model = instantiate(cfg.model)
+    model.to(cfg.train.device)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    train_loader = instantiate(cfg.dataloader.train)
+
+    model = create_ddp_model(model, **cfg.train.ddp)
+    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+    trainer.register_hooks([
+        hooks.IterationTimer(),
+        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
+        # iterations done: trainer.iter + 1 during training, trainer.iter (= max_iter) once it ended
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, cfg.train.max_iter))),
+        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
+        if comm.is_main_process() else None,
+    ])
+    if args.resume and checkpointer.has_checkpoint():
+        # a full training checkpoint of this run: model, optimizer, scheduler and iteration
+        checkpointer.resume_or_load(checkpointer.get_checkpoint_file(), resume=True)
+        start_iter = trainer.iter + 1
+    else:
+        if not cfg.train.init_checkpoint:
+            raise ValueError("train.init_checkpoint is empty: name an exported SemAIM encoder "
+                             "(tools/convert_checkpoint.py) or pass train.init_checkpoint=none for random init")
+        if cfg.train.init_checkpoint != "none":
+            load_backbone(model, cfg.train.init_checkpoint)
+        start_iter = 0
+    trainer.train(start_iter, cfg.train.max_iter)
+
+
+def main(args):
+    register_tiny_coco()
+    cfg = LazyConfig.load(args.config_file)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = instantiate(cfg.model)
+        model.to(cfg.train.device)
+        model = create_ddp_model(model)
+        load_detector(model, cfg.train.init_checkpoint)
+        return do_test(cfg, model)
+    do_train(args, cfg)
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--config", dest="config_file", help="the LazyConfig (same as --config-file)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

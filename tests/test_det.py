@@ -1,0 +1,143 @@
+"""det/: the ViTDet LazyConfigs, the verified backbone load and a real train + COCO evaluation."""
+import json
+
+import pytest
+import torch
+from detectron2.config import LazyConfig, instantiate
+
+from semaim_core import build_model
+from semaim_core.checkpoint import CheckpointError, encoder_from_checkpoint, save_atomic, to_encoder
+
+CONFIGS = "det/configs"
+
+
+def load(name, *overrides):
+    return LazyConfig.apply_overrides(LazyConfig.load(f"{CONFIGS}/{name}.py"), list(overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    """An exported encoder of the demo's size (ViT-Tiny width, 4 blocks, 96 px), random weights."""
+    torch.manual_seed(0)
+    model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)
+    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
+    path = tmp_path_factory.mktemp("enc") / "encoder.pth"
+    save_atomic(to_encoder(sd, meta), path)
+    return path, sd
+
+
+def test_recipes():
+    b = load("vitdet_semaim")
+    assert b.dataloader.train.total_batch_size == 64 and b.optimizer.lr == 8e-5 and b.optimizer.weight_decay == 0.1
+    assert b.train.amp.enabled and b.model.backbone.net.drop_path_rate == 0.1 and b.model.backbone.net.img_size == 1024
+    assert b.dataloader.train.mapper.augmentations[1].target_height == 1024  # LSJ 1024
+    assert b.train.max_iter * 64 / 117_266 == pytest.approx(100, abs=0.01)  # 100 epochs
+    assert b.lr_multiplier.warmup_length * b.train.max_iter == pytest.approx(0.25 * 117_266 / 64, abs=1)
+    ab = load("vitdet_semaim_ablation")
+    assert ab.dataloader.train.total_batch_size == 16 and ab.train.max_iter * 16 / 117_266 == pytest.approx(12.5, abs=0.01)
+    large = load("vitdet_semaim_large")
+    assert (large.model.backbone.net.depth, large.model.backbone.net.embed_dim) == (24, 1024)
+    assert instantiate(large.optimizer.params.lr_factor_func).keywords == dict(num_layers=24, lr_decay_rate=0.8)
+
+
+def test_layer_decay_follows_the_backbone_depth():
+    cfg = load("vitdet_semaim")
+    model = instantiate(cfg.model)
+    cfg.optimizer.params.model = model
+    optimizer = instantiate(cfg.optimizer)
+    factor, decay = {}, {}
+    for g in optimizer.param_groups:
+        for p in g["params"]:
+            factor[id(p)], decay[id(p)] = g["lr"] / cfg.optimizer.lr, g["weight_decay"]
+    named = dict(model.named_parameters())
+    depth = len(model.backbone.net.blocks)
+    assert depth == cfg.model.backbone.net.depth == 12
+    for name, p in named.items():
+        if ".blocks." in name:
+            i = int(name.split(".blocks.")[1].split(".")[0])
+            assert factor[id(p)] == pytest.approx(0.7 ** (depth - i)), name
+        elif name.startswith(("backbone.net.patch_embed", "backbone.net.pos_embed")):
+            assert factor[id(p)] == pytest.approx(0.7 ** (depth + 1)), name
+        else:  # pyramid, RPN and ROI heads
+            assert factor[id(p)] == pytest.approx(1.0), name
+    assert decay[id(named["backbone.net.pos_embed"])] == 0.0
+    assert decay[id(named["backbone.net.blocks.0.attn.qkv.weight"])] == 0.1
+
+
+def test_every_backbone_weight_arrives(tiny_encoder):
+    from det.checkpoint import load_backbone
+
+    path, sd = tiny_encoder
+    model = instantiate(load("vitdet_semaim_tiny_coco").model)
+    report = load_backbone(model, str(path))
+    net = model.backbone.net
+    own = net.state_dict()
+    for k, v in sd.items():
+        if k in ("cls_token", "norm.weight", "norm.bias"):
+            continue
+        assert torch.equal(own[k], v), k
+    assert report["loaded"] == len(sd) - 3
+    assert all(k.endswith(("rel_pos_h", "rel_pos_w")) for k in report["left_at_init"])
+    assert all(float(own[k].abs().sum()) == 0 for k in report["left_at_init"])
+
+
+def test_position_table_is_resized_for_another_pretraining_size(tiny_encoder):
+    from det.checkpoint import load_backbone
+
+    path, sd = tiny_encoder
+    model = instantiate(load("vitdet_semaim_tiny_coco", "model.backbone.net.pretrain_img_size=224").model)
+    load_backbone(model, str(path))
+    assert model.backbone.net.pos_embed.shape == (1, 197, 192)
+
+
+def run_main(*argv):
+    from det.train_net import main, parse_args
+
+    return main(parse_args(list(argv)))
+
+
+def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
+    path, _ = tiny_encoder
+    out = tmp_path / "run"
+    config = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py"]
+    common = [f"train.output_dir={out}", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
+    run_main(*config, *common, f"train.init_checkpoint={path}", "train.max_iter=3", "train.eval_period=3")
+    metrics = json.loads((out / "det_metrics.json").read_text())
+    assert metrics["task"] == "det" and metrics["dataset"] == "tiny_coco_val" and metrics["iteration"] == 3
+    for kind in ("bbox", "segm"):
+        assert isinstance(metrics[kind]["AP"], float) and 0 <= metrics[kind]["AP"] <= 100
+        assert "AP-person" in metrics[kind]
+    lines = [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+    assert any("total_loss" in x for x in lines)
+    assert (out / "model_final.pth").is_file() and list(out.glob("events.out.tfevents.*"))
+
+    # --resume continues from the last checkpoint; --eval-only scores the trained detector
+    run_main("--resume", *config, *common, "train.max_iter=5", "train.eval_period=100")
+    assert "Starting training from iteration 3" in (out / "log.txt").read_text()
+    run_main("--eval-only", *config, *common, f"train.init_checkpoint={out / 'model_final.pth'}")
+    assert json.loads((out / "det_metrics.json").read_text())["iteration"] == 0
+
+
+def test_bad_inputs_are_named(tiny_encoder, tmp_path):
+    from det.checkpoint import load_backbone, load_detector
+    from det.data import check_datasets
+
+    path, _ = tiny_encoder
+    model = instantiate(load("vitdet_semaim_tiny_coco").model)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_backbone(model, str(tmp_path / "missing.pth"))
+    with pytest.raises(CheckpointError, match="not a trained detector"):
+        load_detector(model, str(path))
+    save_atomic({"model": {"backbone.net.blocks.0.attn.qkv.weight": torch.zeros(3)}}, tmp_path / "d2.pth")
+    with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
+        load_backbone(model, str(tmp_path / "d2.pth"))
+    big = build_model("semaim_vit_small_patch16", img_size=96, depth=4)  # wrong width
+    save_atomic(to_encoder(*encoder_from_checkpoint({"model": big.encoder_state_dict()})), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match="shape of"):
+        load_backbone(model, str(tmp_path / "small.pth"))
+
+    # detectron2 registers coco_2017_* under $DETECTRON2_DATASETS (default ./datasets): absent here
+    with pytest.raises(FileNotFoundError, match=r"coco/\{annotations/instances_\{train,val\}2017.json"):
+        check_datasets("coco_2017_val")
+    with pytest.raises(KeyError, match="not registered"):
+        check_datasets("my_coco")
