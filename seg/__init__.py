@@ -1,4 +1,10 @@
-"""mmsegmentation glue for the SemAIM suite. Importing it makes ``import mmseg.models`` work on mmcv-lite."""
+"""mmsegmentation glue for the SemAIM suite.
+
+Importing it (configs do, through ``custom_imports``) makes ``import mmseg.models`` work on
+mmcv-lite and registers the suite's modules in mmseg's registries: the ``SemAIMViT`` backbone,
+the ``SemAIMLayerDecayOptimizerConstructor``, the ``SemAIMIoUMetric`` and the ``SemAIMRunner``."""
 from .mmcv_compat import install as _install_mmcv_compat
 
 _install_mmcv_compat()
+
+from . import backbone, engine, metrics  # noqa: E402,F401  (registration)

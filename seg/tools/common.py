@@ -1,0 +1,49 @@
+"""What seg/tools/train.py and test.py share: argument parsing, config loading, the runner."""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # the repo root
+
+import seg  # noqa: E402,F401  (mmcv-lite compatibility + registration)
+from mmengine.config import Config, DictAction  # noqa: E402
+from mmseg.registry import RUNNERS  # noqa: E402
+from seg.data import check_dataset  # noqa: E402
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("config", help="an mmseg config, e.g. seg/configs/upernet_semaim.py")
+    ap.add_argument("--work-dir", help="where logs, checkpoints and seg_metrics.json go")
+    ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config values: key=value")
+    ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
+                    help="'pytorch' under torchrun for multi-GPU / multi-node")
+    ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    return ap
+
+
+def load_config(args) -> Config:
+    cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
+        "./work_dirs", osp.splitext(osp.basename(args.config))[0])
+    metrics_file = osp.join(cfg.work_dir, "seg_metrics.json")
+    for key in ("val_evaluator", "test_evaluator"):
+        if cfg.get(key, {}).get("type") == "SemAIMIoUMetric":
+            cfg[key]["json_file"] = metrics_file
+    if "LOCAL_RANK" not in os.environ:
+        os.environ["LOCAL_RANK"] = str(args.local_rank)
+    return cfg
+
+
+def build_runner(cfg: Config, splits=("train", "val", "test")):
+    for split in splits:
+        loader = cfg.get(f"{split}_dataloader")
+        if loader:
+            check_dataset(loader["dataset"])
+    return RUNNERS.build(cfg)

@@ -1,0 +1,155 @@
+"""seg/: the UperNet configs, layer decay on the SemAIM backbone, verified loading, train + test."""
+import json
+import re
+
+import pytest
+import torch
+
+import seg  # noqa: F401
+from mmengine.config import Config
+from mmengine.optim import build_optim_wrapper
+from mmseg.registry import MODELS
+from mmseg.utils import register_all_modules
+
+from semaim_core import build_model
+from semaim_core.checkpoint import (CheckpointError, encoder_from_checkpoint, save_atomic, to_detectron2, to_encoder,
+                                    to_mmseg)
+
+MAIN = "seg/configs/upernet_semaim.py"
+TINY = "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py"
+register_all_modules()
+
+
+@pytest.fixture(scope="module")
+def tiny_encoder(tmp_path_factory):
+    torch.manual_seed(0)
+    model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)
+    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
+    path = tmp_path_factory.mktemp("enc") / "encoder.pth"
+    save_atomic(to_encoder(sd, meta), path)
+    return path, sd
+
+
+def test_recipe_and_layer_decay_on_the_semaim_backbone():
+    cfg = Config.fromfile(MAIN)
+    assert cfg.model.backbone.type == "SemAIMViT" and cfg.model.backbone.drop_path_rate == 0.1
+    assert cfg.optim_wrapper.optimizer.lr == 4e-4 and cfg.optim_wrapper.optimizer.weight_decay == 0.05
+    assert cfg.optim_wrapper.type == "AmpOptimWrapper" and cfg.train_cfg.max_iters == 160000
+    assert cfg.param_scheduler[0].end == 1500 and cfg.model.test_cfg.mode == "slide"
+    assert cfg.train_dataloader.batch_size * 8 == 16 and cfg.train_dataloader.dataset.type == "ADE20KDataset"
+    cfg.model.backbone.checkpoint = None
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, dict(cfg.optim_wrapper, type="OptimWrapper"))
+    scale, decay = {}, {}
+    for g in wrapper.optimizer.param_groups:
+        for p in g["params"]:
+            scale[id(p)], decay[id(p)] = g["lr_scale"], g["weight_decay"]
+    depth = 12
+    assert len(scale) == sum(p.requires_grad for p in model.parameters())  # nothing left out
+    for name, p in model.named_parameters():
+        m = re.match(r"backbone\.layers\.(\d+)\.", name)
+        if m:
+            assert scale[id(p)] == pytest.approx(0.65 ** (depth - int(m.group(1)))), name
+        elif name.startswith(("backbone.patch_embed", "backbone.pos_embed", "backbone.cls_token")):
+            assert scale[id(p)] == pytest.approx(0.65 ** (depth + 1)), name
+        else:
+            assert not name.startswith("backbone."), f"{name} got no layer id"
+            assert scale[id(p)] == 1.0, name
+    named = dict(model.named_parameters())
+    assert decay[id(named["backbone.pos_embed"])] == 0.0 and decay[id(named["backbone.cls_token"])] == 0.0
+    assert decay[id(named["backbone.layers.0.attn.qkv.weight"])] == 0.05
+
+
+def test_constructor_refuses_a_depth_that_disagrees():
+    cfg = Config.fromfile(TINY)
+    cfg.model.backbone.checkpoint = None
+    model = MODELS.build(cfg.model)
+    with pytest.raises(ValueError, match="num_layers=12 but the backbone has 4 blocks"):
+        build_optim_wrapper(model, dict(type="OptimWrapper", optimizer=dict(type="AdamW", lr=1e-4),
+                                        constructor="SemAIMLayerDecayOptimizerConstructor",
+                                        paramwise_cfg=dict(decay_rate=0.65, num_layers=12)))
+
+
+def test_every_backbone_weight_arrives(tiny_encoder):
+    path, sd = tiny_encoder
+    cfg = Config.fromfile(TINY)
+    cfg.model.backbone.checkpoint = str(path)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    bb = model.backbone
+    own = bb.state_dict()
+    renamed = {k: v for k, v in to_mmseg(sd)["state_dict"].items() if not k.startswith("ln1.")}  # no final norm
+    assert len(renamed) == len(sd) - 2
+    for k, v in renamed.items():
+        if k == "pos_embed":
+            assert own[k].shape == (1, 257, 192)  # resized from the 96 px pretraining grid to 256 px
+            assert torch.equal(own[k][:, 0], v[:, 0])
+        else:
+            assert torch.equal(own[k], v), k
+    assert all(float(v.abs().sum()) == 0 for k, v in own.items() if k.endswith("relative_position_bias_table"))
+
+
+def run_tool(name, *argv):
+    import importlib.util
+    import sys
+
+    sys.path.insert(0, "seg/tools")
+    try:
+        spec = importlib.util.spec_from_file_location(f"seg_tool_{name}", f"seg/tools/{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main(list(argv))
+    finally:
+        sys.path.remove("seg/tools")
+
+
+def data_options(derived):
+    root = derived / "coco_stuff"
+    return [f"{split}_dataloader.dataset.data_root={root}" for split in ("train", "val", "test")] + [
+        f"{split}_dataloader.num_workers=0" for split in ("train", "val", "test")] + [
+        f"{split}_dataloader.persistent_workers=False" for split in ("train", "val", "test")]
+
+
+def test_tiny_config_trains_tests_and_writes_miou(tiny_encoder, derived, tmp_path):
+    path, _ = tiny_encoder
+    work = tmp_path / "work"
+    opts = data_options(derived) + ["val_dataloader.dataset.indices=8", "test_dataloader.dataset.indices=8"]
+    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", f"model.backbone.checkpoint={path}",
+             "train_cfg.max_iters=2", "train_cfg.val_interval=2", "default_hooks.checkpoint.interval=2",
+             "default_hooks.logger.interval=1", *opts)
+    metrics = json.loads((work / "seg_metrics.json").read_text())
+    assert metrics["task"] == "seg" and {"aAcc", "mIoU", "mAcc"} <= set(metrics)
+    assert len(metrics["per_class"]) == 80 and "person" in metrics["per_class"]
+    assert 0 <= metrics["mIoU"] <= 100
+    (work / "seg_metrics.json").unlink()
+    scalars = list(work.glob("*/vis_data/scalars.json"))[0].read_text().splitlines()
+    assert "loss" in json.loads(scalars[0]) and "mIoU" in json.loads(scalars[-1])
+    assert list(work.glob("*/vis_data/events.out.tfevents.*"))
+    assert not list(work.glob(".*tmp*"))
+
+    result = run_tool("test", TINY, str(work / "iter_2.pth"), "--work-dir", str(work), "--cfg-options", *opts)
+    assert set(result) >= {"aAcc", "mIoU", "mAcc"}
+    assert json.loads((work / "seg_metrics.json").read_text())["mIoU"] == pytest.approx(result["mIoU"], abs=0.01)
+
+
+def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
+    path, sd = tiny_encoder
+    cfg = Config.fromfile(TINY)
+    cfg.model.backbone.checkpoint = str(tmp_path / "missing.pth")
+    model = MODELS.build(cfg.model)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        model.init_weights()
+    save_atomic(to_detectron2(sd), tmp_path / "d2.pth")
+    model.backbone.checkpoint = str(tmp_path / "d2.pth")
+    with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
+        model.init_weights()
+    small = build_model("semaim_vit_small_patch16", img_size=96, depth=4)
+    save_atomic(to_encoder(*encoder_from_checkpoint({"model": small.encoder_state_dict()})), tmp_path / "s.pth")
+    model.backbone.checkpoint = str(tmp_path / "s.pth")
+    with pytest.raises(CheckpointError, match="shape of"):
+        model.init_weights()
+    with pytest.raises(CheckpointError, match="not a trained segmentor"):
+        run_tool("test", TINY, str(path), "--work-dir", str(tmp_path / "w"), "--cfg-options", *data_options(derived))
+    with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016/\{images,annotations\}"):
+        run_tool("train", MAIN, "--work-dir", str(tmp_path / "w2"), "--cfg-options",
+                 "train_dataloader.dataset.data_root=/nonexistent/ade")
