@@ -46,6 +46,23 @@ def train_step_flops(cfg: dict, grid: tuple[int, int], target_dim: int) -> float
     return (patch_embed + encoder_full) + 3 * (patch_embed + encoder_causal + decoder + head)
 
 
+def time_steps(step, iters: int, warmup: int, device: torch.device) -> dict:
+    """Seconds per call of ``step`` (after ``warmup`` calls) and the peak memory while timing."""
+    cuda = device.type == "cuda"
+    for _ in range(warmup):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return dict(s_per_iter=round((time.perf_counter() - start) / iters, 4),
+                peak_mem_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None)
+
+
 def check_equivalence(model_name: str, batch: int, img_size: int, device: str) -> float:
     """Relative difference of the fp32 loss between sorted and dense attention (same weights,
     images and order)."""
