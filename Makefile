@@ -4,13 +4,16 @@ PY     := $(VENV)/bin/python
 MMCV   ?= lite
 DATA   ?= data/derived
 
-.PHONY: setup data test clean-data
+.PHONY: setup data test demo clean-data
 
 setup:                ## create/update .venv with the pinned stack (MMCV=full for mmcv with ops)
 	MMCV=$(MMCV) VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
 data: setup           ## derive the semantic-segmentation and crop sets from data/tiny_coco
 	$(PY) tools/prepare_tiny_coco.py --source data/tiny_coco --out $(DATA)
+
+demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_QUICK=1: a few steps per stage)
+	PYTHON=$(abspath $(PY)) bash tools/demo.sh
 
 test: setup           ## set up if needed, then run the test suite on the CPU
 	$(PY) -m pytest tests

@@ -232,13 +232,18 @@ def read_encoder(path: str | Path) -> tuple[dict, dict]:
     return encoder_from_checkpoint(load_file(path))
 
 
-def timm_vit_from_encoder(path: str | Path, **overrides) -> torch.nn.Module:
+def timm_vit_from_encoder(path: str | Path, img_size: int | None = None, **overrides) -> torch.nn.Module:
     """A timm ``VisionTransformer`` with the encoder's weights; only the classifier head is left
-    at initialization (``overrides`` such as ``num_classes`` or ``drop_path_rate`` go to timm)."""
+    at initialization (``overrides`` such as ``num_classes`` or ``drop_path_rate`` go to timm).
+    At an ``img_size`` other than the pretraining one the position table is resized."""
     import timm
 
     sd, meta = read_encoder(path)
     arch, kwargs = timm_model_args(meta)
+    if img_size:
+        kwargs["img_size"] = img_size
     model = timm.create_model(arch, pretrained=False, **{**kwargs, **overrides})
+    if sd["pos_embed"].shape != model.pos_embed.shape:
+        sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
     load_verified(model, sd, f"timm {arch} <- {path}", allowed_missing=(r"^head\.",))
     return model

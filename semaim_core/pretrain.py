@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import time
@@ -26,6 +25,7 @@ from tqdm import tqdm
 from . import MODELS, build_model
 from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, to_encoder
 from .data import ImageDataset, pretrain_transform
+from .distributed import all_reduce_mean, init_distributed
 from .optim import build_optimizer, build_scheduler
 
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
@@ -98,30 +98,6 @@ class Config:
 
 class NonFiniteLossError(FloatingPointError):
     pass
-
-
-# ---------------------------------------------------------------------------- distributed
-def init_distributed(device: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device) from torchrun's environment; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    rank = int(os.environ.get("RANK", 0))
-    local = int(os.environ.get("LOCAL_RANK", 0))
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda but no GPU is visible: pass --device cpu (or --preset demo)")
-    dev = torch.device(f"cuda:{local}" if device.startswith("cuda") else device)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-    return rank, world, dev
-
-
-def all_reduce_mean(x: torch.Tensor, world: int) -> torch.Tensor:
-    if world > 1:
-        x = x.clone()
-        dist.all_reduce(x)
-        x /= world
-    return x
 
 
 # ---------------------------------------------------------------------------- data order

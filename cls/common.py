@@ -1,0 +1,185 @@
+"""What fine-tuning, linear probing and k-NN share: ImageFolder data, the verified encoder load
+into a timm ViT, the epoch loop with exact epoch-level resume, evaluation and the metrics files.
+
+Every run directory gets ``log.jsonl`` (one JSON object per epoch), TensorBoard events in
+``tb/``, ``checkpoint.pth`` (atomic, the latest epoch) and ``cls_metrics.json`` (top-1 / top-5)."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from timm.utils import accuracy
+from torchvision.datasets import ImageFolder
+from tqdm import tqdm
+
+from semaim_core.checkpoint import CheckpointError, load_file, save_atomic, timm_vit_from_encoder
+from semaim_core.distributed import all_reduce_mean, init_distributed
+
+
+def base_parser(description: str) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (ImageNet layout)")
+    ap.add_argument("--encoder", required=True, help="an exported SemAIM encoder (or any checkpoint the converter reads)")
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--img-size", type=int, default=224)
+    ap.add_argument("--batch-size", type=int, default=64, help="per process")
+    ap.add_argument("--num-workers", type=int, default=8)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def image_folders(root: str, train_transform, val_transform):
+    for split in ("train", "val"):
+        if not (Path(root) / split).is_dir():
+            raise FileNotFoundError(f"{Path(root) / split} does not exist: --data must hold train/<class>/* and "
+                                    "val/<class>/* (ImageNet layout; `make data` writes data/derived/crops)")
+    train, val = ImageFolder(f"{root}/train", train_transform), ImageFolder(f"{root}/val", val_transform)
+    if train.classes != val.classes:
+        raise ValueError(f"train and val classes differ under {root}: {len(train.classes)} vs {len(val.classes)}")
+    return train, val
+
+
+def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
+    sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+               if world > 1 else (torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
+                                  if shuffle else torch.utils.data.SequentialSampler(dataset)))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       drop_last=drop_last, pin_memory=True)
+
+
+def vit(encoder: str, img_size: int, **timm_overrides):
+    """timm ViT with the encoder's weights (report; fails on any missing backbone weight)."""
+    return timm_vit_from_encoder(encoder, img_size=img_size, **timm_overrides)
+
+
+@torch.no_grad()
+def evaluate(model, data, device, world) -> dict:
+    model.eval()
+    totals = torch.zeros(3, device=device)  # top-1 hits, top-5 hits, count
+    for images, target in data:
+        images, target = images.to(device), target.to(device)
+        out = model(images)
+        k = min(5, out.shape[1])
+        top1, topk = accuracy(out, target, topk=(1, k))
+        n = target.shape[0]
+        totals += torch.tensor([top1 * n / 100, topk * n / 100, n], device=device)
+    totals = all_reduce_mean(totals, world) * world
+    return dict(top1=round(float(100 * totals[0] / totals[2]), 3), top5=round(float(100 * totals[1] / totals[2]), 3))
+
+
+def write_metrics(out: Path, record: dict) -> Path:
+    path = out / "cls_metrics.json"
+    tmp = out / ".cls_metrics.json.tmp"
+    tmp.write_text(json.dumps(record, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+class EpochTrainer:
+    """The loop fine-tuning and linear probing share: per-iteration lr schedule, autocast, NaN
+    stop, evaluation and an atomic checkpoint after every epoch, exact resume at epoch starts."""
+
+    def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None):
+        self.args, self.mixup, self.ema = args, mixup, ema
+        self.rank, self.world, self.device = init_distributed(args.device)
+        torch.manual_seed(args.seed + self.rank)
+        self.out = Path(args.output_dir)
+        self.model = model.to(self.device)
+        self.net = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+                    if self.world > 1 else self.model)
+        self.train_loader = loader(train_set, args.batch_size, args.num_workers, self.world, self.rank, True, args.seed, True)
+        self.val_loader = loader(val_set, args.batch_size, args.num_workers, self.world, self.rank, False, args.seed, False)
+        if len(self.train_loader) == 0:
+            raise ValueError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size}")
+        self.optimizer, self.scheduler, self.criterion = optimizer, scheduler, criterion
+        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.epoch, self.best = 0, dict(top1=-1.0, top5=-1.0)
+        self.resume()
+
+    def state(self):
+        return dict(format="semaim-cls-train", model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
+                    scaler=self.scaler.state_dict(), epoch=self.epoch, best=self.best,
+                    ema=self.ema.state_dict() if self.ema else None, rng=torch.get_rng_state())
+
+    def resume(self):
+        path = self.out / "checkpoint.pth"
+        if not path.is_file():
+            return
+        ckpt = load_file(path)
+        if ckpt.get("format") != "semaim-cls-train":
+            raise CheckpointError(f"{path} is not a cls training checkpoint; use another --output-dir")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema and ckpt["ema"]:
+            self.ema.load_state_dict(ckpt["ema"])
+        self.epoch, self.best = ckpt["epoch"], ckpt["best"]
+        torch.set_rng_state(ckpt["rng"])
+        if self.rank == 0:
+            print(f"resumed from {path} at epoch {self.epoch}")
+
+    def train_epoch(self):
+        self.net.train()
+        if self.world > 1:
+            self.train_loader.sampler.set_epoch(self.epoch)
+        n = len(self.train_loader)
+        total = torch.zeros((), device=self.device)
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch}", disable=self.rank != 0, dynamic_ncols=True)
+        for i, (images, target) in enumerate(bar):
+            self.scheduler.step_update(self.epoch * n + i)
+            images, target = images.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
+            if self.mixup is not None:
+                images, target = self.mixup(images, target)
+            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                loss = self.criterion(self.net(images), target)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"loss is {loss.item()} in epoch {self.epoch}, step {i}: stopping; "
+                                         f"the last good checkpoint ({self.out / 'checkpoint.pth'}) is kept")
+            self.scaler.scale(loss).backward()
+            if self.args.clip_grad:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update(self.model)
+            total += loss.detach()
+            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
+        return float(all_reduce_mean(total / n, self.world))
+
+    def fit(self, mode: str) -> dict:
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(self.out / "tb")
+        while self.epoch < self.args.epochs:
+            tick = time.time()
+            loss = self.train_epoch()
+            metrics = evaluate(self.model, self.val_loader, self.device, self.world)
+            if self.ema is not None:
+                metrics.update({f"ema_{k}": v for k, v in evaluate(self.ema.module, self.val_loader, self.device, self.world).items()})
+            self.epoch += 1
+            if metrics["top1"] > self.best["top1"]:
+                self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
+            if self.rank == 0:
+                rec = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
+                with open(self.out / "log.jsonl", "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                for k, v in rec.items():
+                    tb.add_scalar(f"cls/{k}", v, self.epoch)
+                save_atomic(self.state(), self.out / "checkpoint.pth")
+                print(json.dumps(rec))
+        result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"], best=self.best,
+                      encoder=str(self.args.encoder), data=str(self.args.data))
+        if self.rank == 0:
+            tb.close()
+            print(f"wrote {write_metrics(self.out, result)}")
+        return result

@@ -1,0 +1,64 @@
+#!/usr/bin/env python
+"""Weighted k-NN classification (DINO's protocol) on frozen, L2-normalized [CLS] features.
+
+    python cls/knn.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
+"""
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not cls/
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from cls.common import base_parser, image_folders, vit, write_metrics  # noqa: E402
+from semaim_core.data import eval_transform  # noqa: E402
+
+
+@torch.no_grad()
+def features(model, dataset, batch_size, workers, device):
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+    feats, labels = [], []
+    for images, target in tqdm(loader, desc="features", dynamic_ncols=True):
+        feats.append(F.normalize(model.forward_features(images.to(device))[:, 0].float(), dim=1))
+        labels.append(target.to(device))
+    return torch.cat(feats), torch.cat(labels)
+
+
+def knn_classify(train_f, train_y, test_f, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024):
+    """Class scores: each of the k nearest training features votes exp(cos / T) for its class."""
+    scores = []
+    for start in range(0, test_f.shape[0], chunk):
+        sim, idx = (test_f[start:start + chunk] @ train_f.T).topk(min(k, train_f.shape[0]), dim=1)
+        votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
+        votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
+        scores.append(votes)
+    return torch.cat(scores)
+
+
+def main(argv=None):
+    ap = base_parser(__doc__)
+    ap.add_argument("--k", type=int, default=20)
+    ap.add_argument("--temperature", type=float, default=0.07)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size))
+    model = vit(args.encoder, img_size=args.img_size, num_classes=0, global_pool="token").to(device).eval()
+    train_f, train_y = features(model, train_set, args.batch_size, args.num_workers, device)
+    val_f, val_y = features(model, val_set, args.batch_size, args.num_workers, device)
+    scores = knn_classify(train_f, train_y, val_f, len(train_set.classes), args.k, args.temperature)
+    k5 = min(5, scores.shape[1])
+    top = scores.topk(k5, dim=1).indices
+    top1 = float((top[:, 0] == val_y).float().mean() * 100)
+    top5 = float((top == val_y[:, None]).any(dim=1).float().mean() * 100)
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = dict(task="cls", mode="knn", k=args.k, temperature=args.temperature, top1=round(top1, 3),
+                  top5=round(top5, 3), encoder=str(args.encoder), data=str(args.data))
+    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} -> {write_metrics(out, result)}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

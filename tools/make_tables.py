@@ -1,0 +1,50 @@
+#!/usr/bin/env python
+"""Results tables from run directories, with the published reference rows beside them.
+
+    python tools/make_tables.py --row "SemAIM-B 800ep (ours)" runs/semaim_b output/vitdet_semaim_b \
+        work_dirs/upernet_semaim_b runs/ft_semaim_b --format md --plot results.png
+    python tools/make_tables.py --ablation --row raster runs/raster runs/ft_raster --row semantic runs/sem runs/ft_sem
+
+Each --row is a name and the directories of one encoder's runs (pretraining, det, seg, cls).
+Problems with any run (missing folder, no metric file, malformed JSON) are listed; the exit
+status is 1 when there were any, so a script notices.
+"""
+import argparse
+import sys
+
+from semaim_core.results import ablation, bar_chart, collect, published_rows, table
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--row", nargs="+", action="append", required=True, metavar=("NAME", "DIR"),
+                    help="a row name followed by its run directories")
+    ap.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+    ap.add_argument("--ablation", action="store_true", help="compare rows that differ in one pretraining setting")
+    ap.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
+    ap.add_argument("--out", help="write the table here too")
+    ap.add_argument("--plot", help="a PNG bar chart of the same numbers")
+    args = ap.parse_args(argv)
+    for r in args.row:
+        if len(r) < 2:
+            ap.error(f"--row {r[0]!r} needs at least one run directory")
+    rows = collect([(r[0], r[1:]) for r in args.row])
+    if args.ablation:
+        text, warnings = ablation(rows, args.format)
+    else:
+        shown = rows if args.no_published else rows + published_rows()
+        text, warnings = table(shown, args.format), []
+    print(text, end="")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+    if args.plot:
+        print(f"wrote {bar_chart(rows if args.no_published or args.ablation else rows + published_rows(), args.plot)}")
+    problems = [f"{r.method}: {p}" for r in rows for p in r.problems] + warnings
+    for p in problems:
+        print(f"warning: {p}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
