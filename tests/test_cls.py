@@ -4,17 +4,11 @@ import json
 import pytest
 import torch
 
-from semaim_core import build_model
-from semaim_core.checkpoint import encoder_from_checkpoint, save_atomic, to_encoder
 
 
-@pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("semaim_vit_tiny_patch16", img_size=64, depth=2)
-    path = tmp_path_factory.mktemp("enc") / "encoder.pth"
-    save_atomic(to_encoder(*encoder_from_checkpoint({"model": model.encoder_state_dict()})), path)
-    return path
+@pytest.fixture
+def encoder(demo_encoder):
+    return demo_encoder[0]  # pretrained at 96 px: the 64 px runs below resize its position table
 
 
 def common(derived, encoder, out):

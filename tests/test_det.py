@@ -15,15 +15,9 @@ def load(name, *overrides):
     return LazyConfig.apply_overrides(LazyConfig.load(f"{CONFIGS}/{name}.py"), list(overrides))
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    """An exported encoder of the demo's size (ViT-Tiny width, 4 blocks, 96 px), random weights."""
-    torch.manual_seed(0)
-    model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)
-    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
-    path = tmp_path_factory.mktemp("enc") / "encoder.pth"
-    save_atomic(to_encoder(sd, meta), path)
-    return path, sd
+@pytest.fixture
+def tiny_encoder(demo_encoder):
+    return demo_encoder
 
 
 def test_recipes():

@@ -20,14 +20,9 @@ TINY = "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x25
 register_all_modules()
 
 
-@pytest.fixture(scope="module")
-def tiny_encoder(tmp_path_factory):
-    torch.manual_seed(0)
-    model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)
-    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
-    path = tmp_path_factory.mktemp("enc") / "encoder.pth"
-    save_atomic(to_encoder(sd, meta), path)
-    return path, sd
+@pytest.fixture
+def tiny_encoder(demo_encoder):
+    return demo_encoder
 
 
 def test_recipe_and_layer_decay_on_the_semaim_backbone():
