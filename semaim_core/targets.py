@@ -70,6 +70,8 @@ def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None,
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
 
+    from .checkpoint import load_verified
+
     if kind not in TEACHERS:
         raise ValueError(f"unknown feature target '{kind}': choose 'pixel', {', '.join(repr(k) for k in TEACHERS)}")
     if not weights:
@@ -86,11 +88,10 @@ def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None,
             sd = sd[key]
     sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
     sd = checkpoint_filter_fn(sd, model)  # timm's converter also reads OpenAI CLIP / other layouts
-    missing, unexpected = model.load_state_dict(sd, strict=False)
-    missing = [k for k in missing if not k.startswith("head")]
-    if missing:
-        raise RuntimeError(f"teacher weights {weights} do not fit {model.default_cfg.get('architecture')}: "
-                           f"{len(missing)} weights missing (first: {missing[:5]})")
+    own = model.state_dict()
+    # projection / DINO heads have no place in a feature extractor (num_classes=0)
+    sd = {k: v for k, v in sd.items() if k in own or not k.startswith("head")}
+    load_verified(model, sd, f"teacher {arch or TEACHERS[kind]['arch']} <- {weights}")
     return model.eval().requires_grad_(False)
 
 
