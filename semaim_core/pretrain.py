@@ -14,7 +14,7 @@ import json
 import random
 import re
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -82,7 +82,6 @@ class Config:
     resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any
     skip_unreadable: bool = False
     max_steps: int | None = None       # stop early (tests, smoke runs); the schedule stays the full one
-    extra: dict = field(default_factory=dict)
 
     def model_overrides(self) -> dict:
         o = dict(img_size=self.img_size, decoder_depth=self.decoder_depth, drop_path_rate=self.drop_path,
@@ -349,8 +348,6 @@ def parse_args(argv=None) -> Config:
     ap.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (flags given override it)")
     ap.add_argument("--config", help="a JSON file of settings (flags given override it)")
     for f in fields(Config):
-        if f.name == "extra":
-            continue
         flag = "--" + f.name.replace("_", "-")
         if f.type == "bool":
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
