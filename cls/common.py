@@ -160,6 +160,7 @@ class EpochTrainer:
             self.out.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(self.out / "tb")
+        metrics = None
         while self.epoch < self.args.epochs:
             tick = time.time()
             loss = self.train_epoch()
@@ -177,6 +178,8 @@ class EpochTrainer:
                     tb.add_scalar(f"cls/{k}", v, self.epoch)
                 save_atomic(self.state(), self.out / "checkpoint.pth")
                 print(json.dumps(rec))
+        if metrics is None:  # resumed a finished run: score the weights it ended with
+            metrics = evaluate(self.model, self.val_loader, self.device, self.world)
         result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"], best=self.best,
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if self.rank == 0:

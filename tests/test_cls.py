@@ -30,6 +30,9 @@ def test_finetune_writes_metrics_and_resumes(derived, encoder, tmp_path):
     after = torch.load(tmp_path / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(before, after)
     assert json.loads((tmp_path / "cls_metrics.json").read_text())["top1"] == second["top1"]
+    again = main(args + ["--epochs", "2"])  # a finished run, started again, only re-scores
+    assert again["epochs"] == 2 and again["top1"] == second["top1"]
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
 
 
 def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
