@@ -21,16 +21,16 @@ from semaim_core.checkpoint import CheckpointError, load_file, save_atomic, timm
 from semaim_core.distributed import all_reduce_mean, init_distributed
 
 
-def base_parser(description: str) -> argparse.ArgumentParser:
+def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (ImageNet layout)")
     ap.add_argument("--encoder", required=True, help="an exported SemAIM encoder (or any checkpoint the converter reads)")
-    ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--batch-size", type=int, default=64, help="per process")
-    ap.add_argument("--num-workers", type=int, default=8)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output-dir", required=True, help="the run directory (checkpoint, logs, cls_metrics.json)")
+    ap.add_argument("--img-size", type=int, default=224, help="input size (the position table is resized)")
+    ap.add_argument("--batch-size", type=int, default=batch_size, help="per process; effective = this x processes")
+    ap.add_argument("--num-workers", type=int, default=8, help="data-loading worker processes")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--seed", type=int, default=0, help="seeds data order and augmentation")
     return ap
 
 

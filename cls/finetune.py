@@ -1,7 +1,8 @@
 #!/usr/bin/env python
-"""End-to-end fine-tuning of a SemAIM encoder (the paper's recipe: 100 epochs, AdamW, layer
-decay 0.65, RandAugment(9, 0.5), mixup 0.8, cutmix 1.0, label smoothing 0.1, drop path 0.1,
-20 warm-up epochs, lr = blr x batch / 256, blr 5e-4).
+"""End-to-end fine-tuning of a SemAIM encoder, the authors' main_finetune.py recipe: global average
+pooling + fc_norm, head init std 2e-5, 100 epochs, AdamW over layer-decay (0.65) groups,
+RandAugment(9, 0.5), RandomErasing 0.25 (pixel), mixup 0.8, cutmix 1.0, label smoothing 0.1, drop
+path 0.1, 20 warm-up epochs, lr = blr x effective batch / 256 with blr 5e-4 (batch 1024).
 
     torchrun --nproc_per_node 8 cls/finetune.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/ft_semaim_b --batch-size 128
@@ -19,38 +20,59 @@ from timm.optim import param_groups_layer_decay  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 
 from cls.common import EpochTrainer, base_parser, image_folders, vit  # noqa: E402
+from semaim_core.data import eval_transform  # noqa: E402
 from semaim_core.optim import build_scheduler  # noqa: E402
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = base_parser(__doc__)
-    ap.add_argument("--epochs", type=int, default=100)
-    ap.add_argument("--warmup-epochs", type=int, default=20)
-    ap.add_argument("--blr", type=float, default=5e-4)
-    ap.add_argument("--min-lr", type=float, default=1e-6)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--layer-decay", type=float, default=0.65)
-    ap.add_argument("--drop-path", type=float, default=0.1)
+    ap.add_argument("--epochs", type=int, default=100, help="training epochs")
+    ap.add_argument("--warmup-epochs", type=int, default=20, help="linear warm-up epochs (per-iteration schedule)")
+    ap.add_argument("--blr", type=float, default=5e-4, help="base lr: lr = blr x effective batch / 256")
+    ap.add_argument("--min-lr", type=float, default=1e-6, help="floor of the cosine schedule")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on 1-D, pos_embed, cls_token)")
+    ap.add_argument("--layer-decay", type=float, default=0.65, help="layer-wise lr decay")
+    ap.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
+    ap.add_argument("--pool", choices=["avg", "cls"], default="avg",
+                    help="avg: mean of the patch tokens + fc_norm (the authors' default); cls: the normalized [CLS]")
     ap.add_argument("--randaug", default="rand-m9-mstd0.5-inc1", help="timm auto-augment string ('' for none)")
-    ap.add_argument("--reprob", type=float, default=0.25)
-    ap.add_argument("--mixup", type=float, default=0.8)
-    ap.add_argument("--cutmix", type=float, default=1.0)
-    ap.add_argument("--smoothing", type=float, default=0.1)
-    ap.add_argument("--clip-grad", type=float, default=None)
+    ap.add_argument("--reprob", type=float, default=0.25, help="RandomErasing probability")
+    ap.add_argument("--remode", choices=["pixel", "rand", "const"], default="pixel", help="RandomErasing fill mode")
+    ap.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    ap.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    ap.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    ap.add_argument("--clip-grad", type=float, default=None, help="gradient-norm clipping (off by default)")
     ap.add_argument("--model-ema", type=float, default=None, help="EMA decay of the weights (off by default)")
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    args = ap.parse_args(argv)
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
+                    help="autocast dtype (the authors: fp16 with a GradScaler)")
+    return ap.parse_args(argv)
 
-    train_tf = create_transform(args.img_size, is_training=True, auto_augment=args.randaug or None,
-                                re_prob=args.reprob, interpolation="bicubic")
-    val_tf = create_transform(args.img_size, is_training=False, interpolation="bicubic", crop_pct=0.875)
+
+def transforms_for(args):
+    """The authors' build_transform: timm's RandAugment pipeline with RandomErasing, and Resize 256
+    (for 224) + CenterCrop for evaluation."""
+    train = create_transform(args.img_size, is_training=True, color_jitter=None, auto_augment=args.randaug or None,
+                             interpolation="bicubic", re_prob=args.reprob, re_mode=args.remode, re_count=1)
+    return train, eval_transform(args.img_size)
+
+
+def model_and_optimizer(args, num_classes: int, world: int = 1):
+    """timm ViT with the encoder, head init std 2e-5, AdamW over the authors' layer-decay groups."""
+    model = vit(args.encoder, img_size=args.img_size, num_classes=num_classes, drop_path_rate=args.drop_path,
+                global_pool="avg" if args.pool == "avg" else "token")
+    torch.nn.init.trunc_normal_(model.head.weight, std=2e-5)
+    torch.nn.init.zeros_(model.head.bias)
+    groups = param_groups_layer_decay(model, args.weight_decay, model.no_weight_decay(), layer_decay=args.layer_decay)
+    return model, torch.optim.AdamW(groups, lr=args.blr * args.batch_size * world / 256)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    train_tf, val_tf = transforms_for(args)
     train_set, val_set = image_folders(args.data, train_tf, val_tf)
     classes = len(train_set.classes)
-    model = vit(args.encoder, img_size=args.img_size, num_classes=classes, drop_path_rate=args.drop_path, global_pool="token")
     world = int(os.environ.get("WORLD_SIZE", 1))
-    lr = args.blr * args.batch_size * world / 256
-    groups = param_groups_layer_decay(model, args.weight_decay, model.no_weight_decay(), layer_decay=args.layer_decay)
-    optimizer = torch.optim.AdamW(groups, lr=lr)
+    model, optimizer = model_and_optimizer(args, classes, world)
     steps = len(train_set) // (args.batch_size * world)
     scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
     mixing = args.mixup > 0 or args.cutmix > 0

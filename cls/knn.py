@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Weighted k-NN classification (DINO's protocol) on frozen, L2-normalized [CLS] features.
+"""Weighted k-NN classification (DINO's protocol, k 20, T 0.07) on frozen, L2-normalized features:
+by default the mean of the patch tokens + a LayerNorm without affine, as the authors' README runs
+main_knn.py (--global_pool); --pool cls takes the normalized [CLS]. Resize 256 + CenterCrop 224.
 
     python cls/knn.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
 """
@@ -21,7 +23,7 @@ def features(model, dataset, batch_size, workers, device):
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     feats, labels = [], []
     for images, target in tqdm(loader, desc="features", dynamic_ncols=True):
-        feats.append(F.normalize(model.forward_features(images.to(device))[:, 0].float(), dim=1))
+        feats.append(F.normalize(model(images.to(device)).float(), dim=1))  # num_classes=0: the pooled feature
         labels.append(target.to(device))
     return torch.cat(feats), torch.cat(labels)
 
@@ -37,14 +39,26 @@ def knn_classify(train_f, train_y, test_f, num_classes: int, k: int = 20, temper
     return torch.cat(scores)
 
 
-def main(argv=None):
+def parse_args(argv=None):
     ap = base_parser(__doc__)
-    ap.add_argument("--k", type=int, default=20)
-    ap.add_argument("--temperature", type=float, default=0.07)
-    args = ap.parse_args(argv)
+    ap.add_argument("--k", type=int, default=20, help="neighbours that vote")
+    ap.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T)")
+    ap.add_argument("--pool", choices=["avg", "cls"], default="avg",
+                    help="avg: mean of the patch tokens + LayerNorm without affine (the authors'); cls: the normalized [CLS]")
+    return ap.parse_args(argv)
+
+
+def feature_model(args):
+    """The frozen encoder as a timm ViT whose output is the pooled feature. With avg pooling timm's
+    fc_norm stays at its initialization (weight 1, bias 0): a LayerNorm without affine."""
+    return vit(args.encoder, img_size=args.img_size, num_classes=0, global_pool="avg" if args.pool == "avg" else "token")
+
+
+def main(argv=None):
+    args = parse_args(argv)
     device = torch.device(args.device)
     train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size))
-    model = vit(args.encoder, img_size=args.img_size, num_classes=0, global_pool="token").to(device).eval()
+    model = feature_model(args).to(device).eval()
     train_f, train_y = features(model, train_set, args.batch_size, args.num_workers, device)
     val_f, val_y = features(model, val_set, args.batch_size, args.num_workers, device)
     scores = knn_classify(train_f, train_y, val_f, len(train_set.classes), args.k, args.temperature)
@@ -54,7 +68,7 @@ def main(argv=None):
     top5 = float((top == val_y[:, None]).any(dim=1).float().mean() * 100)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    result = dict(task="cls", mode="knn", k=args.k, temperature=args.temperature, top1=round(top1, 3),
+    result = dict(task="cls", mode="knn", k=args.k, temperature=args.temperature, pool=args.pool, top1=round(top1, 3),
                   top5=round(top5, 3), encoder=str(args.encoder), data=str(args.data))
     print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} -> {write_metrics(out, result)}")
     return result

@@ -70,13 +70,28 @@ def check_equivalence(model_name: str, batch: int, img_size: int, device: str) -
     model = build_model(model_name, img_size=img_size).to(device)
     images = torch.randn(batch, 3, img_size, img_size, device=device)
     with torch.no_grad():
-        x, cls, _ = model.embed(images)
-        order, _ = model.make_order(x, cls, images)
+        order, _ = model.make_order(images)
         losses = {}
         for attention in ("sorted", "dense"):
             model.attention = attention
             losses[attention] = model(images, order=order).loss.double()
     return float((losses["sorted"] - losses["dense"]).abs() / losses["dense"].abs())
+
+
+@torch.no_grad()
+def center_agreement(model, images: torch.Tensor, dtype: torch.dtype, batch: int = 32) -> float:
+    """Fraction of images whose center (argmax of S) is the same with the similarity pass in
+    ``dtype`` autocast (similarity_precision="autocast") as in fp32 (the default, the authors')."""
+    same = 0
+    for chunk in images.split(batch):
+        centers = {}
+        for precision in ("fp32", "autocast"):
+            model.similarity_precision = precision
+            with torch.autocast(chunk.device.type, dtype=dtype):
+                centers[precision] = model.forward_similarity(chunk).argmax(1)
+        same += int((centers["fp32"] == centers["autocast"]).sum())
+    model.similarity_precision = "fp32"
+    return same / len(images)
 
 
 def profile_step(step, steps: int = 3, rows: int = 25) -> str:
@@ -163,7 +178,23 @@ def main(argv=None):
     ap.add_argument("--json", help="also write the results here (JSON lines)")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each variant")
     ap.add_argument("--check", action="store_true", help="first compare the fp32 loss of sorted and dense")
+    ap.add_argument("--agreement-images", help="measure only the center agreement of the --dtype similarity pass with "
+                    "the fp32 one, on the images of this folder (eval crops at --img-size)")
+    ap.add_argument("--agreement-checkpoint", help="encoder weights for --agreement-images (default: random init)")
     args = ap.parse_args(argv)
+    if args.agreement_images:
+        from .data import ImageDataset, eval_transform
+        from .visualize import model_from_checkpoint
+
+        ds = ImageDataset(args.agreement_images, eval_transform(args.img_size))
+        images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))]).to(args.device)
+        torch.manual_seed(0)
+        model = model_from_checkpoint(args.agreement_checkpoint, args.img_size, args.model).to(args.device)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+        share = center_agreement(model, images, dtype)
+        print(f"center agreement, similarity pass in {args.dtype} autocast vs fp32: {100 * share:.1f}% of "
+              f"{len(images)} images ({args.model}, {args.agreement_checkpoint or 'random init'}, {args.device})")
+        return share
     if args.device.startswith("cuda"):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

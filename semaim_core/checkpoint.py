@@ -121,9 +121,17 @@ def required_encoder_keys(depth: int) -> list[str]:
     return keys
 
 
-def encoder_from_checkpoint(ckpt: dict) -> tuple[dict, dict]:
+def heads_for_width(width: int) -> int | None:
+    """Attention heads of the standard ViT of this width (ViT-H: 16 heads of 80, not 64 channels)."""
+    from . import MODEL_SIZES
+
+    return {size["embed_dim"]: size["num_heads"] for size in MODEL_SIZES.values()}.get(width)
+
+
+def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[dict, dict]:
     """(encoder state dict with timm/MAE names, metadata) from any readable kind; fails with the
-    list of missing weights when the encoder is incomplete."""
+    list of missing weights when the encoder is incomplete. The head count, which no weight
+    shape reveals, comes from ``num_heads``, the checkpoint's metadata or the standard ViT sizes."""
     kind = detect_kind(ckpt)
     sd = _strip(_state_dict(ckpt))
     if kind == "saim":
@@ -142,7 +150,13 @@ def encoder_from_checkpoint(ckpt: dict) -> tuple[dict, dict]:
     n = sd["pos_embed"].shape[1] - 1
     meta.setdefault("embed_dim", dim)
     meta.setdefault("depth", depth)
-    meta.setdefault("num_heads", cfg.get("num_heads", dim // 64))
+    heads = num_heads or meta.get("num_heads") or cfg.get("num_heads") or heads_for_width(dim)
+    if not heads:
+        raise CheckpointError(f"the {kind} checkpoint has width {dim}, not a standard ViT width, and no head count: "
+                              "pass --num-heads")
+    if dim % heads:
+        raise CheckpointError(f"{heads} heads do not divide the width {dim}")
+    meta["num_heads"] = heads
     meta.setdefault("patch_size", patch)
     meta.setdefault("img_size", int(round(n ** 0.5)) * patch)
     meta.setdefault("mlp_ratio", sd["blocks.0.mlp.fc1.weight"].shape[0] / dim)
@@ -227,9 +241,9 @@ def load_verified(module: torch.nn.Module, sd: dict, what: str, allowed_missing=
     return report
 
 
-def read_encoder(path: str | Path) -> tuple[dict, dict]:
+def read_encoder(path: str | Path, num_heads: int | None = None) -> tuple[dict, dict]:
     """Encoder weights and metadata from any checkpoint kind the suite reads."""
-    return encoder_from_checkpoint(load_file(path))
+    return encoder_from_checkpoint(load_file(path), num_heads)
 
 
 def timm_vit_from_encoder(path: str | Path, img_size: int | None = None, **overrides) -> torch.nn.Module:
@@ -245,5 +259,9 @@ def timm_vit_from_encoder(path: str | Path, img_size: int | None = None, **overr
     model = timm.create_model(arch, pretrained=False, **{**kwargs, **overrides})
     if sd["pos_embed"].shape != model.pos_embed.shape:
         sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
-    load_verified(model, sd, f"timm {arch} <- {path}", allowed_missing=(r"^head\.",))
+    allowed = [r"^head\."]
+    if isinstance(model.norm, torch.nn.Identity):  # global pooling: timm's fc_norm replaces the final norm,
+        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}  # as in MAE's fine-tuning
+        allowed.append(r"^fc_norm\.")
+    load_verified(model, sd, f"timm {arch} <- {path}", allowed_missing=allowed)
     return model

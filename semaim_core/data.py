@@ -26,8 +26,11 @@ def pretrain_transform(img_size: int) -> transforms.Compose:
 
 
 def eval_transform(img_size: int) -> transforms.Compose:
+    """Resize (bicubic) to img_size / 0.875 (256 for 224, as MAE's and the authors' evaluation;
+    no margin above 224 px), then CenterCrop img_size."""
+    crop_pct = 224 / 256 if img_size <= 224 else 1.0
     return transforms.Compose([
-        transforms.Resize(img_size, interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize(int(img_size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(img_size),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),

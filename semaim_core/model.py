@@ -18,9 +18,11 @@ Two attention implementations compute the same function:
 from __future__ import annotations
 
 import copy
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -32,24 +34,29 @@ from .targets import FeatureTarget, PixelTarget
 
 ATTENTION = ("sorted", "dense")
 SIMILARITY_SOURCES = ("online", "ema", "teacher")
+# "fp32": the similarity pass runs outside the step's autocast, as the authors' does (exact).
+# "autocast": it runs in the step's mixed precision: faster, and the chosen center may move.
+SIMILARITY_PRECISIONS = ("fp32", "autocast")
 LayerNorm = partial(nn.LayerNorm, eps=1e-6)
 
 
 def sincos_pos_embed(dim: int, grid: tuple[int, int], cls_token: bool = True) -> torch.Tensor:
-    """MAE's fixed 2D sin-cos embedding, (1 + N) x dim with a zero [CLS] slot (half the channels
-    encode the row, half the column)."""
+    """MAE's fixed 2D sin-cos table, (1 + N) x dim with a zero [CLS] slot, in MAE's channel layout
+    (the first half encodes the column, the second the row) and arithmetic (float64 numpy), so a
+    regenerated table equals the one stored in MAE and SemAIM checkpoints."""
     if dim % 4:
         raise ValueError(f"embed dim {dim} must be divisible by 4 for 2D sin-cos position embeddings")
-    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim / 4.0))
-    rows, cols = torch.meshgrid(torch.arange(grid[0], dtype=torch.float64),
-                                torch.arange(grid[1], dtype=torch.float64), indexing="ij")
+    omega = 1.0 / 10000 ** (np.arange(dim // 4, dtype=np.float64) / (dim / 4.0))
+    rows, cols = np.meshgrid(np.arange(grid[0], dtype=np.float32), np.arange(grid[1], dtype=np.float32), indexing="ij")
 
     def embed(pos):
-        out = pos.flatten()[:, None] * omega[None]
-        return torch.cat([out.sin(), out.cos()], dim=1)
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
-    emb = torch.cat([embed(rows), embed(cols)], dim=1).float()
-    return torch.cat([torch.zeros(1, dim), emb]) if cls_token else emb
+    emb = np.concatenate([embed(cols), embed(rows)], axis=1)
+    if cls_token:
+        emb = np.concatenate([np.zeros([1, dim]), emb], axis=0)
+    return torch.from_numpy(emb).float()
 
 
 def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
@@ -126,22 +133,27 @@ class SemAIM(nn.Module):
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, decoder_depth: int | None = None, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, order: str = "semantic", attention: str = "sorted",
-                 similarity_source: str = "online", order_lambda: float = 1e-3, order_smooth: bool = False,
-                 num_centers: int = 2, target: str = "pixel", teacher: dict | None = None):
+                 similarity_source: str | None = None, similarity_precision: str = "fp32",
+                 order_lambda: float = 1e-3, order_smooth: bool = False, num_centers: int = 2,
+                 target: str = "pixel", teacher: dict | None = None):
         super().__init__()
         decoder_depth = depth if decoder_depth is None else decoder_depth
+        # the authors take the order's similarity from the teacher whenever the target is a teacher's
+        similarity_source = similarity_source or ("online" if target == "pixel" else "teacher")
         if order not in O.ORDERS:
             raise ValueError(f"unknown order '{order}': choose one of {', '.join(O.ORDERS)}")
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention '{attention}': choose 'sorted' or 'dense'")
         if similarity_source not in SIMILARITY_SOURCES:
             raise ValueError(f"unknown similarity_source '{similarity_source}': choose one of {SIMILARITY_SOURCES}")
+        if similarity_precision not in SIMILARITY_PRECISIONS:
+            raise ValueError(f"unknown similarity_precision '{similarity_precision}': choose one of {SIMILARITY_PRECISIONS}")
         if decoder_depth < 1 or depth % decoder_depth:
             raise ValueError(f"decoder_depth ({decoder_depth}) must divide the encoder depth ({depth})")
         if similarity_source == "teacher" and target == "pixel":
             raise ValueError("similarity_source='teacher' needs a feature target (target='dino' or 'clip')")
         self.patch_size, self.order_name, self.attention = patch_size, order, attention
-        self.similarity_source = similarity_source
+        self.similarity_source, self.similarity_precision = similarity_source, similarity_precision
         self.order_lambda, self.order_smooth, self.num_centers = order_lambda, order_smooth, num_centers
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                            depth=depth, num_heads=num_heads, decoder_depth=decoder_depth, mlp_ratio=mlp_ratio)
@@ -155,15 +167,14 @@ class SemAIM(nn.Module):
         self.blocks = nn.ModuleList(
             EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=LayerNorm)
             for i in range(depth))
-        # The final encoder norm only serves the no-grad similarity pass (and downstream use), so it
-        # never receives a gradient; freezing it keeps DDP from waiting for one.
-        self.norm = LayerNorm(embed_dim).requires_grad_(False)
+        # ONE final LayerNorm, as in the authors' model: it normalizes the decoder output before the
+        # prediction head (which trains it) and the encoder tokens of the similarity pass.
+        self.norm = LayerNorm(embed_dim)
 
         # decoder: block k reads the output of encoder block (k + 1) * depth / decoder_depth - 1
         self.decoder_every = depth // decoder_depth
         self.decoder_blocks = nn.ModuleList(
-            DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[(k + 1) * self.decoder_every - 1])
-            for k in range(decoder_depth))
+            DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[k]) for k in range(decoder_depth))
 
         if target == "pixel":
             self.target = PixelTarget(patch_size, in_chans)
@@ -171,14 +182,11 @@ class SemAIM(nn.Module):
             self.target = FeatureTarget(target, **(teacher or {}))
             if self.target.patch_size != patch_size:
                 raise ValueError(f"teacher patch size {self.target.patch_size} != model patch size {patch_size}")
-        self.decoder_norm = LayerNorm(embed_dim)
-        self.decoder_pred = Mlp(embed_dim, 4 * embed_dim, self.target.dim)
+        self.decoder_pred = Mlp(embed_dim, int(embed_dim * mlp_ratio), self.target.dim)
         self._init_weights()
-        # An EMA copy of the encoder blocks and final norm, for similarity_source="ema". It is a
-        # submodule so checkpoints carry it; it has no trainable parameters.
-        self.ema_encoder = None
-        if similarity_source == "ema":
-            self.ema_encoder = copy.deepcopy(nn.ModuleDict({"blocks": self.blocks, "norm": self.norm})).requires_grad_(False)
+        # For similarity_source="ema": an EMA of the whole encoder (patch embedding, [CLS], blocks,
+        # final norm), as the authors' ModelEma. A submodule, so checkpoints carry it; never trained.
+        self.ema_encoder = EncoderCopy(self) if similarity_source == "ema" else None
 
     # ------------------------------------------------------------------ init and helpers
     def _init_weights(self):
@@ -195,6 +203,9 @@ class SemAIM(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+        for blk in self.decoder_blocks:  # the authors' k and v are two D x D matrices, each xavier
+            for half in blk.kv.weight.data.chunk(2):
+                nn.init.xavier_uniform_(half)
 
     def grid(self, images: torch.Tensor) -> tuple[int, int]:
         h, w = images.shape[-2:]
@@ -222,43 +233,51 @@ class SemAIM(nn.Module):
         """ema <- decay * ema + (1 - decay) * online, for the similarity encoder."""
         if self.ema_encoder is None:
             return
-        online = dict(nn.ModuleDict({"blocks": self.blocks, "norm": self.norm}).named_parameters())
+        online = dict(self.named_parameters())
         ema = dict(self.ema_encoder.named_parameters())
-        torch._foreach_lerp_([ema[k] for k in online], [online[k].detach() for k in online], 1.0 - decay)
+        torch._foreach_lerp_(list(ema.values()), [online[k].detach() for k in ema], 1.0 - decay)
 
     def no_weight_decay(self):
-        return {"pos_embed", "cls_token"}
+        # The authors decay [CLS] (timm's add_weight_decay with no skip list); pos_embed is frozen.
+        return {"pos_embed"}
 
     # ------------------------------------------------------------------ the three stages
-    def embed(self, images: torch.Tensor):
-        """Patch tokens with position embeddings (B x N x D) and the [CLS] token (B x 1 x D)."""
-        grid = self.grid(images)
-        pos = self.pos_embed_for(grid)
-        x = self.patch_embed(images) + pos[:, 1:]
-        cls = (self.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
+    def embed(self, images: torch.Tensor, encoder: nn.Module | None = None):
+        """Patch tokens with position embeddings (B x N x D), the [CLS] token (B x 1 x D) and the
+        position table, from this model's patch embedding and [CLS] (or ``encoder``'s)."""
+        encoder = encoder or self
+        pos = self.pos_embed_for(self.grid(images))
+        x = encoder.patch_embed(images) + pos[:, 1:]
+        cls = (encoder.cls_token + pos[:, :1]).expand(x.shape[0], -1, -1)
         return x, cls, pos
 
     @torch.no_grad()
-    def forward_similarity(self, x: torch.Tensor, cls: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
-        """S (B x N) from an unmasked, no-grad, eval-mode pass (no drop path)."""
-        if self.similarity_source == "teacher":
+    def forward_similarity(self, images: torch.Tensor) -> torch.Tensor:
+        """S (B x N) from an unmasked, no-grad, eval-mode pass (no drop path) of the online
+        encoder, its EMA, or the teacher; outside the step's autocast unless asked otherwise."""
+        if self.similarity_source == "teacher":  # the authors run the teacher in the step's autocast
             return O.similarity_map(self.target.tokens(images))
         encoder = self if self.similarity_source == "online" else self.ema_encoder
-        h = torch.cat([cls, x], dim=1)
-        for blk in encoder.blocks:
-            h = blk(h, drop_path=False)  # eval behaviour without switching modes (compile-friendly)
-        return O.similarity_map(encoder.norm(h))
+        exact = self.similarity_precision == "fp32"
+        with torch.autocast(images.device.type, enabled=False) if exact else nullcontext():
+            x, cls, _ = self.embed(images.to(self.pos_embed.dtype) if exact else images, encoder)
+            h = torch.cat([cls, x], dim=1)
+            for blk in encoder.blocks:
+                h = blk(h, drop_path=False)  # eval behaviour without switching modes (compile-friendly)
+            return O.similarity_map(encoder.norm(h))
 
-    def make_order(self, x, cls, images) -> tuple[torch.Tensor, torch.Tensor | None]:
-        s = self.forward_similarity(x.detach(), cls.detach(), images) if self.order_name in O.NEEDS_SIMILARITY else None
-        c = O.make_order(self.order_name, x.shape[0], self.grid(images), x.device, s, lam=self.order_lambda,
+    def make_order(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(order C, similarity map S or None) for a batch, as the training step draws them."""
+        s = self.forward_similarity(images) if self.order_name in O.NEEDS_SIMILARITY else None
+        b = images.shape[0]
+        c = O.make_order(self.order_name, b, self.grid(images), images.device, s, lam=self.order_lambda,
                          smooth=self.order_smooth, num_centers=self.num_centers)
         return c, s
 
     def forward_encoder_decoder(self, x, cls, pos, order):
         """Predictions (B x N x target dim) in raster order, or in sorted order with the sort index."""
         if self.attention == "sorted":
-            idx = order.argsort(dim=1, stable=True)  # ties (only possible in a given order) keep index order
+            idx = order.argsort(dim=1, stable=True)  # orders are strict ranks: the sort is unique
             gather = idx[..., None].expand(-1, -1, x.shape[-1])
             h = torch.cat([cls, x.gather(1, gather)], dim=1)
             g = pos[:, 1:].expand(x.shape[0], -1, -1).gather(1, gather)
@@ -277,7 +296,7 @@ class SemAIM(nn.Module):
             h = blk(h, **enc)
             if (i + 1) % self.decoder_every == 0:
                 g = self.decoder_blocks[(i + 1) // self.decoder_every - 1](g, kv(h), **dec)
-        return self.decoder_pred(self.decoder_norm(g)), idx
+        return self.decoder_pred(self.norm(g)), idx
 
     def forward_loss(self, pred, target, idx):
         """Per-patch loss (B x N, raster order) and its mean."""
@@ -290,14 +309,27 @@ class SemAIM(nn.Module):
         return per_patch.mean(), per_patch
 
     def forward(self, images: torch.Tensor, order: torch.Tensor | None = None) -> SemAIMOutput:
-        x, cls, pos = self.embed(images)
         s = None
         if order is None:
-            order, s = self.make_order(x, cls, images)
-        elif order.shape != x.shape[:2]:
+            order, s = self.make_order(images)
+        x, cls, pos = self.embed(images)
+        if order.shape != x.shape[:2]:
             raise ValueError(f"order must be B x N = {tuple(x.shape[:2])}, got {tuple(order.shape)}")
         pred, idx = self.forward_encoder_decoder(x, cls, pos, order.float())
         with torch.no_grad():
             target = self.target(images)
         loss, per_patch = self.forward_loss(pred, target, idx)
         return SemAIMOutput(loss, per_patch, order, s)
+
+
+class EncoderCopy(nn.Module):
+    """A frozen copy of a SemAIM encoder's parts (patch embedding, [CLS], blocks, final norm)
+    under the same names, for the EMA similarity encoder."""
+
+    def __init__(self, model: SemAIM):
+        super().__init__()
+        self.patch_embed = copy.deepcopy(model.patch_embed)
+        self.cls_token = nn.Parameter(model.cls_token.detach().clone())
+        self.blocks = copy.deepcopy(model.blocks)
+        self.norm = copy.deepcopy(model.norm)
+        self.requires_grad_(False)

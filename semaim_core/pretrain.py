@@ -54,13 +54,17 @@ class Config:
     drop_path: float = 0.0
     order: str = "semantic"
     attention: str = "sorted"
-    similarity_source: str = "online"
-    ema_decay: float = 0.999
+    similarity_source: str | None = None  # default: "teacher" for dino/clip targets, else "online"
+    similarity_precision: str = "fp32"  # "autocast": the similarity pass in the step's mixed precision
+    ema_decay: float = 0.999           # EMA similarity encoder: decay ramps linearly from ema_decay
+    ema_decay_end: float = 0.9999      # to ema_decay_end over the first ema_ramp_epochs epochs,
+    ema_ramp_epochs: int = 100         # the authors' ramp (0.999 -> 0.9999 over 100 epochs)
     order_lambda: float = 1e-3         # the released code's value (the paper writes 0.01)
     order_smooth: bool = False         # the paper's 3x3 mean filter on S (not in the released code)
     num_centers: int = 2
     target: str = "pixel"
     teacher_weights: str | None = None
+    teacher_input: str = "imagenet"    # "native": re-normalize the crop to the teacher's own statistics
     batch_size: int = 64               # per GPU and per micro-step
     accum_iter: int = 4                # effective batch = batch_size * accum_iter * world size
     epochs: int = 400
@@ -86,17 +90,29 @@ class Config:
     def model_overrides(self) -> dict:
         o = dict(img_size=self.img_size, decoder_depth=self.decoder_depth, drop_path_rate=self.drop_path,
                  order=self.order, attention=self.attention, similarity_source=self.similarity_source,
+                 similarity_precision=self.similarity_precision,
                  order_lambda=self.order_lambda, order_smooth=self.order_smooth, num_centers=self.num_centers,
                  target=self.target)
         if self.depth is not None:
             o["depth"] = self.depth
         if self.target != "pixel":
-            o["teacher"] = dict(weights=self.teacher_weights)
+            o["teacher"] = dict(weights=self.teacher_weights, input_norm=self.teacher_input)
         return o
 
 
 class NonFiniteLossError(FloatingPointError):
     pass
+
+
+def non_finite(tensors: dict) -> list[str]:
+    """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an inf."""
+    bad = []
+    for name, value in tensors.items():
+        if isinstance(value, dict):
+            bad += [f"{name}.{k}" for k in non_finite(value)]
+        elif torch.is_tensor(value) and value.is_floating_point() and not torch.isfinite(value).all():
+            bad.append(str(name))
+    return bad
 
 
 # ---------------------------------------------------------------------------- data order
@@ -167,7 +183,8 @@ def set_rng_state(state: dict):
 
 
 class Trainer:
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, model_overrides: dict | None = None):
+        """``model_overrides``: architecture settings beyond the named model (tools and tests)."""
         if not cfg.data:
             raise ValueError("--data is required: an ImageNet-style folder or a folder of images")
         if not cfg.output_dir:
@@ -187,7 +204,7 @@ class Trainer:
             raise ValueError(f"one epoch has {self.sampler.batches_per_epoch} batches, fewer than --accum-iter {cfg.accum_iter}")
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
-        self.model = build_model(cfg.model, **cfg.model_overrides()).to(self.device)
+        self.model = build_model(cfg.model, **cfg.model_overrides(), **(model_overrides or {})).to(self.device)
         self.eff_batch = cfg.batch_size * cfg.accum_iter * self.world
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay, tuple(cfg.betas))
@@ -209,10 +226,19 @@ class Trainer:
                     scaler=self.scaler.state_dict(), step=self.step, rng=rng_state(),
                     config=dict(asdict(self.cfg), model_config=self.model.config))
 
+    def last_good(self) -> str:
+        found = checkpoint_paths(self.out)
+        return str(found[-1]) if found else "none written yet"
+
     def save(self):
         if not self.is_main:
             return
-        path = save_atomic(self.state(), self.out / f"checkpoint-{self.step:08d}.pth")
+        state = self.state()
+        bad = non_finite(state["model"]) + non_finite({"optimizer": state["optimizer"]["state"]})
+        if bad:  # never write (or name as good) weights a diverged step produced
+            raise NonFiniteLossError(f"non-finite values in {len(bad)} tensors at step {self.step} ({bad[:4]}): "
+                                     f"not saving. The last good checkpoint is kept ({self.last_good()})")
+        path = save_atomic(state, self.out / f"checkpoint-{self.step:08d}.pth")
         for old in checkpoint_paths(self.out)[: -self.cfg.keep]:
             old.unlink()
         return path
@@ -246,6 +272,11 @@ class Trainer:
         return save_atomic(to_encoder(sd, meta), self.out / "encoder.pth")
 
     # -------------------------------------------------------------- training
+    def ema_decay(self, epoch: int) -> float:
+        """The EMA similarity encoder's decay in ``epoch`` (the authors set it at each epoch start)."""
+        ramp = min(epoch / self.cfg.ema_ramp_epochs, 1.0) if self.cfg.ema_ramp_epochs else 1.0
+        return self.cfg.ema_decay + ramp * (self.cfg.ema_decay_end - self.cfg.ema_decay)
+
     def loader(self, epoch: int, start_batch: int):
         self.sampler.set_epoch(epoch, start_batch)
         return torch.utils.data.DataLoader(
@@ -265,19 +296,23 @@ class Trainer:
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
         total = all_reduce_mean(total, self.world)
+        advice = (f"The last good checkpoint is kept ({self.last_good()}); lower the lr, raise warm-up or use "
+                  "--dtype bf16, then resume.")
         if not torch.isfinite(total):
-            raise NonFiniteLossError(
-                f"loss is {total.item()} at step {self.step}: stopping. The last good checkpoint is kept "
-                f"({checkpoint_paths(self.out)[-1] if checkpoint_paths(self.out) else 'none written yet'}); "
-                "lower the lr, raise warm-up or use --dtype bf16, then resume.")
+            raise NonFiniteLossError(f"loss is {total.item()} at step {self.step}: stopping. {advice}")
         self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad or float("inf"))
+        # fp16: the GradScaler skips a step with inf/NaN gradients and lowers its scale; otherwise a
+        # non-finite gradient would write NaN into every weight, so stop before the update.
+        if not torch.isfinite(norm) and not self.scaler.is_enabled():
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {self.step} (loss {total.item():.4g}): "
+                                     f"stopping before the update. {advice}")
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        if self.cfg.similarity_source == "ema":
-            self.model.update_ema(self.cfg.ema_decay)
+        self.model.update_ema(self.ema_decay(self.step // self.steps_per_epoch))
         self.step += 1
         return total.item(), norm.item()
 

@@ -9,11 +9,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-# Teacher architectures (timm names) and the normalization their weights expect.
+# Teacher architectures (timm names) and the normalization their weights were trained with. The
+# CLIP target is the authors': OpenAI CLIP ViT-B/16 (QuickGELU), ln_post(x) @ proj on every token.
 TEACHERS = {
     "dino": dict(arch="vit_base_patch16_224", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD),
-    "clip": dict(arch="vit_base_patch16_clip_224", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
+    "clip": dict(arch="vit_base_patch16_clip_quickgelu_224", mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD),
 }
+# "imagenet": the teacher sees the ImageNet-normalized crop, as the authors feed it (default).
+# "native": the crop is re-normalized to the statistics the teacher was trained with.
+TEACHER_INPUTS = ("imagenet", "native")
 
 
 def patchify(images: torch.Tensor, p: int) -> torch.Tensor:
@@ -65,47 +69,85 @@ class TeacherWeightsError(FileNotFoundError):
     pass
 
 
-def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None, **timm_kwargs) -> nn.Module:
-    """A frozen timm ViT with the user's local weights; every teacher weight must load."""
-    import timm
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from .checkpoint import load_verified
-
-    if kind not in TEACHERS:
-        raise ValueError(f"unknown feature target '{kind}': choose 'pixel', {', '.join(repr(k) for k in TEACHERS)}")
-    if not weights:
-        raise TeacherWeightsError(
-            f"target '{kind}' needs the teacher's weights as a local file: pass --teacher-weights PATH "
-            f"(a {TEACHERS[kind]['arch']} state dict; nothing is downloaded)")
-    weights = Path(weights)
-    if not weights.is_file():
-        raise TeacherWeightsError(f"teacher weights file {weights} does not exist: download it once and pass its path")
-    model = timm.create_model(arch or TEACHERS[kind]["arch"], pretrained=False, num_classes=0, **timm_kwargs)
-    sd = torch.load(weights, map_location="cpu", weights_only=False)
+def read_teacher_state_dict(path: Path) -> dict:
+    """The weights in a teacher file: a state dict (possibly wrapped, as DINO and MAE save them) or
+    OpenAI's TorchScript archive, returned with OpenAI CLIP keys under ``visual.``."""
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=False)
+    except RuntimeError as e:
+        if "TorchScript" not in str(e) and "constants.pkl" not in str(e):
+            raise TeacherWeightsError(f"cannot read teacher weights {path}: {e}") from e
+        sd = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI's released ViT-B-16.pt
     for key in ("teacher", "model", "state_dict"):  # DINO, MAE-style and Lightning-style wrappers
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
+    if not isinstance(sd, dict):
+        raise TeacherWeightsError(f"teacher weights {path} hold a {type(sd).__name__}, not a state dict")
     sd = {k.removeprefix("module.").removeprefix("backbone."): v for k, v in sd.items()}
-    sd = checkpoint_filter_fn(sd, model)  # timm's converter also reads OpenAI CLIP / other layouts
-    own = model.state_dict()
-    # projection / DINO heads have no place in a feature extractor (num_classes=0)
-    sd = {k: v for k, v in sd.items() if k in own or not k.startswith("head")}
-    load_verified(model, sd, f"teacher {arch or TEACHERS[kind]['arch']} <- {weights}")
+    if "class_embedding" in sd:  # OpenAI's visual tower saved on its own
+        sd = {f"visual.{k}": v for k, v in sd.items()}
+    return sd
+
+
+def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None, **timm_kwargs) -> nn.Module:
+    """A frozen timm ViT with the user's local weights; every teacher weight must load.
+
+    Accepted files: timm/DINO layouts (``blocks.*``, ``patch_embed.*``) and, for CLIP, OpenAI's
+    layout (``visual.*`` or the visual tower's bare keys, a state dict or OpenAI's TorchScript
+    archive). The CLIP projection ``proj`` becomes the timm head, applied to every token."""
+    import timm
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    from .checkpoint import CheckpointError, load_verified
+
+    if kind not in TEACHERS:
+        raise ValueError(f"unknown feature target '{kind}': choose 'pixel', {', '.join(repr(k) for k in TEACHERS)}")
+    arch = arch or TEACHERS[kind]["arch"]
+    if not weights:
+        raise TeacherWeightsError(
+            f"target '{kind}' needs the teacher's weights as a local file: pass --teacher-weights PATH "
+            f"(a {arch} state dict; nothing is downloaded)")
+    weights = Path(weights)
+    if not weights.is_file():
+        raise TeacherWeightsError(f"teacher weights file {weights} does not exist: download it once and pass its path")
+    sd = read_teacher_state_dict(weights)
+    proj = sd.get("visual.proj", sd.get("head.weight"))
+    if kind == "clip" and proj is None:
+        raise TeacherWeightsError(
+            f"{weights} has no CLIP projection (visual.proj or head.weight): the CLIP target is ln_post(x) @ proj; "
+            "pass OpenAI's ViT-B/16 weights (OpenAI layout) or timm's vit_base_patch16_clip_quickgelu_224")
+    # CLIP: the head is the projection (OpenAI's proj is D x out, timm's head.weight out x D)
+    out_dim = (proj.shape[1] if "visual.proj" in sd else proj.shape[0]) if kind == "clip" else 0
+    model = timm.create_model(arch, pretrained=False, num_classes=out_dim, **timm_kwargs)
+    sd = checkpoint_filter_fn(sd, model)  # timm's converter reads OpenAI CLIP and other layouts
+    if kind == "dino":  # DINO / projection heads have no place in a feature extractor
+        sd = {k: v for k, v in sd.items() if not k.startswith("head")}
+    try:
+        load_verified(model, sd, f"teacher {arch} <- {weights}")
+    except CheckpointError as e:
+        raise TeacherWeightsError(
+            f"{e}\nExpected a {arch} teacher: timm key layout (patch_embed.proj, blocks.i.attn.qkv, norm"
+            f"{', head = CLIP proj' if kind == 'clip' else ''}){' or OpenAI CLIP layout (visual.conv1, visual.transformer.resblocks.i, visual.ln_post, visual.proj)' if kind == 'clip' else ''}.") from e
     return model.eval().requires_grad_(False)
 
 
 class FeatureTarget(nn.Module):
-    """Patch tokens of a frozen teacher (final-norm output); loss 2 - 2 cos per patch."""
+    """Tokens of a frozen teacher: DINO's final-norm tokens, or CLIP's ln_post(x) @ proj; the loss
+    is 2 - 2 cos per patch."""
 
-    def __init__(self, kind: str, weights: str | Path | None = None, arch: str | None = None, **timm_kwargs):
+    def __init__(self, kind: str, weights: str | Path | None = None, arch: str | None = None,
+                 input_norm: str = "imagenet", **timm_kwargs):
         super().__init__()
+        if input_norm not in TEACHER_INPUTS:
+            raise ValueError(f"unknown teacher input normalization '{input_norm}': choose one of {TEACHER_INPUTS}")
         self.teacher = load_teacher(kind, weights, arch, **timm_kwargs)
-        self.dim = self.teacher.embed_dim
+        self.dim = self.teacher.num_classes or self.teacher.embed_dim
         self.patch_size = self.teacher.patch_embed.patch_size[0]
         self.prefix = self.teacher.num_prefix_tokens
         mean, std = TEACHERS[kind]["mean"], TEACHERS[kind]["std"]
-        # inputs arrive ImageNet-normalized; the teacher may expect another normalization
+        if input_norm == "imagenet":
+            mean, std = IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+        # inputs arrive ImageNet-normalized; map them to the normalization the teacher is fed
         scale = torch.tensor(IMAGENET_DEFAULT_STD) / torch.tensor(std)
         shift = (torch.tensor(IMAGENET_DEFAULT_MEAN) - torch.tensor(mean)) / torch.tensor(std)
         self.register_buffer("scale", scale.view(1, 3, 1, 1), persistent=False)
@@ -118,9 +160,10 @@ class FeatureTarget(nn.Module):
 
     @torch.no_grad()
     def tokens(self, images: torch.Tensor) -> torch.Tensor:
-        """[CLS] + patch tokens, B x (1 + N) x D."""
+        """[CLS] + patch tokens, B x (1 + N) x dim (CLIP: projected)."""
         out = self.teacher.forward_features(images * self.scale + self.shift)
-        return torch.cat([out[:, :1], out[:, self.prefix:]], dim=1)
+        out = torch.cat([out[:, :1], out[:, self.prefix:]], dim=1)
+        return self.teacher.head(out)  # identity for DINO (num_classes=0), proj for CLIP
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.tokens(images)[:, 1:]

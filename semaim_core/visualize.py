@@ -9,7 +9,7 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from . import build_model
-from .checkpoint import encoder_from_checkpoint, load_file, load_verified
+from .checkpoint import encoder_from_checkpoint, load_file, load_verified, resize_pos_embed
 from .data import ImageDataset, eval_transform, find_images
 from .orders import ORDERS
 
@@ -21,7 +21,8 @@ def model_from_checkpoint(path: str | Path | None, img_size: int, name: str = "s
     sd, meta = encoder_from_checkpoint(load_file(path))
     model = build_model(name, img_size=img_size, embed_dim=meta["embed_dim"], depth=meta["depth"],
                         num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"], **kw)
-    sd = dict(sd, pos_embed=model.pos_embed.data)  # fixed sin-cos table, rebuilt for this image size
+    # the checkpoint's own table, resized to this image size as ViTDet and mmseg do
+    sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
     load_verified(model, sd, f"SemAIM encoder <- {path}", allowed_missing=(r"^decoder", r"^ema_encoder"))
     return model.eval()
 
@@ -32,8 +33,7 @@ def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0)
     from . import orders as O
 
     grid = model.grid(images)
-    x, cls, _ = model.embed(images)
-    s = model.forward_similarity(x, cls, images)
+    s = model.forward_similarity(images)
     g = torch.Generator(device=images.device).manual_seed(seed)
     maps = {"S": s.view(-1, *grid).cpu().numpy()}
     for name in ORDERS:

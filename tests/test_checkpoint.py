@@ -7,7 +7,7 @@ from semaim_core.checkpoint import (CheckpointError, detect_kind, encoder_from_c
                                     read_encoder, save_atomic, timm_vit_from_encoder, to_detectron2, to_encoder,
                                     to_mmseg)
 
-DEPTH, DIM, HEADS, SIZE = 2, 64, 2, 32
+DEPTH, DIM, HEADS, SIZE = 2, 192, 3, 32  # ViT-Tiny width: bare checkpoints get their heads from the size table
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +134,20 @@ def test_wrong_kinds_and_bad_files_are_named(encoder, tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(CheckpointError, match="not a dict"):
         load_file(tmp_path / "list.pth")
+
+
+def test_head_count_comes_from_the_width_table_or_must_be_given():
+    def bare(dim):
+        m = build_model("semaim_vit_tiny_patch16", img_size=SIZE, depth=1, embed_dim=dim, num_heads=4)
+        return {"model": m.encoder_state_dict()}
+
+    assert encoder_from_checkpoint(bare(1280))[1]["num_heads"] == 16  # ViT-H: 16 heads of 80, not 1280 / 64
+    assert encoder_from_checkpoint(bare(1024))[1]["num_heads"] == 16
+    with pytest.raises(CheckpointError, match="not a standard ViT width.*--num-heads"):
+        encoder_from_checkpoint(bare(96))
+    assert encoder_from_checkpoint(bare(96), num_heads=4)[1]["num_heads"] == 4
+    with pytest.raises(CheckpointError, match="5 heads do not divide the width 96"):
+        encoder_from_checkpoint(bare(96), num_heads=5)
 
 
 def test_convert_tool(encoder, tmp_path, capsys):

@@ -1,5 +1,9 @@
 """cls/: fine-tuning, linear probing and k-NN on the bundled object crops."""
+import importlib.util
 import json
+import os
+from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -63,3 +67,99 @@ def test_missing_data_is_named(encoder, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="train/<class>"):
         main(["--data", str(tmp_path), "--encoder", str(encoder), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
+
+
+# ---------------------------------------------------------------------------- the authors' recipes
+OFFICIAL = Path(os.environ.get("SEMAIM_OFFICIAL", Path(__file__).resolve().parents[2] / "shared" / "reference"
+                               / "semaim_official"))
+
+
+def official(relpath: str):
+    """A module of the authors' code, loaded from its file (no sys.path or package-name clashes)."""
+    path = OFFICIAL / relpath
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location(f"semaim_official_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def recipe(module, encoder, *extra):
+    return module.parse_args(["--data", "unused", "--encoder", str(encoder), "--output-dir", "unused", *extra])
+
+
+def test_finetune_defaults_are_the_authors(encoder):
+    from cls import finetune
+
+    args = recipe(finetune, encoder)
+    assert (args.epochs, args.warmup_epochs, args.blr, args.min_lr, args.weight_decay, args.layer_decay, args.drop_path,
+            args.reprob, args.remode, args.mixup, args.cutmix, args.smoothing, args.randaug, args.pool) == (
+        100, 20, 5e-4, 1e-6, 0.05, 0.65, 0.1, 0.25, "pixel", 0.8, 1.0, 0.1, "rand-m9-mstd0.5-inc1", "avg")
+    model, optimizer = finetune.model_and_optimizer(args, num_classes=10)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.9, 0.999)
+    assert optimizer.defaults["lr"] == pytest.approx(5e-4 * 64 / 256)
+    assert model.global_pool == "avg" and isinstance(model.norm, torch.nn.Identity)  # mean of patches + fc_norm
+    assert isinstance(model.fc_norm, torch.nn.LayerNorm) and 0 < model.head.weight.std() < 3e-5  # std 2e-5
+    train, val = finetune.transforms_for(args)
+    erasing = [t for t in train.transforms if type(t).__name__ == "RandomErasing"]
+    assert len(erasing) == 1 and erasing[0].mode == "pixel" and erasing[0].probability == 0.25
+    assert "Resize(size=256" in str(val) and "CenterCrop(size=(224, 224))" in str(val)
+
+    datasets, lr_decay = official("datasets/datasets.py"), official("util/lr_decay.py")
+    if datasets is None:
+        pytest.skip(f"no official checkout at {OFFICIAL}: compared with the written-out recipe only")
+    authors_args = SimpleNamespace(input_size=224, color_jitter=None, aa="rand-m9-mstd0.5-inc1", reprob=0.25,
+                                   remode="pixel", recount=1)
+    assert str(train) == str(datasets.build_transform(True, authors_args))
+    assert str(val) == str(datasets.build_transform(False, authors_args))
+    theirs = {id(p): (g["lr_scale"], g["weight_decay"])
+              for g in lr_decay.param_groups_lrd(model, 0.05, model.no_weight_decay(), 0.65) for p in g["params"]}
+    ours = {id(p): (g["lr_scale"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    assert ours.keys() == theirs.keys()
+    for k in ours:
+        assert ours[k] == pytest.approx(theirs[k])
+
+
+def test_linear_probe_defaults_are_the_authors(encoder):
+    from torchvision import transforms
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+    from cls import linprobe
+
+    args = recipe(linprobe, encoder)
+    assert (args.epochs, args.warmup_epochs, args.blr, args.weight_decay, args.batch_size, args.pool) == (
+        90, 0, 0.1, 0.0, 512, "cls")  # 512 per process x 8 = the effective 4096
+    model, optimizer = linprobe.model_and_optimizer(args, num_classes=10)
+    assert type(optimizer) is torch.optim.SGD and optimizer.defaults["momentum"] == 0.9
+    assert optimizer.defaults["weight_decay"] == 0 and optimizer.defaults["lr"] == pytest.approx(0.1 * 512 / 256)
+    bn = model.head[0]
+    assert isinstance(bn, torch.nn.BatchNorm1d) and not bn.affine and bn.eps == 1e-6
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == ["head.1.weight", "head.1.bias"]
+    assert model.global_pool == "token" and isinstance(model.norm, torch.nn.LayerNorm)  # --cls_token
+    train, val = linprobe.transforms_for(args)
+    expected = transforms.Compose([  # main_linprobe.py's transform_train and transform_val
+        transforms.Resize(224, interpolation=transforms.InterpolationMode.BICUBIC), transforms.RandomCrop((224, 224)),
+        transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+        transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    expected_val = transforms.Compose([
+        transforms.Resize(256, interpolation=transforms.InterpolationMode.BICUBIC), transforms.CenterCrop(224),
+        transforms.ToTensor(), transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD)])
+    assert str(train) == str(expected).replace("[0.485, 0.456, 0.406]", str(IMAGENET_DEFAULT_MEAN)).replace(
+        "[0.229, 0.224, 0.225]", str(IMAGENET_DEFAULT_STD))
+    assert str(val) == str(expected_val)
+
+
+def test_knn_defaults_are_the_authors(encoder):
+    from cls import knn
+
+    args = recipe(knn, encoder)
+    assert (args.k, args.temperature, args.pool) == (20, 0.07, "avg")
+    model = knn.feature_model(args).eval()
+    assert isinstance(model.norm, torch.nn.Identity)
+    assert torch.equal(model.fc_norm.weight, torch.ones(model.embed_dim)) and not model.fc_norm.bias.any()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        tokens = model.forward_features(images)
+        expected = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (model.embed_dim,), eps=1e-6)
+        torch.testing.assert_close(model(images), expected)  # mean of patch tokens + LayerNorm without affine

@@ -29,8 +29,7 @@ def test_sorted_equals_dense(order_name, img_size, depth, decoder_depth):
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     images = torch.randn(3, 3, h, w, dtype=torch.float64)
     with torch.no_grad():
-        x, cls, _ = model.embed(images)
-        order, _ = model.make_order(x, cls, images)
+        order, _ = model.make_order(images)
     sorted_out, sorted_grads = loss_and_grads(model, images, order, "sorted")
     dense_out, dense_grads = loss_and_grads(model, images, order, "dense")
     torch.testing.assert_close(sorted_out.loss, dense_out.loss, rtol=1e-10, atol=1e-12)
@@ -112,9 +111,8 @@ def test_any_size_divisible_by_the_patch():
 def test_similarity_pass_has_no_drop_path_and_no_grad():
     model = tiny(drop_path_rate=0.5).float().train()
     images = torch.randn(2, 3, 64, 64)
-    x, cls, _ = model.embed(images)
-    s1 = model.forward_similarity(x, cls, images)
-    s2 = model.forward_similarity(x, cls, images)
+    s1 = model.forward_similarity(images)
+    s2 = model.forward_similarity(images)
     torch.testing.assert_close(s1, s2)  # deterministic although drop path is on in training
     assert not s1.requires_grad and model.training
 

@@ -97,6 +97,33 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monk
     assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
 
 
+@pytest.mark.parametrize("clip_grad", [None, 3.0])
+def test_nan_gradient_with_a_finite_loss_never_reaches_the_weights(tiny_coco, tmp_path, clip_grad):
+    """A huge lr: the loss stays finite but the gradient norm is NaN. No step is applied, and no
+    checkpoint with a non-finite value is ever written or named as good."""
+    t = Trainer(cfg(tiny_coco, tmp_path, lr=1e4, warmup_epochs=0, clip_grad=clip_grad, max_steps=6, save_every=1))
+    with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan at step \d+ \(loss .*\): stopping before the update"):
+        t.fit()
+    assert all(torch.isfinite(p).all() for p in t.model.parameters())
+    saved = checkpoint_paths(tmp_path)
+    assert saved
+    for path in saved:
+        ckpt = load_file(path)
+        assert pretrain.non_finite(ckpt["model"]) == [] and pretrain.non_finite(ckpt["optimizer"]["state"]) == []
+
+
+def test_non_finite_state_is_never_saved(tiny_coco, tmp_path):
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=1))
+    t.fit()
+    with torch.no_grad():
+        t.model.blocks[0].mlp.fc1.weight[0, 0] = float("inf")
+    t.step += 1
+    with pytest.raises(NonFiniteLossError, match=r"non-finite values in 1 tensors at step 2 .*blocks.0.mlp.fc1.weight.*"
+                                                 r"checkpoint-00000001.pth"):
+        t.save()
+    assert [p.name for p in checkpoint_paths(tmp_path)] == ["checkpoint-00000001.pth"]
+
+
 def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_path):
     import timm
 
@@ -167,14 +194,23 @@ def test_mixed_precision_steps(tiny_coco, tmp_path, dtype):
 
 def test_ema_similarity_encoder_follows_the_online_one(tiny_coco, tmp_path):
     t = Trainer(cfg(tiny_coco, tmp_path, similarity_source="ema", ema_decay=0.5, max_steps=3, depth=1, decoder_depth=1))
-    before = t.model.ema_encoder["blocks"][0].attn.qkv.weight.clone()
+    names = ("patch_embed.proj.weight", "cls_token", "blocks.0.attn.qkv.weight", "norm.weight")
+    before = {n: p.clone() for n, p in t.model.ema_encoder.named_parameters() if n in names}
+    assert len(before) == 4  # the whole encoder, as the authors' ModelEma
     t.fit()
-    ema, online = t.model.ema_encoder["blocks"][0].attn.qkv.weight, t.model.blocks[0].attn.qkv.weight
-    assert not torch.equal(ema, before) and not torch.equal(ema, online)
-    assert not ema.requires_grad
+    online = dict(t.model.named_parameters())
+    for n, ema in t.model.ema_encoder.named_parameters():
+        if n in names:
+            assert not torch.equal(ema, before[n]) and not torch.equal(ema, online[n]), n
+            assert not ema.requires_grad
     assert not any("ema_encoder" in n for g in t.optimizer.param_groups for n in g.get("param_names", []))
     assert sum(p.numel() for g in t.optimizer.param_groups for p in g["params"]) == sum(
         p.numel() for p in t.model.parameters() if p.requires_grad)
+
+
+def test_ema_decay_ramps_as_the_authors(tiny_coco, tmp_path):
+    t = Trainer(cfg(tiny_coco, tmp_path, similarity_source="ema", depth=1, decoder_depth=1))
+    assert [t.ema_decay(e) for e in (0, 50, 100, 400)] == pytest.approx([0.999, 0.99945, 0.9999, 0.9999])
 
 
 def test_torchrun_two_processes(tiny_coco, tmp_path):

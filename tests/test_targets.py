@@ -43,17 +43,19 @@ def teacher_file(tmp_path_factory):
     return path, teacher
 
 
-@pytest.mark.parametrize("kind", ["dino", "clip"])
-def test_feature_target_uses_the_local_teacher(teacher_file, kind):
+def test_dino_target_uses_the_local_teacher(teacher_file):
     path, teacher = teacher_file
-    model = build_model("semaim_vit_tiny_patch16", img_size=64, depth=2, target=kind, similarity_source="teacher",
+    model = build_model("semaim_vit_tiny_patch16", img_size=64, depth=2, target="dino",
                         teacher=dict(weights=str(path), arch="vit_tiny_patch16_224", img_size=64))
+    assert model.similarity_source == "teacher"  # the authors' default with a teacher target
     assert model.decoder_pred.fc2.out_features == 192
     images = torch.randn(2, 3, 64, 64)
     out = model(images)
     assert torch.isfinite(out.loss) and 0 <= out.loss <= 4  # 2 - 2 cos
-    if kind == "dino":  # same normalization as the inputs: exactly the teacher's patch tokens
-        torch.testing.assert_close(model.target(images), teacher.eval().forward_features(images)[:, 1:])
+    tokens = teacher.eval().forward_features(images)
+    torch.testing.assert_close(model.target(images), tokens[:, 1:])  # exactly the teacher's patch tokens
+    # the order's similarity map comes from the teacher's tokens
+    torch.testing.assert_close(out.similarity, torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], -1).softmax(-1))
     assert not any(p.requires_grad for p in model.target.parameters())
     model.train()
     assert not model.target.teacher.training
@@ -72,7 +74,7 @@ def test_teacher_weights_that_do_not_fit_are_refused(teacher_file, tmp_path):
     path, teacher = teacher_file
     sd = {k: v for k, v in teacher.state_dict().items() if not k.startswith("blocks.3.")}
     torch.save(sd, tmp_path / "partial.pth")
-    with pytest.raises(RuntimeError, match=r"model weights got no value: \['blocks.3."):
+    with pytest.raises(TeacherWeightsError, match=r"(?s)model weights got no value: \['blocks.3.*timm key layout"):
         build_model("semaim_vit_tiny_patch16", img_size=64, target="dino",
                     teacher=dict(weights=str(tmp_path / "partial.pth"), arch="vit_tiny_patch16_224", img_size=64))
 
@@ -80,3 +82,80 @@ def test_teacher_weights_that_do_not_fit_are_refused(teacher_file, tmp_path):
 def test_teacher_similarity_needs_a_feature_target():
     with pytest.raises(ValueError, match="needs a feature target"):
         build_model("semaim_vit_tiny_patch16", img_size=64, similarity_source="teacher")
+
+
+def openai_clip_visual(width=64, layers=2, heads=2, patch=16, grid=2, out_dim=24, seed=0):
+    """A random state dict in OpenAI CLIP's key layout (visual tower under ``visual.``)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: 0.1 * torch.randn(*shape, generator=g)  # noqa: E731
+    sd = {"conv1.weight": r(width, 3, patch, patch), "class_embedding": r(width),
+          "positional_embedding": r(grid * grid + 1, width), "proj": r(width, out_dim)}
+    for ln in ("ln_pre", "ln_post"):
+        sd[f"{ln}.weight"], sd[f"{ln}.bias"] = 1 + r(width), r(width)
+    for i in range(layers):
+        p = f"transformer.resblocks.{i}."
+        sd |= {p + "attn.in_proj_weight": r(3 * width, width), p + "attn.in_proj_bias": r(3 * width),
+               p + "attn.out_proj.weight": r(width, width), p + "attn.out_proj.bias": r(width),
+               p + "ln_1.weight": 1 + r(width), p + "ln_1.bias": r(width),
+               p + "ln_2.weight": 1 + r(width), p + "ln_2.bias": r(width),
+               p + "mlp.c_fc.weight": r(4 * width, width), p + "mlp.c_fc.bias": r(4 * width),
+               p + "mlp.c_proj.weight": r(width, 4 * width), p + "mlp.c_proj.bias": r(width)}
+    return {f"visual.{k}": v for k, v in sd.items()}
+
+
+def openai_clip_tokens(sd, images, heads=2):
+    """OpenAI's visual forward, written from its definition: QuickGELU blocks, then ln_post(x) @ proj
+    on every token (the authors' SemAIM target)."""
+    F = torch.nn.functional
+    v = {k.removeprefix("visual."): t for k, t in sd.items()}
+    width = v["class_embedding"].shape[0]
+    ln = lambda x, n: F.layer_norm(x, (width,), v[f"{n}.weight"], v[f"{n}.bias"])  # noqa: E731
+    x = F.conv2d(images, v["conv1.weight"], stride=v["conv1.weight"].shape[-1]).flatten(2).transpose(1, 2)
+    x = torch.cat([v["class_embedding"].expand(x.shape[0], 1, -1), x], 1) + v["positional_embedding"]
+    x = ln(x, "ln_pre")
+    i = 0
+    while f"transformer.resblocks.{i}.ln_1.weight" in v:
+        p = f"transformer.resblocks.{i}."
+        attn = torch.nn.MultiheadAttention(width, heads, batch_first=True)
+        attn.load_state_dict({k.removeprefix(p + "attn."): t for k, t in v.items() if k.startswith(p + "attn.")})
+        h = ln(x, p + "ln_1")
+        x = x + attn(h, h, h, need_weights=False)[0]
+        h = F.linear(ln(x, p + "ln_2"), v[p + "mlp.c_fc.weight"], v[p + "mlp.c_fc.bias"])
+        x = x + F.linear(h * torch.sigmoid(1.702 * h), v[p + "mlp.c_proj.weight"], v[p + "mlp.c_proj.bias"])
+        i += 1
+    return ln(x, "ln_post") @ v["proj"]
+
+
+@pytest.mark.parametrize("layout", ["openai", "openai-visual-only"])
+def test_clip_target_is_openai_ln_post_proj_on_every_token(tmp_path, layout):
+    sd = openai_clip_visual()
+    saved = sd if layout == "openai" else {k.removeprefix("visual."): v for k, v in sd.items()}
+    torch.save(saved, tmp_path / "clip.pth")
+    model = build_model("semaim_vit_tiny_patch16", img_size=32, depth=2, target="clip",
+                        teacher=dict(weights=str(tmp_path / "clip.pth"), img_size=32, embed_dim=64, depth=2, num_heads=2))
+    assert model.decoder_pred.fc2.out_features == 24  # the projection's width (512 for ViT-B/16)
+    images = torch.randn(2, 3, 32, 32)
+    expected = openai_clip_tokens(sd, images)  # fed the ImageNet-normalized crop as is, as the authors do
+    torch.testing.assert_close(model.target.tokens(images), expected, rtol=1e-4, atol=1e-5)
+    out = model(images)
+    assert torch.isfinite(out.loss) and model.similarity_source == "teacher"
+
+
+def test_clip_teacher_input_can_be_renormalized(tmp_path):
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+
+    sd = openai_clip_visual()
+    torch.save(sd, tmp_path / "clip.pth")
+    model = build_model("semaim_vit_tiny_patch16", img_size=32, depth=2, target="clip",
+                        teacher=dict(weights=str(tmp_path / "clip.pth"), input_norm="native", img_size=32,
+                                     embed_dim=64, depth=2, num_heads=2))
+    raw = torch.rand(1, 3, 32, 32)
+    imagenet = (raw - torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    clip = (raw - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    torch.testing.assert_close(model.target.tokens(imagenet), openai_clip_tokens(sd, clip), rtol=1e-4, atol=1e-5)
+
+
+def test_clip_weights_without_projection_are_refused(tmp_path, teacher_file):
+    path, _ = teacher_file
+    with pytest.raises(TeacherWeightsError, match="no CLIP projection"):
+        build_model("semaim_vit_tiny_patch16", img_size=64, target="clip", teacher=dict(weights=str(path)))

@@ -22,12 +22,14 @@ WRITERS = {"encoder": to_encoder, "timm": lambda sd, meta: sd, "detectron2": lam
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("input")
-    ap.add_argument("output")
-    ap.add_argument("--to", choices=sorted(WRITERS), default="encoder")
+    ap.add_argument("input", help="the checkpoint to read (any kind listed above)")
+    ap.add_argument("output", help="where to write the converted file (written atomically)")
+    ap.add_argument("--to", choices=sorted(WRITERS), default="encoder", help="the layout to write")
+    ap.add_argument("--num-heads", type=int, help="attention heads, for a checkpoint whose width is not a standard "
+                    "ViT width (192/384/768/1024/1280 have 3/6/12/16/16) and that does not record them")
     args = ap.parse_args(argv)
     try:
-        sd, meta = read_encoder(args.input)
+        sd, meta = read_encoder(args.input, args.num_heads)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     save_atomic(WRITERS[args.to](sd, meta), args.output)
