@@ -3,6 +3,7 @@ a trained detector for evaluation (strict), and atomic checkpoint writes."""
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -52,7 +53,30 @@ def load_detector(model, path: str) -> dict:
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
-    """detectron2's checkpointer, but each file is written to a temporary name and renamed."""
+    """detectron2's checkpointer, but each file is written to a temporary name and renamed, and a
+    resume loads the model strictly (detectron2 would load what fits and log the rest)."""
+
+    def last_checkpoint(self) -> str:
+        """The checkpoint named in ``last_checkpoint``; an empty or dangling entry is an error."""
+        tag = f"{self.save_dir}/last_checkpoint"
+        name = open(tag).read().strip()
+        if not name:
+            raise CheckpointError(f"{tag} is empty: write the name of a checkpoint of this run into it "
+                                  "(e.g. model_0000999.pth), or delete it and start without --resume")
+        path = f"{self.save_dir}/{name}"
+        if not os.path.isfile(path):
+            raise CheckpointError(f"{tag} names {name}, which does not exist in {self.save_dir}")
+        return path
+
+    def _load_model(self, checkpoint):
+        incompatible = super()._load_model(checkpoint)
+        problems = [*incompatible.missing_keys, *incompatible.unexpected_keys,
+                    *(k for k, *_ in incompatible.incorrect_shapes)]
+        if problems:
+            raise CheckpointError(f"the checkpoint does not fit the model ({len(problems)} weights missing, "
+                                  f"unexpected or of another shape: {problems[:6]}); resume only with the config "
+                                  "that wrote it")
+        return incompatible
 
     def save(self, name: str, **kwargs) -> None:
         if not self.save_dir or not self.save_to_disk:

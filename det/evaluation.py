@@ -1,10 +1,11 @@
 """Evaluation results as a JSON file the results tool reads."""
 from __future__ import annotations
 
-import json
 import math
 import os
-import tempfile
+
+from semaim_core import rundir
+from semaim_core.rundir import provenance
 
 
 def _finite_or_none(d: dict) -> dict:
@@ -12,16 +13,13 @@ def _finite_or_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
-def write_metrics(results: dict, output_dir: str, iteration: int, dataset: str) -> str:
+def write_metrics(results: dict, output_dir: str, iteration: int, dataset: str, checkpoint: str | None = None,
+                  images: int | None = None, config: str | None = None, overwrite: bool = False) -> str:
     """``det_metrics.json``: box and mask AP (AP, AP50, AP75, APs/m/l and AP-<class>) as
-    detectron2's COCOEvaluator reports them (percent; null where nothing could be scored),
-    written atomically."""
+    detectron2's COCOEvaluator reports them (percent; null where nothing could be scored), with
+    their provenance (the scored checkpoint, or this run's in-training model at ``iteration``)."""
     record = {"task": "det", "dataset": dataset, "iteration": iteration,
-              "bbox": _finite_or_none(results.get("bbox", {})), "segm": _finite_or_none(results.get("segm", {}))}
-    path = os.path.join(output_dir, "det_metrics.json")
-    os.makedirs(output_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=".det_metrics.")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
-    return path
+              "bbox": _finite_or_none(results.get("bbox", {})), "segm": _finite_or_none(results.get("segm", {})),
+              "provenance": provenance(checkpoint, run=os.path.abspath(output_dir), iteration=iteration,
+                                       dataset=dataset, images=images, config=config)}
+    return str(rundir.write_metrics(os.path.join(output_dir, "det_metrics.json"), record, overwrite))

@@ -10,6 +10,7 @@ Multi-node: --num-machines N --machine-rank i --dist-url tcp://host0:port, as in
 Metrics: metrics.json (JSON lines) and TensorBoard events in train.output_dir; each evaluation
 writes det_metrics.json (box and mask AP, per-class AP) there.
 """
+import difflib
 import logging
 import sys
 from pathlib import Path
@@ -22,20 +23,51 @@ from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parse
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector  # noqa: E402
 from det.data import check_datasets, register_tiny_coco  # noqa: E402
 from det.evaluation import write_metrics  # noqa: E402
+from semaim_core.rundir import flatten, open_run, release_lock  # noqa: E402
+
+# Settings that do not change what is trained (a resume may change them), and where to stop.
+OPERATIONAL = ("train.output_dir", "train.eval_period", "train.log_period", "train.checkpointer", "train.device",
+               "train.ddp", "dataloader.evaluator")
+STOPPING = ("train.max_iter",)
 
 logger = logging.getLogger("det")
+_MISSING = object()
 
 
-def do_test(cfg, model, iteration: int = 0):
+def recipe(cfg) -> dict:
+    """The LazyConfig, setting by setting, without the operational ones (see ``OPERATIONAL``)."""
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
+    return {k: v for k, v in flat.items() if not k.startswith(OPERATIONAL) and not k.endswith("num_workers")}
+
+
+def check_overrides(cfg, opts):
+    """detectron2 adds an unknown key silently (``train.max_iters=2`` trains the default length):
+    every override must name an existing key, unless it asks to add one with ``+key=value``."""
+    known = list(flatten(OmegaConf.to_container(cfg, resolve=False)))
+    for opt in opts:
+        key = opt.split("=", 1)[0]
+        if key.startswith("+"):
+            continue
+        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else " (prefix it with + to add a new key)"
+            raise KeyError(f"unknown config key '{key}' in override '{opt}'{hint}")
+
+
+def do_test(cfg, model, iteration: int = 0, checkpoint=None, overwrite: bool = False):
     check_datasets(cfg.dataloader.test.dataset.names)
-    results = inference_on_dataset(model, instantiate(cfg.dataloader.test), instantiate(cfg.dataloader.evaluator))
+    loader = instantiate(cfg.dataloader.test)
+    results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():
         print_csv_format(results)
-        path = write_metrics(results, cfg.train.output_dir, iteration, cfg.dataloader.test.dataset.names)
+        path = write_metrics(results, cfg.train.output_dir, iteration, cfg.dataloader.test.dataset.names,
+                             checkpoint=checkpoint, images=len(loader.dataset), config=cfg.get("_config_file"),
+                             overwrite=overwrite)
         logger.info(f"wrote {path}")
     return results
 
@@ -56,13 +88,14 @@ def do_train(args, cfg):
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         # iterations done: trainer.iter + 1 during training, trainer.iter (= max_iter) once it ended
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, cfg.train.max_iter))),
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, cfg.train.max_iter),
+                                                              overwrite=args.overwrite)),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
     ])
     if args.resume and checkpointer.has_checkpoint():
-        # a full training checkpoint of this run: model, optimizer, scheduler and iteration
-        checkpointer.resume_or_load(checkpointer.get_checkpoint_file(), resume=True)
+        # a full training checkpoint of this run: model, optimizer, scheduler and iteration (strict)
+        checkpointer.resume_or_load(checkpointer.last_checkpoint(), resume=True)
         start_iter = trainer.iter + 1
     else:
         if not cfg.train.init_checkpoint:
@@ -72,25 +105,33 @@ def do_train(args, cfg):
             load_backbone(model, cfg.train.init_checkpoint)
         start_iter = 0
     trainer.train(start_iter, cfg.train.max_iter)
+    if comm.is_main_process():
+        release_lock(cfg.train.output_dir)
 
 
 def main(args):
     register_tiny_coco()
     cfg = LazyConfig.load(args.config_file)
+    check_overrides(cfg, args.opts)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    if not args.eval_only and comm.is_main_process():  # one run per output dir; a resume keeps the recipe
+        open_run(cfg.train.output_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
+    cfg._config_file = args.config_file
     default_setup(cfg, args)
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model)
         load_detector(model, cfg.train.init_checkpoint)
-        return do_test(cfg, model)
+        return do_test(cfg, model, checkpoint=cfg.train.init_checkpoint, overwrite=args.overwrite)
     do_train(args, cfg)
 
 
 def parse_args(argv=None):
     parser = default_argument_parser()
     parser.add_argument("--config", dest="config_file", help="the LazyConfig (same as --config-file)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="training: clear an output dir that holds another run; --eval-only: replace another result")
     return parser.parse_args(argv)
 
 

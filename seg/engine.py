@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import re
 
+import numpy as np
+import torch
 from mmengine.logging import print_log
+from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner import Runner
 from mmseg.models.backbones import BEiT
@@ -79,3 +82,29 @@ class SemAIMRunner(Runner):
         finally:
             if os.path.exists(os.path.join(out_dir, tmp)):
                 os.remove(os.path.join(out_dir, tmp))
+
+    def resume(self, *args, **kwargs):
+        """mmengine's resume, but the model must match the checkpoint exactly: a resume after a
+        config change fails instead of loading what fits."""
+        self._resuming = True
+        try:
+            return super().resume(*args, **kwargs)
+        finally:
+            self._resuming = False
+
+    def load_checkpoint(self, filename, map_location="cpu", strict=False, *args, **kwargs):
+        return super().load_checkpoint(filename, map_location, strict or getattr(self, "_resuming", False),
+                                       *args, **kwargs)
+
+
+def _history_buffer_reduce(buffer: HistoryBuffer):
+    return HistoryBuffer, (buffer._log_history.tolist(), buffer._count_history.tolist(), buffer.max_length)
+
+
+# mmengine checkpoints hold the message hub's HistoryBuffers, which pickle references to their
+# statistics methods through `getattr`; torch's weights_only loader (the default) rightly refuses
+# that, so `--resume` failed. Pickled as plain numbers instead, they need exactly this allow-list.
+HistoryBuffer.__reduce__ = _history_buffer_reduce
+torch.serialization.add_safe_globals(
+    [HistoryBuffer, np._core.multiarray.scalar, np.dtype]
+    + [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)])

@@ -26,15 +26,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable, of the wrong kind or incomplete."""
 
 
-def save_atomic(obj, path: str | Path) -> Path:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``:
-    a crash leaves either the old file or the new one, never a torn one."""
+def atomic_write(path: str | Path, write) -> Path:
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path``, fsync the
+    folder: a crash leaves the old file or the new one, never a torn one. (A killed write leaves
+    ``.<name>.tmp-<pid>``, which the next run removes.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,6 +47,11 @@ def save_atomic(obj, path: str | Path) -> Path:
     finally:
         os.close(dir_fd)
     return path
+
+
+def save_atomic(obj, path: str | Path) -> Path:
+    """torch.save, atomically (``atomic_write``)."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def load_file(path: str | Path) -> dict:

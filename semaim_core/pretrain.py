@@ -26,6 +26,7 @@ from . import MODELS, build_model
 from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, to_encoder
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
+from .rundir import open_run, release_lock
 from .optim import build_optimizer, build_scheduler
 
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
@@ -83,7 +84,8 @@ class Config:
     save_every: int = 1000             # optimizer steps between checkpoints (and at every epoch end)
     keep: int = 3
     log_every: int = 20
-    resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any
+    resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any; None: a new run
+    overwrite: bool = False            # a new run may clear an output_dir that holds another run
     skip_unreadable: bool = False
     max_steps: int | None = None       # stop early (tests, smoke runs); the schedule stays the full one
 
@@ -98,6 +100,12 @@ class Config:
         if self.target != "pixel":
             o["teacher"] = dict(weights=self.teacher_weights, input_norm=self.teacher_input)
         return o
+
+
+# Settings that do not change what is trained (a resume may change them), and where to stop.
+OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
+               "device")
+STOPPING = ("max_steps",)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -193,6 +201,12 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed(cfg.device)
         self.out = Path(cfg.output_dir)
         self.is_main = self.rank == 0
+        if self.is_main:  # before anything is read or written: one run per directory
+            recipe = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}
+            recipe.update(world_size=self.world, model_overrides=model_overrides or {})
+            open_run(self.out, recipe, overwrite=cfg.overwrite, fresh=cfg.resume is None, stopping=STOPPING)
+        if self.world > 1:
+            dist.barrier()
         torch.manual_seed(cfg.seed + self.rank)
         np.random.seed(cfg.seed + self.rank)
         random.seed(cfg.seed + self.rank)
@@ -247,13 +261,12 @@ class Trainer:
         if not resume:
             return
         if resume == "auto":
-            found = checkpoint_paths(self.out)
-            if not found:
+            ckpt, path = self.newest_readable_checkpoint()
+            if ckpt is None:
                 return
-            path = found[-1]
         else:
             path = Path(resume)
-        ckpt = load_file(path)
+            ckpt = load_file(path)
         if ckpt.get("format") != FORMAT_TRAIN:
             raise CheckpointError(f"{path} is not a SemAIM training checkpoint (format {ckpt.get('format')!r}); "
                                   "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
@@ -265,11 +278,36 @@ class Trainer:
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
+    def newest_readable_checkpoint(self):
+        """(checkpoint, path) of the newest checkpoint in the run directory that loads; a torn or
+        corrupt newer one is reported and passed over."""
+        found = checkpoint_paths(self.out)
+        for path in reversed(found):
+            try:
+                return load_file(path), path
+            except CheckpointError as e:
+                print(f"skipping unreadable checkpoint {path.name} ({e}); trying the one before it")
+        if found:
+            raise CheckpointError(f"none of the {len(found)} checkpoints in {self.out} can be read: "
+                                  "remove them to start anew, or pass --resume PATH")
+        return None, None
+
     def export(self) -> Path:
         sd, meta = encoder_from_checkpoint(dict(format=FORMAT_TRAIN, model=self.model.encoder_state_dict(),
                                                 config=dict(model_config=self.model.config)))
         meta.update(order=self.cfg.order, target=self.cfg.target, steps=self.step, source_kind=FORMAT_TRAIN)
         return save_atomic(to_encoder(sd, meta), self.out / "encoder.pth")
+
+    def metrics_log(self):
+        """metrics.jsonl for appending, without the rows of steps after the checkpoint resumed
+        from (logged before a kill, and about to be logged again)."""
+        path = self.out / "metrics.jsonl"
+        if path.is_file():
+            rows = [line for line in path.read_text().splitlines() if line.strip()]
+            kept = [line for line in rows if json.loads(line)["step"] <= self.step]
+            if len(kept) != len(rows):
+                path.write_text("".join(line + "\n" for line in kept))
+        return open(path, "a")
 
     # -------------------------------------------------------------- training
     def ema_decay(self, epoch: int) -> float:
@@ -324,8 +362,8 @@ class Trainer:
             (self.out / "config.json").write_text(json.dumps(dict(asdict(cfg), world_size=self.world,
                                                                   effective_batch=self.eff_batch, lr=self.lr), indent=2))
             from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(self.out / "tb")
-            metrics = open(self.out / "metrics.jsonl", "a")
+            tb = SummaryWriter(self.out / "tb", purge_step=self.step + 1 if self.step else None)
+            metrics = self.metrics_log()
             bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
         self.model.train()
         while self.step < end:
@@ -364,6 +402,7 @@ class Trainer:
             tb.close()
             encoder = self.export()
             print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
+            release_lock(self.out)
         if self.world > 1:
             dist.barrier()
         return encoder

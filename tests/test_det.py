@@ -7,6 +7,7 @@ from detectron2.config import LazyConfig, instantiate
 
 from semaim_core import build_model
 from semaim_core.checkpoint import CheckpointError, encoder_from_checkpoint, save_atomic, to_encoder
+from semaim_core.rundir import RunDirError, file_digest
 
 CONFIGS = "det/configs"
 
@@ -105,11 +106,44 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
     assert any("total_loss" in x for x in lines)
     assert (out / "model_final.pth").is_file() and list(out.glob("events.out.tfevents.*"))
 
-    # --resume continues from the last checkpoint; --eval-only scores the trained detector
-    run_main("--resume", *config, *common, "train.max_iter=5", "train.eval_period=100")
+    # --resume (the same command) continues from the last checkpoint; --eval-only scores the trained
+    # detector, replacing the run's own result only when asked
+    run_main("--resume", *config, *common, f"train.init_checkpoint={path}", "train.max_iter=5", "train.eval_period=100")
     assert "Starting training from iteration 3" in (out / "log.txt").read_text()
-    run_main("--eval-only", *config, *common, f"train.init_checkpoint={out / 'model_final.pth'}")
-    assert json.loads((out / "det_metrics.json").read_text())["iteration"] == 0
+    final = f"train.init_checkpoint={out / 'model_final.pth'}"
+    with pytest.raises(RunDirError, match="holds the result of another evaluation.*--overwrite"):
+        run_main("--eval-only", *config, *common, final)
+    run_main("--eval-only", "--overwrite", *config, *common, final)
+    metrics = json.loads((out / "det_metrics.json").read_text())
+    assert metrics["iteration"] == 0 and metrics["provenance"]["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
+    assert metrics["provenance"]["images"] == 50 and metrics["provenance"]["config"].endswith("vitdet_semaim_tiny_coco.py")
+
+
+def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
+    path, _ = tiny_encoder
+    out = tmp_path / "run"
+    args = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}", f"train.init_checkpoint={path}",
+            "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
+            "train.checkpointer.period=1"]
+    run_main(*args, "train.max_iter=2")
+    with pytest.raises(RunDirError, match=r"(?s)another recipe.*optimizer.lr: 0.0002 -> 0.001"):
+        run_main("--resume", *args, "train.max_iter=3", "optimizer.lr=0.001")
+    with pytest.raises(RunDirError, match="already holds a run"):
+        run_main(*args, "train.max_iter=3")
+    with pytest.raises(KeyError, match="unknown config key 'train.max_iters'.*did you mean 'train.max_iter'"):
+        run_main("--resume", *args, "train.max_iters=3")
+    run_main("--resume", *args, "train.max_iter=3")
+    iters = [json.loads(x)["iteration"] for x in (out / "metrics.json").read_text().splitlines() if "total_loss" in x]
+    assert iters[-1] == 2 and "Starting training from iteration 2" in (out / "log.txt").read_text()  # 0-based: 3rd
+
+    ckpt = torch.load(out / "model_final.pth", weights_only=False)
+    del ckpt["model"]["roi_heads.box_predictor.cls_score.weight"]
+    torch.save(ckpt, out / "model_final.pth")
+    with pytest.raises(CheckpointError, match="does not fit the model.*cls_score.weight"):
+        run_main("--resume", *args, "train.max_iter=4")
+    (out / "last_checkpoint").write_text("")
+    with pytest.raises(CheckpointError, match="last_checkpoint is empty"):
+        run_main("--resume", *args, "train.max_iter=4")
 
 
 def test_bad_inputs_are_named(tiny_encoder, tmp_path):

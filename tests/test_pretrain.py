@@ -232,3 +232,63 @@ def test_torchrun_two_processes(tiny_coco, tmp_path):
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3  # rank 0 alone logs
     assert load_file(checkpoint_paths(tmp_path)[-1])["step"] == 3
+
+
+# ---------------------------------------------------------------------------- one run per directory
+def test_resume_with_another_recipe_is_refused_before_touching_anything(tiny_coco, tmp_path):
+    from semaim_core.rundir import RunDirError
+
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=2, depth=1, decoder_depth=1)).fit()
+    before = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    with pytest.raises(RunDirError, match=r"(?s)another recipe.*blr: 0.001 -> 0.002.*order: 'semantic' -> 'raster'"
+                                          r".*new directory.*--overwrite"):
+        Trainer(cfg(tiny_coco, tmp_path, max_steps=4, depth=1, decoder_depth=1, order="raster", blr=2e-3))
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir() if p.name != ".lock"} == {
+        k: v for k, v in before.items() if k != ".lock"}
+    # only the stopping point changed: the run continues
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=3, depth=1, decoder_depth=1))
+    assert t.step == 2
+
+
+def test_a_new_run_refuses_a_used_directory_unless_told_to_overwrite(tiny_coco, tmp_path):
+    from semaim_core.rundir import RunDirError
+
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=2, depth=1, decoder_depth=1, save_every=1)).fit()
+    with pytest.raises(RunDirError, match="already holds a run.*--overwrite"):
+        Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1, resume=None))
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1, resume=None, overwrite=True))
+    assert t.step == 0 and checkpoint_paths(tmp_path) == [] and not (tmp_path / "metrics.jsonl").exists()
+    t.fit()
+    assert [p.name for p in checkpoint_paths(tmp_path)] == ["checkpoint-00000001.pth"]
+
+
+def test_a_second_process_is_locked_out(tiny_coco, tmp_path):
+    import subprocess
+
+    from semaim_core.rundir import RunDirError
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        tmp_path.mkdir(exist_ok=True)
+        (tmp_path / ".lock").write_text(str(other.pid))
+        with pytest.raises(RunDirError, match=f"in use by process {other.pid}"):
+            Trainer(cfg(tiny_coco, tmp_path, max_steps=1))
+    finally:
+        other.kill()
+        other.wait()
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1))  # a stale lock is taken over
+
+
+def test_leftovers_of_a_killed_run_are_cleaned_and_not_repeated(tiny_coco, tmp_path, capsys):
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=4, depth=1, decoder_depth=1, save_every=2)).fit()
+    # a kill after logging steps 3-4 but before checkpoint 4 was renamed into place
+    (tmp_path / "checkpoint-00000004.pth").rename(tmp_path / ".checkpoint-00000004.pth.tmp-4242")
+    (tmp_path / "checkpoint-00000003.pth").write_bytes(b"torn")  # and a corrupt newest checkpoint
+    t = Trainer(cfg(tiny_coco, tmp_path, max_steps=4, depth=1, decoder_depth=1, save_every=2))
+    out = capsys.readouterr().out
+    assert "removed 1 temporary files" in out and "skipping unreadable checkpoint checkpoint-00000003.pth" in out
+    assert t.step == 2 and not list(tmp_path.glob(".*.tmp*"))
+    (tmp_path / "checkpoint-00000003.pth").unlink()
+    t.fit()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

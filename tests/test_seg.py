@@ -148,3 +148,51 @@ def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016/\{images,annotations\}"):
         run_tool("train", MAIN, "--work-dir", str(tmp_path / "w2"), "--cfg-options",
                  "train_dataloader.dataset.data_root=/nonexistent/ade")
+
+
+def test_resume_continues_at_the_next_iteration_and_refuses_another_recipe(tiny_encoder, derived, tmp_path):
+    from semaim_core.rundir import RunDirError
+
+    path, _ = tiny_encoder
+    work = tmp_path / "work"
+    opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1", "default_hooks.logger.interval=1",
+            "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
+    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=2", *opts)
+    before = torch.load(work / "iter_2.pth", weights_only=True)["state_dict"]  # weights_only: the default
+    with pytest.raises(RunDirError, match=r"(?s)another recipe.*optim_wrapper.optimizer.lr: 0.0002 -> 0.001"):
+        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3",
+                 "optim_wrapper.optimizer.lr=1e-3", *opts)
+    with pytest.raises(RunDirError, match="already holds a run.*--overwrite"):
+        run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=3", *opts)
+    run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3", *opts)
+    after = torch.load(work / "iter_3.pth", weights_only=True)
+    assert after["meta"]["iter"] == 3 and not (work / "iter_4.pth").exists()
+    assert not torch.equal(after["state_dict"]["decode_head.conv_seg.weight"], before["decode_head.conv_seg.weight"])
+    iters = [json.loads(x).get("iter") for f in sorted(work.glob("*/vis_data/scalars.json")) for x in f.read_text().splitlines()]
+    assert [i for i in iters if i] == [1, 2, 3]  # the resumed run logs iteration 3 only
+
+    # a checkpoint that does not fit the model is not loaded "as far as it fits"
+    ckpt = torch.load(work / "iter_3.pth", weights_only=True)
+    del ckpt["state_dict"]["decode_head.conv_seg.weight"]
+    torch.save(ckpt, work / "iter_3.pth")
+    with pytest.raises(RuntimeError, match="decode_head.conv_seg.weight"):
+        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=4", *opts)
+
+
+def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, derived, tmp_path):
+    from semaim_core.rundir import RunDirError
+
+    path, _ = tiny_encoder
+    work = tmp_path / "work"
+    opts = data_options(derived) + ["val_dataloader.dataset.indices=2", "test_dataloader.dataset.indices=2"]
+    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", f"model.backbone.checkpoint={path}",
+             "train_cfg.max_iters=1", "train_cfg.val_interval=1", "default_hooks.checkpoint.interval=1", *opts)
+    record = json.loads((work / "seg_metrics.json").read_text())["provenance"]
+    assert record["iteration"] == 1 and record["run"] == str(work.resolve()) and record["images"] == 2
+    assert record["checkpoint"] is None and "COCOStuffDataset" in record["dataset"] and record["suite_commit"]
+    with pytest.raises(RunDirError, match="holds the result of another evaluation.*--overwrite"):
+        run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--cfg-options", *opts)
+    run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--overwrite", "--cfg-options", *opts)
+    scored = json.loads((work / "seg_metrics.json").read_text())["provenance"]["checkpoint"]
+    from semaim_core.rundir import file_digest
+    assert scored == dict(path=str((work / "iter_1.pth").resolve()), sha256=file_digest(work / "iter_1.pth"))

@@ -12,6 +12,7 @@ import seg  # noqa: E402,F401  (mmcv-lite compatibility + registration)
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 from seg.data import check_dataset  # noqa: E402
+from semaim_core.rundir import flatten  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -22,7 +23,22 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                     help="'pytorch' under torchrun for multi-GPU / multi-node")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    ap.add_argument("--overwrite", action="store_true",
+                    help="train: clear a work dir that holds another run; test: replace another result")
     return ap
+
+
+# Settings that do not change what is trained (a resume may change them), and where to stop.
+OPERATIONAL = ("work_dir", "launcher", "resume", "load_from", "default_hooks", "log_processor", "log_level",
+               "visualizer", "env_cfg", "train_cfg.val_interval", "val_evaluator", "test_evaluator")
+STOPPING = ("train_cfg.max_iters",)
+
+
+def recipe(cfg: Config) -> dict:
+    """The config, setting by setting, without the operational ones (see ``OPERATIONAL``)."""
+    flat = flatten(cfg.to_dict())
+    return {k: v for k, v in flat.items()
+            if not k.startswith(OPERATIONAL) and not k.endswith(("num_workers", "persistent_workers"))}
 
 
 def load_config(args) -> Config:
@@ -33,9 +49,15 @@ def load_config(args) -> Config:
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "./work_dirs", osp.splitext(osp.basename(args.config))[0])
     metrics_file = osp.join(cfg.work_dir, "seg_metrics.json")
+    checkpoint = getattr(args, "checkpoint", None)  # test.py scores a file; train.py its own model
     for key in ("val_evaluator", "test_evaluator"):
         if cfg.get(key, {}).get("type") == "SemAIMIoUMetric":
+            loader = cfg.get(key.replace("evaluator", "dataloader"), {}).get("dataset", {})
             cfg[key]["json_file"] = metrics_file
+            cfg[key]["overwrite"] = bool(getattr(args, "overwrite", False))
+            cfg[key]["provenance"] = dict(checkpoint=checkpoint, run=osp.abspath(cfg.work_dir), config=args.config,
+                                          dataset=f"{loader.get('type')} {loader.get('data_root')} "
+                                                  f"{loader.get('data_prefix', {}).get('img_path', '')}".strip())
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     return cfg

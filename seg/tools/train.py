@@ -5,7 +5,11 @@
         --cfg-options model.backbone.checkpoint=runs/semaim_b/encoder.pth
     torchrun --nproc_per_node 8 seg/tools/train.py seg/configs/upernet_semaim.py --launcher pytorch
 """
-from common import build_runner, load_config, parser
+import os
+
+from common import STOPPING, build_runner, load_config, parser, recipe
+
+from semaim_core.rundir import open_run, release_lock
 
 
 def main(argv=None):
@@ -18,8 +22,11 @@ def main(argv=None):
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     cfg.resume = args.resume
+    if int(os.environ.get("RANK", 0)) == 0:  # one run per work dir; a resume must keep the recipe
+        open_run(cfg.work_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
     runner = build_runner(cfg)
     runner.train()
+    release_lock(cfg.work_dir)
 
 
 if __name__ == "__main__":

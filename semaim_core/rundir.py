@@ -1,0 +1,220 @@
+"""One run per directory, and numbers that say where they came from.
+
+``open_run`` is called by every trainer and evaluator (pretraining, cls, det, seg) before it touches
+its output directory:
+
+* a lock file (``.lock``, holding the owner's pid) keeps a second process out;
+* temporary files of a write that was killed (``.<name>.tmp*``) are removed;
+* the run's recipe is recorded in ``run.json``. A later start resumes or re-scores only when its
+  recipe matches (settings that only say where to stop may change); otherwise it stops before
+  touching anything and names each differing setting. A fresh start into a directory that
+  holds another run is refused unless ``overwrite``, which clears the directory first.
+
+``provenance`` describes a scored checkpoint for a metrics file: its path and content hash, the
+suite's commit, and whatever the caller adds (iteration, dataset, number of images, config).
+"""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+LOCK, RECIPE = ".lock", "run.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+class RunDirError(RuntimeError):
+    """The output directory holds another run, is in use, or cannot be resumed as asked."""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire_lock(folder: Path) -> Path:
+    """Create ``folder/.lock`` with this pid; a lock of a live process is an error, a stale one is taken over."""
+    path = folder / LOCK
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            text = path.read_text().strip() if path.exists() else ""
+            owner = int(text) if text.isdigit() else None
+            if owner is not None and owner != os.getpid() and _alive(owner):
+                raise RunDirError(f"{folder} is in use by process {owner} (lock file {path}): wait for it to end, "
+                                  "or write to another directory") from None
+            path.unlink(missing_ok=True)  # stale: its owner is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        atexit.register(release_lock, folder)
+        return path
+
+
+def release_lock(folder: Path):
+    path = Path(folder) / LOCK
+    try:
+        if path.read_text().strip() == str(os.getpid()):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def remove_temp_files(folder: Path) -> list[str]:
+    """Leftovers of a write that was killed: ``.<name>.tmp`` and ``.<name>.tmp-<pid>`` files."""
+    removed = []
+    for p in folder.iterdir():
+        if p.is_file() and p.name.startswith(".") and ".tmp" in p.name and p.name != LOCK:
+            p.unlink()
+            removed.append(p.name)
+    if removed:
+        print(f"{folder}: removed {len(removed)} temporary files of an interrupted write: {removed[:4]}")
+    return removed
+
+
+def recipe_differences(old: dict, new: dict, ignore=()) -> list[str]:
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
+            if k not in ignore and old.get(k) != new.get(k)]
+
+
+def canonical(recipe: dict) -> dict:
+    """The recipe as JSON would store it (tuples become lists), so comparisons are like for like."""
+    return json.loads(json.dumps(recipe, default=str))
+
+
+def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh: bool = False,
+             stopping: tuple = (), flag: str = "--overwrite") -> bool:
+    """Claim ``folder`` for the run described by ``recipe``; returns True when it continues a run
+    with the same recipe (resume or re-score), False when it starts anew.
+
+    ``fresh``: the caller asked for a new run (e.g. ``--resume none``): a non-empty directory is
+    then refused unless ``overwrite``. ``stopping``: recipe keys that may change between starts."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    acquire_lock(folder)
+    recipe = canonical(recipe)
+    if overwrite:
+        for p in folder.iterdir():
+            if p.name != LOCK:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+        print(f"{folder}: cleared for a new run ({flag})")
+    remove_temp_files(folder)
+    recorded = folder / RECIPE
+    # a recipe alone (a start that failed before writing anything) holds no run yet
+    content = [p.name for p in folder.iterdir() if p.name not in (LOCK, RECIPE)]
+    if content and not overwrite:
+        if fresh:
+            raise RunDirError(f"{folder} already holds a run ({', '.join(sorted(content)[:5])}): a new run needs an "
+                              f"empty directory. Choose another one, or pass {flag} to discard what is there")
+        if not recorded.is_file():
+            raise RunDirError(f"{folder} holds files ({', '.join(sorted(content)[:5])}) but no {RECIPE}: it is not a "
+                              f"run of this version of the suite. Choose another directory, or pass {flag}")
+        diffs = recipe_differences(json.loads(recorded.read_text()), recipe, ignore=stopping)
+        if diffs:
+            raise RunDirError(f"{folder} holds a run with another recipe; continuing it would mix two experiments:\n  "
+                              + "\n  ".join(diffs) + f"\nUse a new directory for the new recipe, or pass {flag} to "
+                              "discard the old run")
+    write_json_atomic(recorded, recipe)
+    return bool(content) and not overwrite
+
+
+def write_json_atomic(path: str | Path, record) -> Path:
+    from .checkpoint import atomic_write
+
+    return atomic_write(path, lambda f: f.write(json.dumps(record, indent=2, allow_nan=False).encode()))
+
+
+# ---------------------------------------------------------------------------- provenance
+_DIGESTS: dict = {}
+
+
+def file_digest(path: str | Path) -> str:
+    """sha256 of a file's content (cached per path, size and modification time)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
+
+
+def suite_commit() -> str:
+    """The suite's git commit (with "+dirty" for uncommitted changes), or "unknown" outside a checkout."""
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def provenance(checkpoint: str | Path | None, **facts) -> dict:
+    """What a metrics file records about the number it holds: the scored checkpoint (path and
+    sha256), the suite's commit, and ``facts`` (iteration or epoch, dataset, images, config)."""
+    ckpt = None
+    if checkpoint and Path(checkpoint).is_file():
+        ckpt = dict(path=str(Path(checkpoint).resolve()), sha256=file_digest(checkpoint))
+    elif checkpoint:
+        ckpt = dict(path=str(checkpoint), sha256=None)
+    return dict(checkpoint=ckpt, suite_commit=suite_commit(), **facts)
+
+
+def _source(record: dict):
+    """What a metrics record scored: a checkpoint file (by content) or a run's in-training model."""
+    p = record.get("provenance") or {}
+    ckpt = p.get("checkpoint") or {}
+    return ("checkpoint", ckpt["sha256"]) if ckpt.get("sha256") else ("run", p.get("run"))
+
+
+def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Write a metrics record (with its ``provenance``) atomically. A file that holds the result of
+    another checkpoint or run is never replaced silently: that needs ``overwrite``."""
+    path = Path(path)
+    if path.is_file() and not overwrite:
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        if _source(old) != _source(record):
+            what = (old.get("provenance") or {}).get("checkpoint") or (old.get("provenance") or {}).get("run")
+            raise RunDirError(f"{path} holds the result of another evaluation ({what or 'no provenance'}): "
+                              f"write to another directory, or pass {flag} to replace it")
+    return write_json_atomic(path, record)
+
+
+def flatten(tree, prefix: str = "") -> dict:
+    """Nested dicts as {"a.b.c": value}; other values as their JSON form (objects by repr without
+    addresses), so two configs compare setting by setting."""
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.loads(json.dumps(tree, default=_describe))}
+
+
+def _describe(obj) -> str:
+    import functools
+
+    if isinstance(obj, functools.partial):
+        args = ", ".join([*map(repr, obj.args), *(f"{k}={v!r}" for k, v in obj.keywords.items())])
+        return f"partial({_describe(obj.func)}, {args})"
+    name = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"{getattr(obj, '__module__', type(obj).__module__)}.{name}"
