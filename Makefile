@@ -4,7 +4,10 @@ PY     := $(VENV)/bin/python
 MMCV   ?= lite
 DATA   ?= data/derived
 
-.PHONY: setup data test demo clean-data
+.PHONY: help setup data test demo clean-data
+
+help:                 ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
 setup:                ## create/update .venv with the pinned stack (MMCV=full for mmcv with ops)
 	MMCV=$(MMCV) VENV=$(abspath $(VENV)) bash tools/setup_env.sh
@@ -18,5 +21,5 @@ demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_Q
 test: setup           ## set up if needed, then run the test suite on the CPU
 	$(PY) -m pytest tests
 
-clean-data:
+clean-data:           ## remove the derived datasets
 	rm -rf $(DATA)

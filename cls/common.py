@@ -13,12 +13,15 @@ import time
 from pathlib import Path
 
 import torch
-from timm.utils import accuracy
+from timm.utils import accuracy, random_seed
 from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from semaim_core import rundir
 from semaim_core.checkpoint import CheckpointError, load_file, save_atomic, timm_vit_from_encoder
 from semaim_core.distributed import all_reduce_mean, init_distributed
+from semaim_core.pretrain import rng_state, set_rng_state
+from semaim_core.rundir import open_run, provenance, release_lock
 
 
 def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
@@ -30,11 +33,51 @@ def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentPars
     ap.add_argument("--batch-size", type=int, default=batch_size, help="per process; effective = this x processes")
     ap.add_argument("--num-workers", type=int, default=8, help="data-loading worker processes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    ap.add_argument("--seed", type=int, default=0, help="seeds data order and augmentation")
+    ap.add_argument("--seed", type=int, default=0, help="seeds the head, data order, augmentation and mixup")
+    ap.add_argument("--fit-images", type=int, default=None,
+                    help="a fit check: train on this many training images (spread over the classes) and score on "
+                         "the same images; a working pipeline fits them")
+    ap.add_argument("--stop-after-epochs", type=int, default=None,
+                    help="stop (with a checkpoint) after this many epochs; a rerun resumes where it stopped")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="clear an --output-dir that holds another run (or another encoder's result)")
     return ap
 
 
-def image_folders(root: str, train_transform, val_transform):
+# Arguments that do not change the result (a rerun may change them).
+OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs")
+
+
+def start(args) -> bool:
+    """Seed everything (before any weight is drawn) and claim the output directory for this
+    recipe; True when it continues a run with the same recipe."""
+    rank = int(os.environ.get("RANK", 0))
+    args.data, args.encoder = str(Path(args.data).resolve()), str(Path(args.encoder).resolve())
+    random_seed(args.seed, rank)  # torch, numpy (timm's mixup draws from it) and random
+    if rank != 0:
+        return (Path(args.output_dir) / "checkpoint.pth").is_file()
+    recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
+    return open_run(args.output_dir, recipe, overwrite=args.overwrite)
+
+
+def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
+    """The first ``count`` images of ``folder`` taken round-robin over its classes."""
+    by_class = {}
+    for i, (_, target) in enumerate(folder.samples):
+        by_class.setdefault(target, []).append(i)
+    order = [i for group in zip(*by_class.values()) for i in group] if by_class else []
+    pick = sorted(order[:count])
+    folder.samples = folder.imgs = [folder.samples[i] for i in pick]
+    folder.targets = [t for _, t in folder.samples]
+    return folder
+
+
+def image_folders(root: str, train_transform, val_transform, fit_images: int | None = None):
+    """train/ and val/ ImageFolders; with ``fit_images`` both are the same few training images
+    (with the training and the evaluation transform)."""
+    if fit_images:
+        return (fit_subset(ImageFolder(f"{root}/train", train_transform), fit_images),
+                fit_subset(ImageFolder(f"{root}/train", val_transform), fit_images))
     for split in ("train", "val"):
         if not (Path(root) / split).is_dir():
             raise FileNotFoundError(f"{Path(root) / split} does not exist: --data must hold train/<class>/* and "
@@ -46,11 +89,22 @@ def image_folders(root: str, train_transform, val_transform):
 
 
 def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
+    """With ``shuffle`` the order of epoch e is a function of (seed, e) alone (``set_epoch``), so a
+    resumed run sees the data in the order the uninterrupted one would."""
     sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
-               if world > 1 else (torch.utils.data.RandomSampler(dataset, generator=torch.Generator().manual_seed(seed))
-                                  if shuffle else torch.utils.data.SequentialSampler(dataset)))
+               if world > 1 else (EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)))
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=True)
+
+
+class EpochSampler(torch.utils.data.RandomSampler):
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        self.generator.manual_seed(self.seed * 100_003 + epoch)
 
 
 def vit(encoder: str, img_size: int, **timm_overrides):
@@ -73,12 +127,20 @@ def evaluate(model, data, device, world) -> dict:
     return dict(top1=round(float(100 * totals[0] / totals[2]), 3), top5=round(float(100 * totals[1] / totals[2]), 3))
 
 
-def write_metrics(out: Path, record: dict) -> Path:
-    path = out / "cls_metrics.json"
-    tmp = out / ".cls_metrics.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))
-    os.replace(tmp, path)
-    return path
+def majority_top1(train_set, val_set) -> float:
+    """Top-1 of always answering the most frequent training class: the score a classifier that
+    learned nothing gets, printed beside every top-1."""
+    counts = torch.bincount(torch.tensor(train_set.targets), minlength=len(train_set.classes))
+    return round(100 * sum(t == int(counts.argmax()) for t in val_set.targets) / len(val_set), 3)
+
+
+def write_metrics(args, record: dict, epoch: int | None, images: int) -> Path:
+    """``cls_metrics.json`` with its provenance: the scored encoder (path and sha256), the epoch,
+    the evaluation set and its size, the recipe and the suite's commit."""
+    record["provenance"] = provenance(
+        args.encoder, run=str(Path(args.output_dir).resolve()), epoch=epoch, dataset=f"{Path(args.data).resolve()}/val",
+        images=images, config={k: v for k, v in vars(args).items() if k not in OPERATIONAL})
+    return rundir.write_metrics(Path(args.output_dir) / "cls_metrics.json", record, overwrite=True)
 
 
 class EpochTrainer:
@@ -88,7 +150,6 @@ class EpochTrainer:
     def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None):
         self.args, self.mixup, self.ema = args, mixup, ema
         self.rank, self.world, self.device = init_distributed(args.device)
-        torch.manual_seed(args.seed + self.rank)
         self.out = Path(args.output_dir)
         self.model = model.to(self.device)
         self.net = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -106,7 +167,7 @@ class EpochTrainer:
     def state(self):
         return dict(format="semaim-cls-train", model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
                     scaler=self.scaler.state_dict(), epoch=self.epoch, best=self.best,
-                    ema=self.ema.state_dict() if self.ema else None, rng=torch.get_rng_state())
+                    ema=self.ema.state_dict() if self.ema else None, rng=rng_state())
 
     def resume(self):
         path = self.out / "checkpoint.pth"
@@ -121,14 +182,13 @@ class EpochTrainer:
         if self.ema and ckpt["ema"]:
             self.ema.load_state_dict(ckpt["ema"])
         self.epoch, self.best = ckpt["epoch"], ckpt["best"]
-        torch.set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
         if self.rank == 0:
             print(f"resumed from {path} at epoch {self.epoch}")
 
     def train_epoch(self):
         self.net.train()
-        if self.world > 1:
-            self.train_loader.sampler.set_epoch(self.epoch)
+        self.train_loader.sampler.set_epoch(self.epoch)
         n = len(self.train_loader)
         total = torch.zeros((), device=self.device)
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch}", disable=self.rank != 0, dynamic_ncols=True)
@@ -157,11 +217,12 @@ class EpochTrainer:
 
     def fit(self, mode: str) -> dict:
         if self.rank == 0:
-            self.out.mkdir(parents=True, exist_ok=True)
             from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(self.out / "tb")
+            tb = SummaryWriter(self.out / "tb", purge_step=self.epoch + 1 if self.epoch else None)
+            drop_rows_after(self.out / "log.jsonl", "epoch", self.epoch)
         metrics = None
-        while self.epoch < self.args.epochs:
+        end = min(self.args.epochs, self.args.stop_after_epochs or self.args.epochs)
+        while self.epoch < end:
             tick = time.time()
             loss = self.train_epoch()
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
@@ -178,11 +239,26 @@ class EpochTrainer:
                     tb.add_scalar(f"cls/{k}", v, self.epoch)
                 save_atomic(self.state(), self.out / "checkpoint.pth")
                 print(json.dumps(rec))
-        if metrics is None:  # resumed a finished run: score the weights it ended with
+        if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
         result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"], best=self.best,
+                      majority_top1=majority_top1(self.train_loader.dataset, self.val_loader.dataset),
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if self.rank == 0:
+            print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of {self.args.data}/val "
+                  f"(always answering the most frequent class: {result['majority_top1']:.2f})")
+        if self.rank == 0:
             tb.close()
-            print(f"wrote {write_metrics(self.out, result)}")
+            print(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")
+            release_lock(self.out)
         return result
+
+
+def drop_rows_after(path: Path, key: str, last: int):
+    """Remove JSON-lines rows whose ``key`` exceeds ``last`` (logged before a kill, about to be
+    logged again by the resumed run)."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)[key] <= last]
+        if len(kept) != len(rows):
+            path.write_text("".join(line + "\n" for line in kept))

@@ -19,7 +19,7 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa
 from timm.optim import param_groups_layer_decay  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
 
-from cls.common import EpochTrainer, base_parser, image_folders, vit  # noqa: E402
+from cls.common import EpochTrainer, base_parser, image_folders, start, vit  # noqa: E402
 from semaim_core.data import eval_transform  # noqa: E402
 from semaim_core.optim import build_scheduler  # noqa: E402
 
@@ -68,8 +68,9 @@ def model_and_optimizer(args, num_classes: int, world: int = 1):
 
 def main(argv=None):
     args = parse_args(argv)
+    start(args)
     train_tf, val_tf = transforms_for(args)
-    train_set, val_set = image_folders(args.data, train_tf, val_tf)
+    train_set, val_set = image_folders(args.data, train_tf, val_tf, args.fit_images)
     classes = len(train_set.classes)
     world = int(os.environ.get("WORLD_SIZE", 1))
     model, optimizer = model_and_optimizer(args, classes, world)

@@ -14,7 +14,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from cls.common import base_parser, image_folders, vit, write_metrics  # noqa: E402
+from cls.common import base_parser, image_folders, majority_top1, start, vit, write_metrics  # noqa: E402
+from semaim_core.rundir import release_lock  # noqa: E402
 from semaim_core.data import eval_transform  # noqa: E402
 
 
@@ -31,8 +32,8 @@ def features(model, dataset, batch_size, workers, device):
 def knn_classify(train_f, train_y, test_f, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024):
     """Class scores: each of the k nearest training features votes exp(cos / T) for its class."""
     scores = []
-    for start in range(0, test_f.shape[0], chunk):
-        sim, idx = (test_f[start:start + chunk] @ train_f.T).topk(min(k, train_f.shape[0]), dim=1)
+    for first in range(0, test_f.shape[0], chunk):
+        sim, idx = (test_f[first:first + chunk] @ train_f.T).topk(min(k, train_f.shape[0]), dim=1)
         votes = torch.zeros(sim.shape[0], num_classes, device=sim.device)
         votes.scatter_add_(1, train_y[idx], (sim / temperature).exp())
         scores.append(votes)
@@ -56,6 +57,7 @@ def feature_model(args):
 
 def main(argv=None):
     args = parse_args(argv)
+    start(args)
     device = torch.device(args.device)
     train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size))
     model = feature_model(args).to(device).eval()
@@ -66,11 +68,13 @@ def main(argv=None):
     top = scores.topk(k5, dim=1).indices
     top1 = float((top[:, 0] == val_y).float().mean() * 100)
     top5 = float((top == val_y[:, None]).any(dim=1).float().mean() * 100)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     result = dict(task="cls", mode="knn", k=args.k, temperature=args.temperature, pool=args.pool, top1=round(top1, 3),
+                  majority_top1=majority_top1(train_set, val_set),
                   top5=round(top5, 3), encoder=str(args.encoder), data=str(args.data))
-    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} -> {write_metrics(out, result)}")
+    path = write_metrics(args, result, epoch=None, images=len(val_set))
+    release_lock(Path(args.output_dir))
+    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} on {len(val_set)} images of {args.data}/val (always answering "
+          f"the most frequent class: {result['majority_top1']:.2f}) -> {path}")
     return result
 
 

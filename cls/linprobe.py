@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
 from torchvision import transforms  # noqa: E402
 
-from cls.common import EpochTrainer, base_parser, image_folders, vit  # noqa: E402
+from cls.common import EpochTrainer, base_parser, image_folders, start, vit  # noqa: E402
 from semaim_core.data import eval_transform  # noqa: E402
 from semaim_core.optim import build_scheduler  # noqa: E402
 
@@ -58,7 +58,8 @@ def model_and_optimizer(args, num_classes: int, world: int = 1):
 
 def main(argv=None):
     args = parse_args(argv)
-    train_set, val_set = image_folders(args.data, *transforms_for(args))
+    start(args)
+    train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
     world = int(os.environ.get("WORLD_SIZE", 1))
     model, optimizer = model_and_optimizer(args, len(train_set.classes), world)
     steps = len(train_set) // (args.batch_size * world)

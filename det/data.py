@@ -11,13 +11,29 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO / "data" / "tiny_coco"
 
 
+FIT_IMAGES = 4
+
+
 def register_tiny_coco(root: Path = TINY_COCO):
-    """``tiny_coco_train`` / ``tiny_coco_val``: COCO-format datasets over data/tiny_coco."""
+    """``tiny_coco_train`` / ``tiny_coco_val``: COCO-format datasets over data/tiny_coco, and
+    ``tiny_coco_fit``: the first few training images, to train and score on (a fit check)."""
     for split in ("train", "val"):
         name = f"tiny_coco_{split}"
         if name not in DatasetCatalog.list():
             register_coco_instances(name, {}, str(root / "annotations" / f"instances_{split}2017.json"),
                                     str(root / f"{split}2017"))
+    if "tiny_coco_fit" not in DatasetCatalog.list():
+        DatasetCatalog.register("tiny_coco_fit", _fit_dicts)
+        MetadataCatalog.get("tiny_coco_fit").set(image_root=str(root / "train2017"), evaluator_type="coco")
+
+
+def _fit_dicts():
+    dicts = DatasetCatalog.get("tiny_coco_train")[:FIT_IMAGES]
+    train, fit = MetadataCatalog.get("tiny_coco_train"), MetadataCatalog.get("tiny_coco_fit")
+    if not hasattr(fit, "thing_classes"):  # the train metadata exists once its json was read
+        fit.set(thing_classes=train.thing_classes,
+                thing_dataset_id_to_contiguous_id=train.thing_dataset_id_to_contiguous_id)
+    return dicts
 
 
 def check_datasets(names) -> None:

@@ -28,7 +28,10 @@ from omegaconf import OmegaConf  # noqa: E402
 from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector  # noqa: E402
 from det.data import check_datasets, register_tiny_coco  # noqa: E402
 from det.evaluation import write_metrics  # noqa: E402
+from semaim_core.configs import resolve_config  # noqa: E402
 from semaim_core.rundir import flatten, open_run, release_lock  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("train.output_dir", "train.eval_period", "train.log_period", "train.checkpointer", "train.device",
@@ -111,6 +114,7 @@ def do_train(args, cfg):
 
 def main(args):
     register_tiny_coco()
+    args.config_file = resolve_config(args.config_file, CONFIGS)
     cfg = LazyConfig.load(args.config_file)
     check_overrides(cfg, args.opts)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
@@ -129,7 +133,8 @@ def main(args):
 
 def parse_args(argv=None):
     parser = default_argument_parser()
-    parser.add_argument("--config", dest="config_file", help="the LazyConfig (same as --config-file)")
+    parser.add_argument("--config", dest="config_file",
+                        help="the LazyConfig (same as --config-file): a path, or a name in det/configs/")
     parser.add_argument("--overwrite", action="store_true",
                         help="training: clear an output dir that holds another run; --eval-only: replace another result")
     return parser.parse_args(argv)

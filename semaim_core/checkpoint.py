@@ -134,6 +134,22 @@ def heads_for_width(width: int) -> int | None:
     return {size["embed_dim"]: size["num_heads"] for size in MODEL_SIZES.values()}.get(width)
 
 
+def declared_architecture(ckpt: dict, kind: str) -> dict:
+    """What a checkpoint says it is (depth, width, heads), from its metadata or, for the authors'
+    checkpoints, their model name (aim_base / aim_large / aim_huge); {} when it says nothing."""
+    from . import MODEL_SIZES
+
+    if kind == FORMAT_ENCODER:
+        meta = ckpt.get("meta") or {}
+    elif kind == FORMAT_TRAIN:
+        meta = (ckpt.get("config") or {}).get("model_config") or {}
+    elif kind == "semaim-authors":
+        meta = MODEL_SIZES.get(str(ckpt.get("model", "")).removeprefix("aim_").removeprefix("saim_"), {})
+    else:
+        meta = {}
+    return {k: meta[k] for k in ("depth", "embed_dim", "num_heads") if meta.get(k) is not None}
+
+
 def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[dict, dict]:
     """(encoder state dict with timm/MAE names, metadata) from any readable kind; fails with the
     list of missing weights when the encoder is incomplete. The head count, which no weight
@@ -152,6 +168,13 @@ def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[d
     meta = dict(ckpt.get("meta") or {})
     cfg = (ckpt.get("config") or {}).get("model_config", {}) if kind == FORMAT_TRAIN else {}
     dim = sd["cls_token"].shape[-1]
+    declared = declared_architecture(ckpt, kind)
+    found = dict(depth=depth, embed_dim=dim)
+    wrong = [f"{k} {declared[k]} declared, {found[k]} found" for k in found if k in declared and declared[k] != found[k]]
+    if wrong:  # e.g. a truncated file that lost its last blocks: never a silently shallower model
+        raise CheckpointError(f"the {kind} checkpoint does not hold the encoder it declares ({'; '.join(wrong)})")
+    if num_heads and declared.get("num_heads") not in (None, num_heads):
+        raise CheckpointError(f"--num-heads {num_heads} contradicts the checkpoint's {declared['num_heads']} heads")
     patch = sd["patch_embed.proj.weight"].shape[-1]
     n = sd["pos_embed"].shape[1] - 1
     meta.setdefault("embed_dim", dim)

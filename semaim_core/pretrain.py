@@ -197,6 +197,7 @@ class Trainer:
             raise ValueError("--data is required: an ImageNet-style folder or a folder of images")
         if not cfg.output_dir:
             raise ValueError("--output-dir is required")
+        cfg.data = str(Path(cfg.data).resolve())  # the recipe names the folder, wherever the run starts from
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.device)
         self.out = Path(cfg.output_dir)
@@ -364,6 +365,8 @@ class Trainer:
             from torch.utils.tensorboard import SummaryWriter
             tb = SummaryWriter(self.out / "tb", purge_step=self.step + 1 if self.step else None)
             metrics = self.metrics_log()
+            text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
+            text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")
             bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
         self.model.train()
         while self.step < end:
@@ -391,6 +394,9 @@ class Trainer:
                                    skipped_images=skipped)
                         metrics.write(json.dumps(rec) + "\n")
                         metrics.flush()
+                        text_log.write(f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
+                                       f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}\n")
+                        text_log.flush()
                         for k in ("loss", "lr", "grad_norm", "img_per_s"):
                             tb.add_scalar(f"train/{k}", rec[k], self.step)
                 if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
@@ -399,6 +405,7 @@ class Trainer:
         if self.is_main:
             bar.close()
             metrics.close()
+            text_log.close()
             tb.close()
             encoder = self.export()
             print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
@@ -417,19 +424,61 @@ class _null:
 
 
 # ---------------------------------------------------------------------------- command line
+HELP = dict(
+    data="an ImageNet-style folder (train/<class>/*.JPEG) or any folder of images",
+    output_dir="the run directory: config, metrics.jsonl, log.txt, tb/, checkpoints, encoder.pth",
+    model="the encoder size", img_size="crop size", depth="override the size's encoder depth",
+    decoder_depth="decoder blocks (must divide the depth; default: the depth)", drop_path="stochastic depth rate",
+    order="autoregression order: raster (row-major), snake (the authors' 'raster'), stochastic, similarity, "
+          "semantic (SemAIM), multi_center",
+    attention="sorted (fast, default) or dense (explicit masks, the reference); the same function",
+    similarity_source="where S comes from (default: online for pixels, teacher for dino/clip)",
+    similarity_precision="fp32 (the authors', outside autocast) or autocast (faster; the center may move)",
+    ema_decay="EMA similarity encoder: decay at epoch 0", ema_decay_end="... and after --ema-ramp-epochs",
+    ema_ramp_epochs="epochs over which the EMA decay ramps linearly",
+    order_lambda="tie-break scale within a distance shell (the released code: 1e-3; the paper: 0.01)",
+    order_smooth="the paper's 3x3 mean filter on S before the argmax", num_centers="multi_center: at most this many",
+    target="what is predicted: pixel (blurred, normalized patches), dino or clip teacher tokens",
+    teacher_weights="local teacher weights file for dino/clip (README: accepted layouts)",
+    teacher_input="imagenet (the authors': the ImageNet-normalized crop) or native (the teacher's statistics)",
+    batch_size="images per process and micro-step", accum_iter="micro-steps per optimizer step",
+    epochs="training epochs (the schedule's length)", warmup_epochs="linear warm-up epochs",
+    blr="base lr: lr = blr x effective batch / 256", lr="absolute lr (overrides --blr)",
+    min_lr="floor of the cosine schedule", weight_decay="AdamW weight decay (none on biases and norms)",
+    betas="AdamW betas", clip_grad="gradient-norm clip (0 or unset: none)", dtype="autocast dtype of the step",
+    compile="torch.compile the model", device="cuda or cpu", num_workers="data-loading processes per process",
+    seed="seeds initialization, data order, augmentation and tie-breaks",
+    save_every="optimizer steps between checkpoints (also at every epoch end)", keep="checkpoints kept",
+    log_every="steps between metrics rows", resume="auto (the newest checkpoint here), none (a new run) or a PATH",
+    overwrite="a new run may clear an output dir that holds another run",
+    skip_unreadable="skip unreadable images (counted) instead of stopping", max_steps="stop after this many steps "
+    "(the schedule stays the full one; a later start with a larger value resumes)")
+
+
+def choices() -> dict:
+    from .model import ATTENTION, SIMILARITY_PRECISIONS, SIMILARITY_SOURCES
+    from .orders import ORDERS
+    from .targets import TEACHER_INPUTS, TEACHERS
+
+    return dict(model=sorted(MODELS), order=ORDERS, attention=ATTENTION, similarity_source=SIMILARITY_SOURCES,
+                similarity_precision=SIMILARITY_PRECISIONS, target=("pixel", *TEACHERS), teacher_input=TEACHER_INPUTS,
+                dtype=("bf16", "fp16", "fp32"))
+
+
 def parse_args(argv=None) -> Config:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (flags given override it)")
     ap.add_argument("--config", help="a JSON file of settings (flags given override it)")
+    allowed = choices()
     for f in fields(Config):
-        flag = "--" + f.name.replace("_", "-")
+        flag, text = "--" + f.name.replace("_", "-"), f"{HELP[f.name]} (default: {f.default})"
         if f.type == "bool":
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif f.name == "betas":
-            ap.add_argument(flag, type=float, nargs=2, default=None)
+            ap.add_argument(flag, type=float, nargs=2, default=None, help=text)
         else:
             conv = {"int": int, "float": float, "int | None": int, "float | None": float}.get(f.type, str)
-            ap.add_argument(flag, type=conv, default=None)
+            ap.add_argument(flag, type=conv, default=None, choices=allowed.get(f.name), help=text)
     args = ap.parse_args(argv)
     values = {}
     if args.preset:
@@ -439,8 +488,9 @@ def parse_args(argv=None) -> Config:
     values.update({k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "config")})
     if values.get("resume") in ("none", "no", ""):
         values["resume"] = None
-    if values.get("model", Config.model) not in MODELS:
-        ap.error(f"unknown --model {values['model']}: choose one of {', '.join(MODELS)}")
+    for key, options in allowed.items():  # presets and --config files are checked like flags
+        if key in values and values[key] is not None and values[key] not in options:
+            ap.error(f"unknown --{key.replace('_', '-')} {values[key]!r}: choose one of {', '.join(options)}")
     return Config(**values)
 
 

@@ -2,28 +2,42 @@
 
 A *row* is a name and the run directories that belong to one pretrained encoder: its
 pretraining run (``config.json``), and any of det (``det_metrics.json``), seg
-(``seg_metrics.json``) and cls (``cls_metrics.json``) runs. Every problem (a missing directory,
-no metric file, a file that is not the expected JSON) is reported for its row, never dropped.
+(``seg_metrics.json``) and cls (``cls_metrics.json``) runs. Every problem is reported for its row
+and makes the tool exit 1: a missing directory, a file that is not the expected JSON, an unknown
+metrics file or cls mode, a value that is not a number (NaN included), a file without provenance.
+
+A column is a metric *on a dataset*: the label names the dataset the numbers came from, so an
+ImageNet top-1 never stands above a top-1 measured on other images.
 """
 from __future__ import annotations
 
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-# DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining)
+# DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
+IN1K, COCO, ADE = "ImageNet-1k val", "COCO val2017", "ADE20K val"
 PUBLISHED = [
-    dict(method="MAE", epochs=1600, top1=83.6, ap_box=50.3, ap_mask=44.9, miou=48.1),
-    dict(method="SAIM", epochs=800, top1=83.9, ap_box=49.4, ap_mask=43.9, miou=47.8),
-    dict(method="SemAIM", epochs=400, top1=83.8, ap_box=50.7, ap_mask=45.0, miou=None),
-    dict(method="SemAIM", epochs=800, top1=84.1, ap_box=51.3, ap_mask=45.4, miou=48.0),
-    dict(method="SemAIM, CLIP targets", epochs=800, top1=85.3, ap_box=None, ap_mask=None, miou=None),
+    dict(method="MAE 1600ep", source="MAE paper (detection: Mask R-CNN with FPN, not ViTDet)",
+         top1=83.6, ap_box=50.3, ap_mask=44.9, miou=48.1),
+    dict(method="MAE 1600ep, ViTDet recipe", source="detectron2 ViTDet README; mmseg MAE UperNet config",
+         ap_box=51.6, ap_mask=45.9, miou=48.13),
+    dict(method="SAIM 800ep", source="SAIM paper", top1=83.9, ap_box=49.4, ap_mask=43.9, miou=47.8),
+    dict(method="SemAIM 400ep", source="SemAIM paper, Table 5", top1=83.8, ap_box=50.7, ap_mask=45.0),
+    dict(method="SemAIM 800ep", source="SemAIM paper, Table 5", top1=84.1, ap_box=51.3, ap_mask=45.4, miou=48.0),
+    dict(method="SemAIM 800ep, CLIP targets", source="SemAIM paper, Table 5", top1=85.3),
 ]
-COLUMNS = [("method", "method"), ("epochs", "epochs"), ("top1", "IN top-1 (ft)"), ("linprobe", "lin"),
-           ("knn", "k-NN"), ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU")]
-SETTINGS = ("order", "target", "decoder_depth", "depth", "img_size", "similarity_source")
+PUBLISHED_DATASETS = dict(top1=IN1K, ap_box=COCO, ap_mask=COCO, miou=ADE)
+METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("knn", "top-1 (k-NN)"), ("ap_box", "AP box"),
+           ("ap_mask", "AP mask"), ("miou", "mIoU")]
+CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "knn": "knn"}
+METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
+# pretraining settings that do not change what is trained
+OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
+               "device", "max_steps", "world_size", "effective_batch", "lr")
 
 
 class MetricsError(ValueError):
@@ -33,24 +47,53 @@ class MetricsError(ValueError):
 @dataclass
 class Row:
     method: str
-    values: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)
+    values: dict = field(default_factory=dict)     # (metric, dataset) -> number
+    sources: dict = field(default_factory=dict)    # (metric, dataset) -> provenance of that number
+    settings: dict = field(default_factory=dict)   # the pretraining recipe
     problems: list = field(default_factory=list)
     published: bool = False
+    note: str = ""
 
 
-def _read(path: Path, required: list[str]) -> dict:
+def _read(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise MetricsError(f"{path}: not readable JSON ({e})") from e
-    for key in required:
-        node = data
-        for part in key.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise MetricsError(f"{path}: no '{key}' (is it a file the suite wrote?)")
-            node = node[part]
+    if not isinstance(data, dict):
+        raise MetricsError(f"{path}: not a JSON object")
     return data
+
+
+def _get(data: dict, key: str, path: Path):
+    node = data
+    for part in key.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise MetricsError(f"{path}: no '{key}' (is it a file the suite wrote?)")
+        node = node[part]
+    return node
+
+
+def _dataset(kind: str, data: dict) -> str:
+    p = data.get("provenance") or {}
+    if kind == "cls":
+        root = (p.get("dataset") or data.get("data") or "unknown").rstrip("/")
+        root = root.removesuffix("/val")
+        return f"{Path(root).name} val"
+    if kind == "det":
+        return str(data.get("dataset") or p.get("dataset") or "unknown")
+    return str(p.get("dataset") or "unknown").split(" ")[0].removesuffix("Dataset") or "unknown"
+
+
+def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
+    if name == "det_metrics.json":
+        return _dataset("det", data), dict(ap_box=_get(data, "bbox.AP", path), ap_mask=_get(data, "segm.AP", path))
+    if name == "seg_metrics.json":
+        return _dataset("seg", data), dict(miou=_get(data, "mIoU", path))
+    mode = _get(data, "mode", path)
+    if mode not in CLS_MODES:
+        raise MetricsError(f"{path}: unknown cls mode {mode!r} (expected one of {', '.join(CLS_MODES)})")
+    return _dataset("cls", data), {CLS_MODES[mode]: _get(data, "top1", path)}
 
 
 def collect_dir(run: Path, row: Row) -> None:
@@ -59,35 +102,46 @@ def collect_dir(run: Path, row: Row) -> None:
         row.problems.append(f"{run}: no such directory")
         return
     found = False
-    readers = {
-        "det_metrics.json": (["bbox.AP", "segm.AP"], lambda d: dict(ap_box=d["bbox"]["AP"], ap_mask=d["segm"]["AP"])),
-        "seg_metrics.json": (["mIoU"], lambda d: dict(miou=d["mIoU"])),
-        # fine-tuning top-1 is the table's "IN top-1"; linear probe and k-NN get columns of their own
-        "cls_metrics.json": (["mode", "top1"], lambda d: {"top1" if d["mode"] == "finetune" else d["mode"]: d["top1"]}),
-    }
-    for name, (required, extract) in readers.items():
+    for path in sorted(run.glob("*_metrics.json")):
+        if path.name not in METRIC_FILES:
+            row.problems.append(f"{path}: unknown metrics file (expected {', '.join(METRIC_FILES)})")
+    for name in METRIC_FILES:
         path = run / name
-        if path.is_file():
-            found = True
-            try:
-                for key, value in extract(_read(path, required)).items():
-                    if value is None:
-                        row.problems.append(f"{path}: {key} is null (nothing could be scored)")
-                    row.values[key] = value
-            except MetricsError as e:
-                row.problems.append(str(e))
+        if not path.is_file():
+            continue
+        found = True
+        try:
+            data = _read(path)
+            dataset, values = _extract(name, data, path)
+        except MetricsError as e:
+            row.problems.append(str(e))
+            continue
+        source = dict(data.get("provenance") or {}, file=str(path))
+        if "provenance" not in data:
+            row.problems.append(f"{path}: no provenance (checkpoint, dataset, commit): re-run the evaluation "
+                                "with this version of the suite; its cells are flagged '?'")
+        for metric, value in values.items():
+            if value is None:
+                row.problems.append(f"{path}: {metric} is null (nothing could be scored)")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)):
+                row.problems.append(f"{path}: {metric} is {value!r}, not a number")
+            elif math.isnan(value) or math.isinf(value):
+                row.problems.append(f"{path}: {metric} is {value}, not a score")
+            row.values[(metric, dataset)] = value
+            row.sources[(metric, dataset)] = source
     cfg = run / "config.json"
     if cfg.is_file():
         found = True
         try:
-            c = _read(cfg, ["model", "epochs"])
-            row.settings.update({k: c.get(k) for k in SETTINGS if k in c})
+            c = _read(cfg)
+            _get(c, "model", cfg)
+            row.settings.update({k: v for k, v in c.items() if k not in OPERATIONAL})
             row.settings["decoder_depth"] = c.get("decoder_depth") or c.get("depth")
-            row.values.setdefault("epochs", c["epochs"])
-        except MetricsError as e:
+            row.values.setdefault(("epochs", ""), c["epochs"])
+        except (MetricsError, KeyError) as e:
             row.problems.append(str(e))
     if not found:
-        row.problems.append(f"{run}: none of det_metrics.json, seg_metrics.json, cls_metrics.json, config.json")
+        row.problems.append(f"{run}: none of {', '.join(METRIC_FILES)}, config.json")
 
 
 def collect(rows: list[tuple[str, list[str]]]) -> list[Row]:
@@ -101,20 +155,42 @@ def collect(rows: list[tuple[str, list[str]]]) -> list[Row]:
 
 
 def published_rows() -> list[Row]:
-    return [Row(f"{r['method']} (published)", {k: v for k, v in r.items() if k != "method"}, published=True)
-            for r in PUBLISHED]
+    rows = []
+    for r in PUBLISHED:
+        values = {(k, PUBLISHED_DATASETS[k]): v for k, v in r.items() if k in PUBLISHED_DATASETS}
+        values[("epochs", "")] = int(r["method"].split(" ")[1].split("ep")[0].strip(","))
+        rows.append(Row(f"{r['method']} (published)", values, published=True, note=r["source"]))
+    return rows
 
 
-def _cell(value) -> str:
+def columns(rows: list[Row]) -> list[tuple[tuple[str, str], str]]:
+    """((metric, dataset), label) for every metric and dataset some row has, in the paper's order."""
+    seen = {k for r in rows for k in r.values}
+    cols = [(("epochs", ""), "epochs")] if ("epochs", "") in seen else []
+    for metric, label in METRICS:
+        for dataset in sorted({d for m, d in seen if m == metric}):
+            cols.append(((metric, dataset), f"{label} [{dataset}]"))
+    return cols
+
+
+def _cell(row: Row, key) -> str:
+    value = row.values.get(key)
     if value is None:
-        return "-"
-    return f"{value:.1f}" if isinstance(value, float) else str(value)
+        return ""
+    if key[0] not in dict(METRICS):  # a setting or the epochs, not a score
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"{value}!"
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return f"{value}!"
+    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    return text + ("?" if key in row.sources and "checkpoint" not in row.sources[key] else "")
 
 
-def table(rows: list[Row], fmt: str = "md", columns=COLUMNS) -> str:
-    keys = [k for k, _ in columns if k == "method" or any(k in r.values for r in rows)]
-    heads = [h for k, h in columns if k in keys]
-    lines = [[r.method] + [_cell(r.values.get(k)) for k in keys[1:]] for r in rows]
+def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method") -> str:
+    cols = cols if cols is not None else columns(rows)
+    heads = [first] + [h for _, h in cols]
+    lines = [[r.method] + [_cell(r, k) for k, _ in cols] for r in rows]
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([heads, *lines])
@@ -124,38 +200,60 @@ def table(rows: list[Row], fmt: str = "md", columns=COLUMNS) -> str:
         return (f"\\begin{{tabular}}{{l{'r' * (len(heads) - 1)}}}\n\\toprule\n" + " & ".join(heads)
                 + " \\\\\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n")
     out = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * (len(heads) - 1)]
-    return "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines]) + "\n"
+    notes = [f"- {r.method}: {r.note}" for r in rows if r.note]
+    text = "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines]) + "\n"
+    return text + ("\nSources of the published rows:\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def provenance_lines(rows: list[Row]) -> list[str]:
+    """One line per cell: where its number came from."""
+    lines = []
+    for r in rows:
+        for (metric, dataset), src in sorted(r.sources.items()):
+            ckpt = src.get("checkpoint") or {}
+            what = (f"checkpoint {ckpt.get('path')} (sha256 {str(ckpt.get('sha256'))[:12]})" if ckpt
+                    else f"in-training model of {src.get('run')}" if src.get("run") else "no provenance")
+            step = next((f"{k} {src[k]}" for k in ("iteration", "epoch") if src.get(k) is not None), "")
+            lines.append(f"{r.method} | {metric} [{dataset}]: {what}; {step}; {src.get('images')} images; "
+                         f"commit {src.get('suite_commit')}; file {src['file']}")
+    return lines
 
 
 def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
-    """Rows that differ in one pretraining setting (the paper's Tables 1-3): the varying settings
-    become columns; a warning names any second setting that varies too."""
-    keys = [k for k in SETTINGS if len({str(r.settings.get(k)) for r in rows}) > 1]
+    """Rows that differ in pretraining settings (the paper's Tables 1-3): every recipe setting that
+    differs becomes a column; a warning says when more than one does."""
+    keys = sorted({k for r in rows for k in r.settings}
+                  if rows else set(), key=str)
+    keys = [k for k in keys if len({json.dumps(r.settings.get(k), sort_keys=True, default=str) for r in rows}) > 1]
     warnings = []
     if not keys:
         warnings.append("the runs do not differ in any pretraining setting (order, target, decoder depth, ...)")
     elif len(keys) > 1:
         warnings.append(f"the runs differ in {len(keys)} settings at once ({', '.join(keys)}): not a one-factor ablation")
-    shown = [Row(r.method, {**{k: r.settings.get(k) for k in keys}, **r.values}) for r in rows]
-    cols = [("method", "run"), *[(k, k.replace("_", " ")) for k in keys], *COLUMNS[2:]]
-    return table(shown, fmt, cols), warnings
+    metric_cols = [c for c in columns(rows) if c[0][0] != "epochs"]
+    shown = [Row(r.method, {**{(k, ""): r.settings.get(k) for k in keys}, **r.values}, r.sources) for r in rows]
+    cols = [((k, ""), k.replace("_", " ")) for k in keys] + metric_cols
+    return table(shown, fmt, cols, first="run"), warnings
 
 
 def bar_chart(rows: list[Row], path: str | Path) -> Path:
+    """Grouped bars, one group per metric column; a missing value draws no bar (not a zero)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    metrics = [(k, h) for k, h in COLUMNS[2:] if any(r.values.get(k) is not None for r in rows)]
-    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(metrics) * max(1, len(rows)) / 3), 4))
+    cols = [(k, h) for k, h in columns(rows) if k[0] != "epochs"]
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cols) * max(1, len(rows)) / 3), 4.5))
     width = 0.8 / max(1, len(rows))
     for i, r in enumerate(rows):
-        vals = [r.values.get(k) or 0.0 for k, _ in metrics]
-        ax.bar(np.arange(len(metrics)) + i * width, vals, width, label=r.method, hatch="//" if r.published else None)
-    ax.set_xticks(np.arange(len(metrics)) + width * (len(rows) - 1) / 2, [h for _, h in metrics])
+        xs = [j + i * width for j, (k, _) in enumerate(cols) if isinstance(r.values.get(k), (int, float))]
+        vals = [r.values[k] for k, _ in cols if isinstance(r.values.get(k), (int, float))]
+        ax.bar(xs, vals, width, label=r.method, hatch="//" if r.published else None)
+    ax.set_xticks(np.arange(len(cols)) + width * (len(rows) - 1) / 2, [h for _, h in cols], rotation=20, ha="right",
+                  fontsize=7)
     ax.set_ylabel("%")
-    ax.legend(fontsize=7, ncols=2)
+    ax.legend(fontsize=6, ncols=2)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

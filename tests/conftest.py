@@ -39,3 +39,8 @@ def derived(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("derived")
     derive(TINY_COCO, out)
     return out
+
+
+def pytest_collection_modifyitems(config, items):
+    """Slow end-to-end tests (marked ``slow``) run after every fast one."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)

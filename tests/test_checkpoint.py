@@ -161,3 +161,18 @@ def test_convert_tool(encoder, tmp_path, capsys):
         assert (tmp_path / f"{fmt}.pth").is_file()
     assert "mae" in capsys.readouterr().out
     assert_same(read_encoder(tmp_path / "timm.pth")[0], encoder)
+
+
+@pytest.mark.parametrize("kind", ["encoder", "train", "authors"])
+def test_a_checkpoint_missing_its_last_block_is_refused(model, encoder, kind):
+    truncated = {k: v for k, v in encoder.items() if not k.startswith(f"blocks.{DEPTH - 1}.")}
+    if kind == "encoder":
+        ckpt = to_encoder(*encoder_from_checkpoint({"model": encoder}))
+        ckpt["model"] = truncated
+    elif kind == "train":
+        ckpt = {"format": "semaim-train", "model": truncated, "config": {"model_config": model.config}}
+    else:  # the authors' ViT-Tiny-width model name declares 12 blocks
+        ckpt = {"state_dict": {f"module.{k}": v for k, v in truncated.items()}, "model": "aim_tiny"}
+    expected = DEPTH if kind != "authors" else 12
+    with pytest.raises(CheckpointError, match=f"depth {expected} declared, {DEPTH - 1} found"):
+        encoder_from_checkpoint(ckpt)

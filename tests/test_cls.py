@@ -20,23 +20,45 @@ def common(derived, encoder, out):
             "--img-size", "64", "--batch-size", "32", "--num-workers", "0", "--device", "cpu"]
 
 
-def test_finetune_writes_metrics_and_resumes(derived, encoder, tmp_path):
+def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path):
     from cls.finetune import main
 
-    args = common(derived, encoder, tmp_path) + ["--warmup-epochs", "1", "--dtype", "fp32"]
-    first = main(args + ["--epochs", "1"])
-    assert first["mode"] == "finetune" and 0 <= first["top1"] <= 100 and first["top5"] >= first["top1"]
-    before = torch.load(tmp_path / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
-    second = main(args + ["--epochs", "2"])  # resumes at epoch 1
+    args = common(derived, encoder, tmp_path / "a") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"]
+    first = main(args + ["--stop-after-epochs", "1"])  # interrupted after one epoch
+    assert first["mode"] == "finetune" and first["epochs"] == 1 and 0 <= first["top1"] <= 100
+    before = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
+    second = main(args)  # resumes at epoch 1
     assert second["epochs"] == 2
-    rows = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    after = torch.load(tmp_path / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
+    after = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(before, after)
-    assert json.loads((tmp_path / "cls_metrics.json").read_text())["top1"] == second["top1"]
-    again = main(args + ["--epochs", "2"])  # a finished run, started again, only re-scores
+    metrics = json.loads((tmp_path / "a" / "cls_metrics.json").read_text())
+    assert metrics["top1"] == second["top1"] and metrics["provenance"]["epoch"] == 2
+    assert metrics["provenance"]["images"] == 150 and metrics["provenance"]["checkpoint"]["sha256"]
+    again = main(args)  # a finished run, started again, only re-scores
     assert again["epochs"] == 2 and again["top1"] == second["top1"]
-    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 2
+    assert len((tmp_path / "a" / "log.jsonl").read_text().splitlines()) == 2
+
+    # the same recipe and seed in another directory, without the interruption: the same numbers
+    straight = main(common(derived, encoder, tmp_path / "b") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"])
+    assert (straight["top1"], straight["top5"]) == (second["top1"], second["top5"])
+    rows_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in rows_b] == [r["train_loss"] for r in rows]
+
+
+def test_cls_runs_do_not_mix(derived, encoder, tmp_path, demo_encoder):
+    from cls.knn import main
+    from semaim_core.rundir import RunDirError
+
+    main(common(derived, encoder, tmp_path))
+    other = tmp_path.parent / "other_encoder.pth"
+    other.write_bytes(encoder.read_bytes())
+    with pytest.raises(RunDirError, match=r"(?s)another recipe.*encoder: .*encoder.pth' -> .*other_encoder.pth'"):
+        main(common(derived, other, tmp_path))
+    main(common(derived, other, tmp_path) + ["--overwrite"])
+    record = json.loads((tmp_path / "cls_metrics.json").read_text())
+    assert record["encoder"] == str(other.resolve()) and record["provenance"]["checkpoint"]["path"] == str(other.resolve())
 
 
 def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 from semaim_core.results import ablation, collect, published_rows, table
 
 REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,10 @@ def number(cell: str) -> float:
 
 def test_demo_runs_every_stage_and_prints_the_table(demo):
     out, stdout = demo
-    assert [f"[demo {i}/7]" in stdout for i in range(1, 8)] == [True] * 7
+    assert [f"[demo {i}/9]" in stdout for i in range(1, 10)] == [True] * 9
+    assert "Evidence of learning:" in stdout and "always the most frequent class" in stdout
+    fit = json.loads((out / "fit_cls" / "cls_metrics.json").read_text())
+    assert fit["top1"] >= 3 * fit["majority_top1"]  # the demo's encoder fits 16 crops too
     for f in ("pretrain/encoder.pth", "det/det_metrics.json", "seg/seg_metrics.json", "cls_ft/cls_metrics.json",
               "cls_lin/cls_metrics.json", "cls_knn/cls_metrics.json", "orders.png", "results.md", "results.png"):
         assert (out / f).is_file(), f
@@ -41,7 +45,8 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     cells = [c.strip() for c in ours.strip("|").split("|")]
     header = [c.strip() for c in (out / "results.md").read_text().splitlines()[0].strip("|").split("|")]
     row = dict(zip(header, cells))
-    for col in ("IN top-1 (ft)", "lin", "k-NN", "AP box", "AP mask", "mIoU"):
+    for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (k-NN) [crops val]",
+                "AP box [tiny_coco_val]", "AP mask [tiny_coco_val]", "mIoU [COCOStuff]"):
         assert 0 <= number(row[col]) <= 100, col
 
 
@@ -50,11 +55,13 @@ def test_tables_from_real_runs(demo, tmp_path):
     rows = collect([("ours", [str(out / d) for d in ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_knn")])])
     assert rows[0].problems == []
     det = json.loads((out / "det" / "det_metrics.json").read_text())
-    assert rows[0].values["ap_box"] == det["bbox"]["AP"] and rows[0].values["epochs"] == 1
+    assert rows[0].values[("ap_box", "tiny_coco_val")] == det["bbox"]["AP"] and rows[0].values[("epochs", "")] == 1
     md = table(rows + published_rows())
-    assert "| SemAIM (published) | 800 | 84.1 | - | - | 51.3 | 45.4 | 48.0 |" in md
+    published = next(line for line in md.splitlines() if line.startswith("| SemAIM 800ep (published) | 800 |"))
+    assert [c.strip() for c in published.strip("|").split("|") if c.strip()] == [
+        "SemAIM 800ep (published)", "800", "84.1", "51.3", "45.4", "48.0"]
     parsed = list(csv.reader(io.StringIO(table(rows, "csv"))))
-    assert parsed[0][:3] == ["method", "epochs", "IN top-1 (ft)"] and parsed[1][0] == "ours"
+    assert parsed[0][:3] == ["method", "epochs", "top-1 (ft) [crops val]"] and parsed[1][0] == "ours"
     latex = table(rows, "latex")
     assert latex.startswith("\\begin{tabular}") and "ours &" in latex
 
@@ -69,7 +76,7 @@ def test_ablation_of_one_setting(demo, tmp_path):
                     ("raster", [str(raster)])])
     text, warnings = ablation(rows)
     assert warnings == []
-    assert text.splitlines()[0] == "| run | order | k-NN |"
+    assert text.splitlines()[0] == "| run | order | top-1 (k-NN) [crops val] |"
     assert "| semantic | semantic |" in text and "| raster | raster |" in text
 
 
@@ -87,3 +94,51 @@ def test_problems_are_reported_per_run(demo, tmp_path):
     proc = subprocess.run([sys.executable, "tools/make_tables.py", "--row", "a", str(broken)], cwd=REPO,
                           capture_output=True, text=True)
     assert proc.returncode == 1 and "not readable JSON" in proc.stderr
+
+
+def test_tables_flag_what_they_cannot_vouch_for(demo, tmp_path):
+    out, _ = demo
+    nan = tmp_path / "nan"
+    shutil.copytree(out / "seg", nan)
+    record = json.loads((nan / "seg_metrics.json").read_text())
+    record["mIoU"] = float("nan")
+    (nan / "seg_metrics.json").write_text(json.dumps(record))
+    old = tmp_path / "old"
+    shutil.copytree(out / "cls_knn", old)
+    record = json.loads((old / "cls_metrics.json").read_text())
+    del record["provenance"]
+    (old / "cls_metrics.json").write_text(json.dumps(record))
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "cls_metrics.json").write_text(json.dumps(dict(record, mode="zero_shot")))
+    (odd / "bbox_metrics.json").write_text("{}")
+    rows = collect([("nan", [str(nan)]), ("old", [str(old)]), ("odd", [str(odd)])])
+    assert any("miou is nan, not a score" in p for p in rows[0].problems)
+    assert any("no provenance" in p for p in rows[1].problems)
+    assert any("unknown cls mode 'zero_shot'" in p for p in rows[2].problems)
+    assert any("bbox_metrics.json: unknown metrics file" in p for p in rows[2].problems)
+    md = table(rows)
+    assert "nan!" in md and re.search(r"\| old \|[^\n]*\d\?", md)
+    proc = subprocess.run([sys.executable, "tools/make_tables.py", "--row", "old", str(old), "--no-published"],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 1 and "no provenance" in proc.stderr
+
+
+def test_columns_name_their_dataset_and_published_rows_their_source(demo, tmp_path):
+    out, _ = demo
+    rows = collect([("ours", [str(out / d) for d in ("det", "cls_ft")])])
+    md = table(rows + published_rows())
+    header = md.splitlines()[0]
+    assert "top-1 (ft) [crops val]" in header and "top-1 (ft) [ImageNet-1k val]" in header
+    assert "AP box [tiny_coco_val]" in header and "AP box [COCO val2017]" in header
+    assert "MAE 1600ep (published)" in md and "Mask R-CNN with FPN, not ViTDet" in md
+    vitdet = next(line for line in md.splitlines() if line.startswith("| MAE 1600ep, ViTDet recipe"))
+    assert "51.6" in vitdet and "45.9" in vitdet and "48.1" in vitdet
+    ours = next(line for line in md.splitlines() if line.startswith("| ours"))
+    assert "|  |" in ours  # missing values are blank, not 0 or '-'
+    assert len({r.method for r in published_rows()}) == len(published_rows())  # distinct legend entries
+    proc = subprocess.run([sys.executable, "tools/make_tables.py", "--row", "ours", str(out / "det"), "--provenance",
+                           "--no-published"], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"ours \| ap_box \[tiny_coco_val\]: in-training model of .*det; iteration \d+; 50 images; commit",
+                     proc.stdout)

@@ -1,5 +1,6 @@
 """The pretraining loop: exact resume, atomic checkpoints, NaN stop, learning on real images, export."""
 import json
+import re
 import shutil
 
 import pytest
@@ -206,6 +207,13 @@ def test_ema_similarity_encoder_follows_the_online_one(tiny_coco, tmp_path):
     assert not any("ema_encoder" in n for g in t.optimizer.param_groups for n in g.get("param_names", []))
     assert sum(p.numel() for g in t.optimizer.param_groups for p in g["params"]) == sum(
         p.numel() for p in t.model.parameters() if p.requires_grad)
+
+
+def test_pretraining_writes_a_plain_text_log(tiny_coco, tmp_path):
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=2, depth=1, decoder_depth=1)).fit()
+    lines = (tmp_path / "log.txt").read_text().splitlines()
+    assert lines[0].startswith("started step 0: {") and re.match(r"step 1/2  epoch 0  loss \d", lines[1])
+    assert lines[2].startswith("step 2/2")
 
 
 def test_ema_decay_ramps_as_the_authors(tiny_coco, tmp_path):

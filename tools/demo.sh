@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole suite on the bundled real data, on a CPU: derive the datasets, pretrain a small
 # SemAIM encoder, export it, fine-tune and evaluate detection (AP), segmentation (mIoU) and
-# classification (top-1: fine-tuning, linear probe, k-NN), draw the orders, print the table.
+# classification (top-1: fine-tuning, linear probe, k-NN), run the fit checks, draw the orders,
+# print the table and the evidence that each stage learns.
 #
 #   make demo                      # = bash tools/demo.sh, after make setup
 #   DEMO_QUICK=1 make demo         # a handful of iterations per stage (what CI runs)
 #   DEMO_OUT=runs/my_demo make demo
 # With real data and GPUs, the same steps run with the real presets and configs (README.md).
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 PY=${PYTHON:-$ROOT/.venv/bin/python}
@@ -15,7 +17,7 @@ OUT=${DEMO_OUT:-runs/demo_suite}
 QUICK=${DEMO_QUICK:-0}
 ENC=$OUT/pretrain/encoder.pth
 n=0
-stage() { n=$((n + 1)); printf '\n==> [demo %d/7] %s\n' "$n" "$*"; }
+stage() { n=$((n + 1)); printf '\n==> [demo %d/9] %s\n' "$n" "$*"; }
 pick() { [ "$QUICK" = 1 ] && echo "$2" || echo "$1"; }   # pick FULL QUICK
 export PYTHONWARNINGS=ignore
 
@@ -24,25 +26,38 @@ stage "derive segmentation maps and object crops from data/tiny_coco -> data/der
 
 stage "pretrain SemAIM (ViT-Tiny width, 4 blocks, 96 px) on the 50 train images -> $OUT/pretrain"
 PYTHON=$PY tools/pretrain.sh --preset demo --data data/tiny_coco/train2017 --output-dir "$OUT/pretrain" \
-  --epochs "$(pick 12 1)" --resume none
+  --epochs "$(pick 12 1)" --resume none --overwrite
 
 stage "ViTDet Mask R-CNN on tiny_coco (detectron2) -> $OUT/det/det_metrics.json"
 ITERS=$(pick 100 4)
-"$PY" det/train_net.py --config det/configs/vitdet_semaim_tiny_coco.py train.init_checkpoint="$ENC" \
+"$PY" det/train_net.py --overwrite --config det/configs/vitdet_semaim_tiny_coco.py train.init_checkpoint="$ENC" \
   train.output_dir="$OUT/det" train.max_iter="$ITERS" train.eval_period="$ITERS" train.checkpointer.period="$ITERS" \
   lr_multiplier.scheduler.num_updates="$ITERS" "lr_multiplier.scheduler.milestones=[$((ITERS * 8 / 10 - 1)),$((ITERS * 95 / 100))]"
 
 stage "UperNet on the derived COCO-Stuff maps (mmsegmentation) -> $OUT/seg/seg_metrics.json"
 "$PY" seg/tools/train.py seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py \
-  --work-dir "$OUT/seg" --cfg-options model.backbone.checkpoint="$ENC" train_cfg.max_iters="$(pick 100 2)" \
+  --work-dir "$OUT/seg" --overwrite --cfg-options model.backbone.checkpoint="$ENC" train_cfg.max_iters="$(pick 100 2)" \
   train_cfg.val_interval="$(pick 100 2)" default_hooks.checkpoint.interval="$(pick 100 2)" \
   val_dataloader.dataset.indices="$(pick 50 8)"
 
 stage "classification on the object crops (timm): fine-tuning, linear probe, k-NN -> $OUT/cls_*/cls_metrics.json"
-CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --num-workers 2)
+CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --num-workers 2 --overwrite)
 "$PY" cls/finetune.py "${CLS[@]}" --output-dir "$OUT/cls_ft" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
 "$PY" cls/linprobe.py "${CLS[@]}" --output-dir "$OUT/cls_lin" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
 "$PY" cls/knn.py "${CLS[@]}" --output-dir "$OUT/cls_knn"
+
+stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"
+# a working pipeline fits a handful of images; a broken one cannot (tests/test_fit_checks.py)
+"$PY" cls/finetune.py "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --epochs 60 --warmup-epochs 2 \
+  --blr 5e-3 --mixup 0 --cutmix 0 --randaug "" --reprob 0 --smoothing 0 --drop-path 0 --layer-decay 1.0 --dtype fp32
+if [ "$QUICK" = 1 ]; then
+  echo "(quick mode: the detection and segmentation fit checks are left to tests/test_fit_checks.py)"
+else
+  "$PY" seg/tools/train.py seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py \
+    --work-dir "$OUT/fit_seg" --overwrite --cfg-options model.backbone.checkpoint="$ENC"
+  "$PY" det/train_net.py --overwrite --config det/configs/vitdet_semaim_tiny_coco_fit.py train.init_checkpoint="$ENC" \
+    train.output_dir="$OUT/fit_det"
+fi
 
 stage "autoregression orders on val images (the paper's Fig. 2) -> $OUT/orders.png"
 "$PY" tools/visualize_orders.py data/tiny_coco/val2017 --checkpoint "$ENC" --img-size 96 --out "$OUT/orders.png"
@@ -51,4 +66,7 @@ stage "results table -> $OUT/results.md, $OUT/results.png"
 "$PY" tools/make_tables.py --row "SemAIM ViT-Tiny demo (ours)" "$OUT/pretrain" "$OUT/det" "$OUT/seg" \
   "$OUT/cls_ft" "$OUT/cls_lin" "$OUT/cls_knn" --out "$OUT/results.md" --plot "$OUT/results.png" \
   || echo "(the table above has gaps: see the warnings)"
+
+stage "evidence of learning, beside what a model that learned nothing scores"
+"$PY" tools/learning_evidence.py "$OUT"
 printf '\ndemo done: %s\n' "$OUT"

@@ -6,22 +6,27 @@
     python tools/make_tables.py --ablation --row raster runs/raster runs/ft_raster --row semantic runs/sem runs/ft_sem
 
 Each --row is a name and the directories of one encoder's runs (pretraining, det, seg, cls).
-Problems with any run (missing folder, no metric file, malformed JSON) are listed; the exit
-status is 1 when there were any, so a script notices.
+Every column names the dataset its numbers come from. Problems with any run (missing folder,
+malformed or unknown metric files, values that are not numbers, files without provenance) are
+listed and flagged in the table ('?' no provenance, '!' not a score); the exit status is then 1,
+so a script notices. --provenance prints where each cell came from (checkpoint and hash, iteration,
+dataset size, suite commit).
 """
 import argparse
 import sys
 
-from semaim_core.results import ablation, bar_chart, collect, published_rows, table
+from semaim_core.results import ablation, bar_chart, collect, provenance_lines, published_rows, table
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--row", nargs="+", action="append", required=True, metavar=("NAME", "DIR"),
                     help="a row name followed by its run directories")
-    ap.add_argument("--format", choices=["md", "csv", "latex"], default="md")
-    ap.add_argument("--ablation", action="store_true", help="compare rows that differ in one pretraining setting")
+    ap.add_argument("--format", choices=["md", "csv", "latex"], default="md", help="table format")
+    ap.add_argument("--ablation", action="store_true",
+                    help="compare rows that differ in pretraining settings (every differing setting is a column)")
     ap.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
+    ap.add_argument("--provenance", action="store_true", help="print where each cell's number came from")
     ap.add_argument("--out", help="write the table here too")
     ap.add_argument("--plot", help="a PNG bar chart of the same numbers")
     args = ap.parse_args(argv)
@@ -35,6 +40,8 @@ def main(argv=None):
         shown = rows if args.no_published else rows + published_rows()
         text, warnings = table(shown, args.format), []
     print(text, end="")
+    if args.provenance:
+        print("\nProvenance:\n" + "\n".join(provenance_lines(rows)))
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

@@ -6,6 +6,7 @@
 #   GPUS=8 tools/pretrain.sh --preset base --data ... --output-dir ...                       # torchrun, one node
 #   GPUS=8 NNODES=4 NODE_RANK=$i MASTER_ADDR=host0 tools/pretrain.sh --preset base ...       # multi-node
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; echo; ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PY=${PYTHON:-$( [ -x "$ROOT/.venv/bin/python" ] && echo "$ROOT/.venv/bin/python" || echo python3 )}
 GPUS=${GPUS:-1}

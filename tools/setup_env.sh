@@ -6,9 +6,10 @@
 #
 # Order matters: torch first (every other package resolves against it), then the pinned
 # requirements, then detectron2 (a wheel installed without its dependency resolver, see
-# docs/dependencies.md), then this project in editable mode. A second run with unchanged
+# README.md, "Dependencies"), then this project in editable mode. A second run with unchanged
 # requirement files only checks the imports and returns in seconds.
 set -euo pipefail
+case "${1:-}" in -h|--help) sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; exit 0 ;; esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}

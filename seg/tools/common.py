@@ -5,6 +5,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+from pathlib import Path
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # the repo root
 
@@ -12,12 +13,13 @@ import seg  # noqa: E402,F401  (mmcv-lite compatibility + registration)
 from mmengine.config import Config, DictAction  # noqa: E402
 from mmseg.registry import RUNNERS  # noqa: E402
 from seg.data import check_dataset  # noqa: E402
+from semaim_core.configs import resolve_config  # noqa: E402
 from semaim_core.rundir import flatten  # noqa: E402
 
 
 def parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description)
-    ap.add_argument("config", help="an mmseg config, e.g. seg/configs/upernet_semaim.py")
+    ap.add_argument("config", help="an mmseg config: a path, or a name in seg/configs/ (e.g. upernet_semaim.py)")
     ap.add_argument("--work-dir", help="where logs, checkpoints and seg_metrics.json go")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config values: key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
@@ -42,6 +44,7 @@ def recipe(cfg: Config) -> dict:
 
 
 def load_config(args) -> Config:
+    args.config = resolve_config(args.config, Path(__file__).resolve().parents[1] / "configs")
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
         cfg.merge_from_dict(args.cfg_options)

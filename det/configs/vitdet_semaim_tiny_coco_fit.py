@@ -1,0 +1,21 @@
+# A fit check: the tiny detector trains on the first 4 tiny_coco training images (tiny_coco_fit)
+# and is scored on the same images. A working pipeline fits them (high AP); a broken one (wrong
+# targets, lost weights, a frozen backbone...) cannot. Inherits everything else from the tiny config.
+import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+
+from .vitdet_semaim_tiny_coco import SIZE, dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
+
+dataloader.train.dataset.names = dataloader.test.dataset.names = "tiny_coco_fit"
+# the images as they will be scored (no scale jitter or crops), flipped at random
+dataloader.train.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=SIZE, max_size=SIZE),
+                                         L(T.RandomFlip)(horizontal=True)]
+dataloader.train.mapper.recompute_boxes = False
+optimizer.lr = 1e-3
+train.seed = 0  # detectron2 draws a random seed otherwise: a fit check must give the same number each run
+train.max_iter = 150
+train.eval_period = train.checkpointer.period = train.max_iter
+train.output_dir = "output/vitdet_semaim_tiny_coco_fit"
+lr_multiplier.scheduler.num_updates = train.max_iter
+lr_multiplier.scheduler.milestones = [120, 140]
+lr_multiplier.warmup_length = 10 / train.max_iter
