@@ -164,15 +164,16 @@ def run(model_name: str, batch: int, img_size: int, dtype: str, device: str, ste
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--model", default="semaim_vit_base_patch16", choices=sorted(MODELS))
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--img-size", type=int, default=224)
-    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--attention", nargs="+", default=["sorted", "dense"], choices=["sorted", "dense", "dense-math"])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="semaim_vit_base_patch16", choices=sorted(MODELS), help="the encoder size")
+    ap.add_argument("--batch", type=int, default=128, help="images per step")
+    ap.add_argument("--img-size", type=int, default=224, help="input size")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype of the step")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    ap.add_argument("--attention", nargs="+", default=["sorted", "dense"], choices=["sorted", "dense", "dense-math"],
+                    help="variants measured in the same run (dense-math: materialized masks, like the authors')")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the model (optionally a mode: max-autotune-no-cudagraphs, reduce-overhead)")
     ap.add_argument("--json", help="also write the results here (JSON lines)")

@@ -10,6 +10,7 @@ Kinds read (``detect_kind``):
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 from pathlib import Path
@@ -58,6 +59,8 @@ def load_file(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # truncated zip, pickle from elsewhere, ...
@@ -66,6 +69,64 @@ def load_file(path: str | Path) -> dict:
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(ckpt).__name__}, not a dict of weights")
     return ckpt
+
+
+def _load_safetensors(path: Path) -> dict:
+    """A safetensors file as the dict the other readers see: the suite's encoder (its metadata
+    under "meta") or a bare state dict."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            sd = {k: f.get_tensor(k) for k in f.keys()}
+            header = f.metadata() or {}
+    except Exception as e:  # not a safetensors file, or a truncated one
+        raise CheckpointError(f"cannot read safetensors file {path} ({type(e).__name__}: {e})") from e
+    if header.get("format") == FORMAT_ENCODER:
+        return {"format": FORMAT_ENCODER, "model": sd, "meta": json.loads(header.get("meta", "{}"))}
+    return sd
+
+
+def save_encoder(sd: dict, meta: dict, path: str | Path) -> Path:
+    """The exported encoder, as ``{"format", "model", "meta"}`` (.pth) or as safetensors with the
+    metadata in its header (.safetensors), atomically, with a model card (``<stem>.md``) beside it."""
+    from safetensors.torch import save
+
+    path, record = Path(path), to_encoder(sd, meta)
+    if path.suffix == ".safetensors":
+        header = {"format": FORMAT_ENCODER, "meta": json.dumps(record["meta"], default=str)}
+        blob = save({k: v.contiguous() for k, v in sd.items()}, metadata=header)
+        atomic_write(path, lambda f: f.write(blob))
+    else:
+        save_atomic(record, path)
+    atomic_write(path.with_suffix(".md"), lambda f: f.write(model_card(record["meta"], path).encode()))
+    return path
+
+
+def model_card(meta: dict, path: Path) -> str:
+    """A short markdown card: what the encoder is, how it was trained, and how to load it."""
+    trained = [f"- {label}: {meta[key]}" for key, label in (
+        ("order", "autoregression order"), ("target", "prediction target"), ("data", "pretraining data"),
+        ("epochs", "epochs"), ("steps", "optimizer steps"), ("final_loss", "final training loss"),
+        ("suite_commit", "suite commit"), ("source_kind", "converted from")) if meta.get(key) is not None]
+    name = path.name
+    return f"""# SemAIM encoder `{name}`
+
+ViT with patch {meta['patch_size']}, width {meta['embed_dim']}, depth {meta['depth']}, {meta['num_heads']} heads,
+MLP ratio {meta['mlp_ratio']:g}, pretrained at {meta['img_size']} px (timm: `{meta['timm_arch']}`).
+Keys follow timm / MAE (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.i.*`, `norm`).
+
+## Pretraining
+{chr(10).join(trained) or '- (no record)'}
+
+## Loading
+- timm: `semaim_core.checkpoint.timm_vit_from_encoder("{name}", num_classes=1000)` (verified load;
+  the position table is resized for another `img_size`), or `timm.create_model("{meta['timm_arch']}",
+  num_classes=0, **meta["timm_kwargs"])` and `load_state_dict` of the weights (only the head is missing).
+- detectron2 (ViTDet): `python det/train_net.py --config vitdet_semaim.py train.init_checkpoint={name}`
+- mmseg (UperNet): `python seg/tools/train.py upernet_semaim.py --cfg-options model.backbone.checkpoint={name}`
+- other layouts: `python tools/convert_checkpoint.py {name} OUT --to timm|detectron2|mmseg`
+"""
 
 
 def _state_dict(ckpt: dict) -> dict:

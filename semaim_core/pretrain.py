@@ -23,7 +23,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from . import MODELS, build_model
-from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, to_encoder
+from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, save_encoder
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .rundir import open_run, release_lock
@@ -227,6 +227,7 @@ class Trainer:
         self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
         self.step = 0          # optimizer steps done
+        self.last_loss = None
         self.resume_from(cfg.resume)
 
         net = self.model
@@ -293,11 +294,16 @@ class Trainer:
                                   "remove them to start anew, or pass --resume PATH")
         return None, None
 
-    def export(self) -> Path:
+    def export(self, final_loss: float | None = None) -> Path:
+        """encoder.pth and encoder.safetensors (the same weights and metadata) and the model card encoder.md."""
+        from .rundir import suite_commit
+
         sd, meta = encoder_from_checkpoint(dict(format=FORMAT_TRAIN, model=self.model.encoder_state_dict(),
                                                 config=dict(model_config=self.model.config)))
-        meta.update(order=self.cfg.order, target=self.cfg.target, steps=self.step, source_kind=FORMAT_TRAIN)
-        return save_atomic(to_encoder(sd, meta), self.out / "encoder.pth")
+        meta.update(order=self.cfg.order, target=self.cfg.target, steps=self.step, source_kind=FORMAT_TRAIN,
+                    data=self.cfg.data, epochs=self.cfg.epochs, final_loss=final_loss, suite_commit=suite_commit())
+        save_encoder(sd, meta, self.out / "encoder.safetensors")
+        return save_encoder(sd, meta, self.out / "encoder.pth")
 
     def metrics_log(self):
         """metrics.jsonl for appending, without the rows of steps after the checkpoint resumed
@@ -382,6 +388,7 @@ class Trainer:
                     micro.append(images)
                     skipped = max(skipped, int(n_skipped.max()))
                 loss, grad_norm = self.train_step(micro)
+                self.last_loss = loss
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 ips = self.eff_batch / (time.perf_counter() - tick)
@@ -407,7 +414,7 @@ class Trainer:
             metrics.close()
             text_log.close()
             tb.close()
-            encoder = self.export()
+            encoder = self.export(final_loss=self.last_loss)
             print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
             release_lock(self.out)
         if self.world > 1:

@@ -176,3 +176,26 @@ def test_a_checkpoint_missing_its_last_block_is_refused(model, encoder, kind):
     expected = DEPTH if kind != "authors" else 12
     with pytest.raises(CheckpointError, match=f"depth {expected} declared, {DEPTH - 1} found"):
         encoder_from_checkpoint(ckpt)
+
+
+def test_safetensors_export_keeps_metadata_and_loads_everywhere(encoder, tmp_path):
+    import runpy
+    import sys
+
+    from safetensors import safe_open
+
+    save_atomic({"model": encoder}, tmp_path / "mae.pth")
+    sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / "enc.safetensors")]
+    runpy.run_path("tools/convert_checkpoint.py", run_name="__main__")
+    with safe_open(str(tmp_path / "enc.safetensors"), framework="pt") as f:
+        assert f.metadata()["format"] == "semaim-encoder" and '"depth": 2' in f.metadata()["meta"]
+    sd, meta = read_encoder(tmp_path / "enc.safetensors")
+    assert_same(sd, encoder)
+    assert (meta["depth"], meta["embed_dim"], meta["num_heads"], meta["source_kind"]) == (DEPTH, DIM, HEADS, "mae")
+    model = timm_vit_from_encoder(tmp_path / "enc.safetensors", num_classes=5)  # the verified timm load
+    assert torch.equal(model.blocks[1].mlp.fc2.weight, encoder["blocks.1.mlp.fc2.weight"])
+    card = (tmp_path / "enc.md").read_text()
+    assert "width 192, depth 2, 3 heads" in card and "train.init_checkpoint=enc.safetensors" in card
+    (tmp_path / "torn.safetensors").write_bytes(b"\x08\x00\x00")
+    with pytest.raises(CheckpointError, match="cannot read safetensors file"):
+        read_encoder(tmp_path / "torn.safetensors")

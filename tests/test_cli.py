@@ -66,3 +66,12 @@ def test_make_help_lists_the_targets():
     assert proc.returncode == 0
     assert [line.split()[0] for line in proc.stdout.splitlines()] == ["help", "setup", "data", "demo", "test",
                                                                      "clean-data"]
+
+
+@pytest.mark.parametrize("command", ["semaim-pretrain", "semaim-convert", "semaim-tables", "semaim-orders",
+                                     "semaim-benchmark", "semaim-parity"])
+def test_installed_commands_run_from_any_directory(command, tmp_path):
+    exe = Path(sys.executable).parent / command
+    assert exe.is_file(), f"{exe} missing: the editable install declares console scripts (pyproject.toml)"
+    proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {command}"), proc.stderr[-1000:]

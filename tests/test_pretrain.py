@@ -137,6 +137,12 @@ def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_p
 
     enc = load_file(tmp_path / "encoder.pth")
     assert enc["format"] == "semaim-encoder" and enc["meta"]["depth"] == 2
+    assert enc["meta"]["steps"] == 40 and enc["meta"]["final_loss"] == losses[-1] and enc["meta"]["suite_commit"]
+    same = load_file(tmp_path / "encoder.safetensors")
+    assert same["meta"] == json.loads(json.dumps(enc["meta"])) and all(torch.equal(same["model"][k], v)
+                                                                        for k, v in enc["model"].items())
+    card = (tmp_path / "encoder.md").read_text()
+    assert "autoregression order: semantic" in card and "optimizer steps: 40" in card and "mmseg" in card
     model = timm.create_model(enc["meta"]["timm_arch"], pretrained=False, **enc["meta"]["timm_kwargs"])
     result = model.load_state_dict(enc["model"], strict=False)
     assert sorted(result.missing_keys) == ["head.bias", "head.weight"] and not result.unexpected_keys

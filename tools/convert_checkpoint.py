@@ -3,7 +3,9 @@
 
 Reads: this suite's training checkpoints and exported encoders, the authors' SemAIM checkpoints,
 SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
-  encoder     {"format": "semaim-encoder", "model": ..., "meta": ...}   (what det/, seg/, cls/ read)
+  encoder     {"format": "semaim-encoder", "model": ..., "meta": ...}   (what det/, seg/, cls/ read);
+              as safetensors (metadata in the header) when OUT ends in .safetensors; a model
+              card OUT-stem.md is written beside it
   timm        a plain state dict for timm's VisionTransformer
   detectron2  {"model": {"backbone.net.*": ...}} for DetectionCheckpointer
   mmseg       {"state_dict": ...} in mmseg's MAE/BEiT backbone names
@@ -14,9 +16,9 @@ SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
 import argparse
 import sys
 
-from semaim_core.checkpoint import CheckpointError, read_encoder, save_atomic, to_detectron2, to_encoder, to_mmseg
+from semaim_core.checkpoint import CheckpointError, read_encoder, save_atomic, save_encoder, to_detectron2, to_mmseg
 
-WRITERS = {"encoder": to_encoder, "timm": lambda sd, meta: sd, "detectron2": lambda sd, meta: to_detectron2(sd),
+WRITERS = {"encoder": None, "timm": lambda sd, meta: sd, "detectron2": lambda sd, meta: to_detectron2(sd),
            "mmseg": lambda sd, meta: to_mmseg(sd)}
 
 
@@ -32,7 +34,10 @@ def main(argv=None):
         sd, meta = read_encoder(args.input, args.num_heads)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
-    save_atomic(WRITERS[args.to](sd, meta), args.output)
+    if args.to == "encoder":  # .pth or .safetensors (by the output's suffix), with a model card beside it
+        save_encoder(sd, meta, args.output)
+    else:
+        save_atomic(WRITERS[args.to](sd, meta), args.output)
     print(f"{args.input} ({meta['source_kind']}): {len(sd)} encoder tensors, ViT depth {meta['depth']}, "
           f"width {meta['embed_dim']}, patch {meta['patch_size']} -> {args.output} ({args.to})")
 

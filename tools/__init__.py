@@ -1,0 +1,1 @@
+"""The suite's command-line tools (installed as console scripts; see pyproject.toml)."""
