@@ -24,8 +24,18 @@ from semaim_core.data import eval_transform  # noqa: E402
 from semaim_core.optim import build_scheduler  # noqa: E402
 
 
+# MAE's fine-tuning recipes by size; flags given override them.
+RECIPES = {
+    "base": dict(epochs=100, warmup_epochs=20, blr=5e-4, layer_decay=0.65, drop_path=0.1),
+    "large": dict(epochs=50, warmup_epochs=5, blr=1e-3, layer_decay=0.75, drop_path=0.2),
+}
+
+
 def parse_args(argv=None):
     ap = base_parser(__doc__)
+    ap.add_argument("--recipe", choices=sorted(RECIPES), default="base",
+                    help="defaults by model size: base (the paper's ViT-B recipe) or large (MAE's ViT-L: 50 epochs, "
+                         "5 warm-up, blr 1e-3, layer decay 0.75, drop path 0.2)")
     ap.add_argument("--epochs", type=int, default=100, help="training epochs")
     ap.add_argument("--warmup-epochs", type=int, default=20, help="linear warm-up epochs (per-iteration schedule)")
     ap.add_argument("--blr", type=float, default=5e-4, help="base lr: lr = blr x effective batch / 256")
@@ -45,6 +55,8 @@ def parse_args(argv=None):
     ap.add_argument("--model-ema", type=float, default=None, help="EMA decay of the weights (off by default)")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"],
                     help="autocast dtype (the authors: fp16 with a GradScaler)")
+    recipe, _ = ap.parse_known_args(argv)
+    ap.set_defaults(**RECIPES[recipe.recipe])
     return ap.parse_args(argv)
 
 

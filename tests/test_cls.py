@@ -185,3 +185,14 @@ def test_knn_defaults_are_the_authors(encoder):
         tokens = model.forward_features(images)
         expected = torch.nn.functional.layer_norm(tokens[:, 1:].mean(1), (model.embed_dim,), eps=1e-6)
         torch.testing.assert_close(model(images), expected)  # mean of patch tokens + LayerNorm without affine
+
+
+def test_large_recipe_is_maes_vit_l_and_runs(derived, encoder, tmp_path):
+    from cls import finetune
+
+    args = recipe(finetune, encoder, "--recipe", "large")
+    assert (args.epochs, args.warmup_epochs, args.blr, args.layer_decay, args.drop_path) == (50, 5, 1e-3, 0.75, 0.2)
+    assert recipe(finetune, encoder, "--recipe", "large", "--epochs", "3").epochs == 3  # flags still override
+    result = finetune.main(common(derived, encoder, tmp_path) + ["--recipe", "large", "--epochs", "1",
+                                                                  "--warmup-epochs", "0", "--dtype", "fp32"])
+    assert result["epochs"] == 1 and 0 <= result["top1"] <= 100

@@ -196,3 +196,39 @@ def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, d
     scored = json.loads((work / "seg_metrics.json").read_text())["provenance"]["checkpoint"]
     from semaim_core.rundir import file_digest
     assert scored == dict(path=str((work / "iter_1.pth").resolve()), sha256=file_digest(work / "iter_1.pth"))
+
+
+@pytest.mark.parametrize("name,depth,blocks,decay,classes", [
+    ("upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512.py", 24, [7, 11, 15, 23], 0.95, 150),
+    ("upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512.py", 12, [3, 5, 7, 11], 0.65, 171),
+    ("upernet_semaim-vit-b16_8xb2-amp-160k_ade20k-512x512.py", 12, [3, 5, 7, 11], 0.65, 150),
+])
+def test_more_configs_build_and_take_a_step(name, depth, blocks, decay, classes):
+    import torch
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    cfg = Config.fromfile(f"seg/configs/{name}")
+    assert cfg.model.backbone.num_layers == depth and cfg.model.backbone.out_indices == blocks
+    assert cfg.optim_wrapper.paramwise_cfg.decay_rate == decay and cfg.model.decode_head.num_classes == classes
+    # the same structure at a tiny width and size, on the CPU (BN instead of SyncBN)
+    bn, dim, size = dict(type="BN", requires_grad=True), 32, (64, 64)
+    cfg.model.backbone.update(checkpoint=None, embed_dims=dim, num_heads=2, img_size=size)
+    cfg.model.data_preprocessor.size = size
+    cfg.model.neck.update(embed_dim=dim, norm_cfg=bn)
+    cfg.model.decode_head.update(in_channels=[dim] * 4, channels=16, norm_cfg=bn)
+    cfg.model.auxiliary_head.update(in_channels=dim, channels=16, norm_cfg=bn)
+    cfg.model.test_cfg = dict(mode="whole")
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    wrapper = build_optim_wrapper(model, dict(cfg.optim_wrapper, type="OptimWrapper"))
+    scale = {id(p): g["lr_scale"] for g in wrapper.optimizer.param_groups for p in g["params"]}
+    assert scale[id(model.backbone.layers[0].attn.qkv.weight)] == pytest.approx(decay ** depth)
+    data = dict(inputs=[torch.randint(0, 255, (3, *size), dtype=torch.uint8) for _ in range(2)],
+                data_samples=[SegDataSample(gt_sem_seg=PixelData(data=torch.randint(0, classes, (1, *size))),
+                                            metainfo=dict(img_shape=size)) for _ in range(2)])
+    before = model.backbone.layers[-1].ffn.layers[1].weight.clone()
+    losses = model.train_step(data, wrapper)
+    assert torch.isfinite(sum(v for k, v in losses.items() if "loss" in k))
+    assert not torch.equal(before, model.backbone.layers[-1].ffn.layers[1].weight)
