@@ -232,3 +232,29 @@ def test_more_configs_build_and_take_a_step(name, depth, blocks, decay, classes)
     losses = model.train_step(data, wrapper)
     assert torch.isfinite(sum(v for k, v in losses.items() if "loss" in k))
     assert not torch.equal(before, model.backbone.layers[-1].ffn.layers[1].weight)
+
+
+def test_test_tool_tta_saves_predictions_and_pictures(tiny_encoder, derived, tmp_path, monkeypatch):
+    from mmseg.models import SegTTAModel
+    from PIL import Image
+
+    merged = []
+    merge = SegTTAModel.merge_preds
+    monkeypatch.setattr(SegTTAModel, "merge_preds", lambda self, preds: merged.append(len(preds[0])) or merge(self, preds))
+
+    path, _ = tiny_encoder
+    work = tmp_path / "work"
+    opts = data_options(derived) + ["val_dataloader.dataset.indices=1", "test_dataloader.dataset.indices=1"]
+    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", f"model.backbone.checkpoint={path}",
+             "train_cfg.max_iters=1", "train_cfg.val_interval=100", "default_hooks.checkpoint.interval=1", *opts)
+    plain = run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "plain"), "--cfg-options", *opts)
+    out, show = tmp_path / "preds", tmp_path / "vis"
+    tta = run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "tta"), "--tta", "--out",
+                   str(out), "--show-dir", str(show), "--cfg-options", *opts)
+    assert set(tta) >= {"mIoU", "aAcc"} and set(plain) >= {"mIoU", "aAcc"}
+    assert merged == [4]  # one image, 2 scales x 2 flips merged
+    image = sorted((derived / "coco_stuff/images/val2017").glob("*.jpg"))[0]
+    pred = Image.open(next(out.glob("*.png")))
+    assert pred.size == Image.open(image).size and pred.mode in ("L", "P")  # a label map at the image's size
+    drawn = list(show.rglob("*.png"))
+    assert drawn and Image.open(drawn[0]).mode == "RGB"  # coloured predictions over the image

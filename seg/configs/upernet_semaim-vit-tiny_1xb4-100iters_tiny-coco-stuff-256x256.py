@@ -54,3 +54,13 @@ train_cfg = dict(type="IterBasedTrainLoop", max_iters=100, val_interval=100)
 default_hooks = dict(logger=dict(interval=10), checkpoint=dict(interval=100),
                      visualization=dict(type="SegVisualizationHook", draw=False))
 env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
+# --tta (seg/tools/test.py): two scales x flip, small enough for a CPU
+tta_pipeline = [
+    dict(type="LoadImageFromFile"),
+    dict(type="TestTimeAug", transforms=[
+        [dict(type="Resize", scale=(512, 256), keep_ratio=True), dict(type="Resize", scale=(768, 384), keep_ratio=True)],
+        [dict(type="RandomFlip", prob=0.0, direction="horizontal"), dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+        [dict(type="LoadAnnotations")],
+        [dict(type="PackSegInputs")],
+    ]),
+]

@@ -5,6 +5,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # the repo root
@@ -63,6 +64,8 @@ def load_config(args) -> Config:
                                                   f"{loader.get('data_prefix', {}).get('img_path', '')}".strip())
     if "LOCAL_RANK" not in os.environ:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
+    if cfg.get("visualizer"):  # mmengine keeps one visualizer per name per process: a runner gets its own
+        cfg.visualizer.name = f"visualizer_{os.getpid()}_{time.time_ns()}"
     return cfg
 
 

@@ -2,6 +2,10 @@
 """Evaluate a trained segmentor: mIoU, mAcc, aAcc and per-class IoU to <work_dir>/seg_metrics.json.
 
     python seg/tools/test.py seg/configs/upernet_semaim.py work_dirs/upernet_semaim_b/iter_160000.pth
+    python seg/tools/test.py upernet_semaim.py CKPT --tta --out preds/ --show-dir vis/
+
+--tta: multi-scale + flip (the config's tta_pipeline and tta_model, as mmseg's tools/test.py);
+--out: the predicted label maps as PNGs; --show-dir: coloured predictions beside the images.
 """
 import torch
 
@@ -25,9 +29,23 @@ def load_segmentor(model, path: str):
 def main(argv=None):
     ap = parser(__doc__)
     ap.add_argument("checkpoint", help="a checkpoint written by seg/tools/train.py")
+    ap.add_argument("--tta", action="store_true", help="multi-scale + flip test (the config's tta_pipeline)")
+    ap.add_argument("--out", help="save the predicted label maps (PNG, class index per pixel) in this folder")
+    ap.add_argument("--show-dir", help="save coloured predictions drawn over the images in this folder")
     args = ap.parse_args(argv)
     cfg = load_config(args)
-    cfg.model.backbone.checkpoint = None  # the segmentor checkpoint holds the backbone too
+    if args.tta:
+        if "tta_pipeline" not in cfg or "tta_model" not in cfg:
+            raise SystemExit(f"--tta: {args.config} defines no tta_pipeline / tta_model")
+        cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
+        cfg.tta_model.module = cfg.model
+        cfg.model = cfg.tta_model
+    if args.out:
+        cfg.test_evaluator.update(output_dir=args.out, keep_results=True)
+    if args.show_dir:
+        cfg.default_hooks.visualization.update(draw=True, interval=1)
+        cfg.visualizer.save_dir = args.show_dir
+    (cfg.model.get("module") or cfg.model).backbone.checkpoint = None  # the segmentor checkpoint holds it
     cfg.load_from = None
     runner = build_runner(cfg, splits=("test",))
     load_segmentor(runner.model, args.checkpoint)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Draw a trained detector's predictions on images (detectron2's Visualizer), one PNG per image.
+
+    python det/demo.py --config vitdet_semaim_tiny_coco.py --checkpoint output/vitdet_semaim_tiny_coco/model_final.pth \\
+        --input data/tiny_coco/val2017 --output vis/ --confidence 0.5
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not det/
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.config import LazyConfig, instantiate  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.utils.visualizer import Visualizer  # noqa: E402
+
+from det.checkpoint import load_detector  # noqa: E402
+from det.data import register_tiny_coco  # noqa: E402
+from semaim_core.configs import resolve_config  # noqa: E402
+from semaim_core.data import find_images  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="the LazyConfig the detector was trained with (path or name)")
+    ap.add_argument("--checkpoint", required=True, help="the trained detector (model_final.pth)")
+    ap.add_argument("--input", nargs="+", required=True, help="image files or folders")
+    ap.add_argument("--output", required=True, help="folder for the drawn PNGs")
+    ap.add_argument("--confidence", type=float, default=0.5, help="draw predictions scoring at least this")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    args = ap.parse_args(argv)
+
+    register_tiny_coco()
+    cfg = LazyConfig.load(resolve_config(args.config, CONFIGS))
+    model = instantiate(cfg.model).to(args.device).eval()
+    load_detector(model, args.checkpoint)
+    resize = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
+    dataset = cfg.dataloader.test.dataset.names
+    metadata = MetadataCatalog.get(dataset if isinstance(dataset, str) else dataset[0])
+    files = [f for p in args.input for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = cfg.model.input_format
+    for path in files:
+        image = read_image(str(path), format=fmt)
+        inputs = T.AugInput(image)
+        resize(inputs)
+        tensor = torch.as_tensor(np.ascontiguousarray(inputs.image.transpose(2, 0, 1)))
+        with torch.no_grad():
+            instances = model([{"image": tensor, "height": image.shape[0], "width": image.shape[1]}])[0]["instances"]
+        instances = instances[instances.scores >= args.confidence].to("cpu")
+        rgb = image if fmt == "RGB" else image[:, :, ::-1]
+        drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
+        drawn.save(str(out / f"{path.stem}.png"))
+        print(f"{path}: {len(instances)} predictions >= {args.confidence} -> {out / path.stem}.png")
+    return len(files)
+
+
+if __name__ == "__main__":
+    main()
