@@ -2,6 +2,7 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 MMCV   ?= lite
+TORCH_CUDA ?=
 DATA   ?= data/derived
 
 .PHONY: help setup data test demo clean-data
@@ -9,8 +10,8 @@ DATA   ?= data/derived
 help:                 ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
 
-setup:                ## create/update .venv with the pinned stack (MMCV=full for mmcv with ops)
-	MMCV=$(MMCV) VENV=$(abspath $(VENV)) bash tools/setup_env.sh
+setup:                ## create/update .venv with the pinned stack (MMCV=full: mmcv with ops; TORCH_CUDA=cu126|cu128|cu130)
+	MMCV=$(MMCV) TORCH_CUDA=$(TORCH_CUDA) VENV=$(abspath $(VENV)) bash tools/setup_env.sh
 
 data: setup           ## derive the semantic-segmentation and crop sets from data/tiny_coco
 	$(PY) tools/prepare_tiny_coco.py --source data/tiny_coco --out $(DATA)

@@ -75,3 +75,25 @@ def test_installed_commands_run_from_any_directory(command, tmp_path):
     assert exe.is_file(), f"{exe} missing: the editable install declares console scripts (pyproject.toml)"
     proc = subprocess.run([str(exe), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.startswith(f"usage: {command}"), proc.stderr[-1000:]
+
+
+@pytest.mark.parametrize("driver,torch_cuda,rc", [("535.104.05", "", 3), ("535.104.05", "cu126", 0),
+                                                  ("580.65.06", "", 0), ("520.61.05", "cu128", 3), (None, "", 0)])
+def test_setup_refuses_a_torch_build_the_driver_cannot_run(tmp_path, driver, torch_cuda, rc):
+    import os
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if driver:
+        (bin_dir / "nvidia-smi").write_text(f"#!/bin/sh\necho {driver}\n")
+        (bin_dir / "nvidia-smi").chmod(0o755)
+    path = f"{bin_dir}:/usr/bin:/bin"  # no real nvidia-smi here: only the fake one, if any
+    proc = subprocess.run(["bash", "tools/setup_env.sh", "--check-driver"], cwd=REPO, capture_output=True, text=True,
+                          env=dict(os.environ, PATH=path, TORCH_CUDA=torch_cuda), timeout=60)
+    assert proc.returncode == rc, proc.stdout + proc.stderr
+    if driver:
+        assert f"NVIDIA driver {driver}" in proc.stdout
+    if rc:
+        assert "make setup TORCH_CUDA=cu126" in proc.stderr
+    if driver is None:
+        assert "torch will run on the CPU" in proc.stdout

@@ -3,6 +3,9 @@
 #
 #   bash tools/setup_env.sh            # mmcv-lite + compatibility layer (default, ~4 min)
 #   MMCV=full bash tools/setup_env.sh  # build mmcv 2.1.0 with its compiled ops (~20 min on 2 cores)
+#   TORCH_CUDA=cu126 bash tools/setup_env.sh   # torch from PyTorch's own wheel index for CUDA 12.6
+#                                              # (cu126 | cu128 | cu130; default: the pinned CUDA 13.0 build)
+#   bash tools/setup_env.sh --check-driver     # only report the NVIDIA driver and whether the torch build runs on it
 #
 # Order matters: torch first (every other package resolves against it), then the pinned
 # requirements, then detectron2 (a wheel installed without its dependency resolver, see
@@ -15,6 +18,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${VENV:-$ROOT/.venv}
 PYTHON=${PYTHON:-python3}
 MMCV=${MMCV:-lite}
+TORCH_CUDA=${TORCH_CUDA:-}
 DETECTRON2_WHEEL=sal-detectron2==0.7.2
 SETUPTOOLS='setuptools>=77.0.3,<82'   # torch 2.14 needs >=77.0.3; detectron2 and mmcv need pkg_resources (<82)
 
@@ -23,11 +27,36 @@ trap 'rc=$?; [ $rc -ne 0 ] && printf "\n!! [setup] failed during: %s (exit %s)\n
 run_step() { CURRENT="$1"; step "$1"; shift; "$@"; }
 
 case "$MMCV" in lite|full) ;; *) echo "MMCV must be 'lite' or 'full', got '$MMCV'" >&2; exit 2 ;; esac
+case "$TORCH_CUDA" in ""|cu126|cu128|cu130) ;; *) echo "TORCH_CUDA must be cu126, cu128 or cu130, got '$TORCH_CUDA'" >&2; exit 2 ;; esac
+
+# The oldest NVIDIA driver branch each torch build runs on: CUDA 12.x wheels need r525+ (minor-version
+# compatibility), CUDA 13.0 (the pinned default) r580+.
+min_driver() { case "$1" in cu126|cu128) echo 525 ;; *) echo 580 ;; esac; }
+check_driver() {
+  local driver need
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -n 1 || true)
+  if [ -z "$driver" ]; then
+    echo "[setup] no NVIDIA driver found (nvidia-smi): torch will run on the CPU"
+    return 0
+  fi
+  need=$(min_driver "$TORCH_CUDA")
+  echo "[setup] NVIDIA driver $driver; the torch build ${TORCH_CUDA:-cu130 (default)} needs r$need or newer"
+  if [ "${driver%%.*}" -lt "$need" ]; then
+    echo "!! [setup] driver $driver is older than r$need: install with 'make setup TORCH_CUDA=cu126' (r525+; cu128" \
+         "also runs on r525+, r570+ for Blackwell GPUs), or update the driver" >&2
+    return 3
+  fi
+}
+if [ "${1:-}" = --check-driver ]; then
+  check_driver
+  exit $?
+fi
+check_driver || exit 3
 
 stamp_of() {  # everything that decides what the venv holds
   cat "$ROOT"/requirements/*.txt "$ROOT/pyproject.toml" "$ROOT/tools/setup_env.sh"
   ls "$ROOT"/*/__init__.py   # the editable install maps each top-level package: a new one needs a re-run
-  echo "mmcv=$MMCV detectron2=$DETECTRON2_WHEEL"
+  echo "mmcv=$MMCV detectron2=$DETECTRON2_WHEEL torch_cuda=$TORCH_CUDA"
 }
 STAMP_FILE=$VENV/.semaim-setup-stamp
 want_stamp=$(stamp_of | sha256sum | cut -d' ' -f1)
@@ -62,7 +91,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 
 run_step "packaging tools ($SETUPTOOLS)" "${PIP[@]}" install -q "$SETUPTOOLS" wheel
 PIN=(-c "$ROOT/requirements/constraints.txt")   # the whole tested environment, transitive packages too
-run_step "torch (requirements/torch.txt)" "${PIP[@]}" install "${PIN[@]}" -r "$ROOT/requirements/torch.txt"
+if [ -n "$TORCH_CUDA" ]; then  # PyTorch's own index for that CUDA (machines that reach it); same versions
+  run_step "torch for $TORCH_CUDA (requirements/torch.txt from PyTorch's wheel index)" "${PIP[@]}" install \
+    -r "$ROOT/requirements/torch.txt" --index-url "https://download.pytorch.org/whl/$TORCH_CUDA"
+else
+  run_step "torch (requirements/torch.txt)" "${PIP[@]}" install "${PIN[@]}" -r "$ROOT/requirements/torch.txt"
+fi
 run_step "pinned requirements (base, detectron2 deps, mmseg, test)" "${PIP[@]}" install "${PIN[@]}" \
   -r "$ROOT/requirements/base.txt" -r "$ROOT/requirements/detectron2.txt" \
   -r "$ROOT/requirements/mmseg.txt" -r "$ROOT/requirements/test.txt"
