@@ -42,6 +42,15 @@ logger = logging.getLogger("det")
 _MISSING = object()
 
 
+def ddp_options(cfg) -> dict:
+    """detectron2 gives DDP device_ids=[local rank], which CPU modules refuse: on the CPU (gloo,
+    e.g. --num-gpus 2 for testing) the model is replicated without device ids."""
+    options = dict(cfg.train.ddp)
+    if str(cfg.train.device).startswith("cpu"):
+        options["device_ids"] = None
+    return options
+
+
 def recipe(cfg) -> dict:
     """The LazyConfig, setting by setting, without the operational ones (see ``OPERATIONAL``)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=False))
@@ -83,7 +92,7 @@ def do_train(args, cfg):
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
 
-    model = create_ddp_model(model, **cfg.train.ddp)
+    model = create_ddp_model(model, **ddp_options(cfg))
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
@@ -120,12 +129,13 @@ def main(args):
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not args.eval_only and comm.is_main_process():  # one run per output dir; a resume keeps the recipe
         open_run(cfg.train.output_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
+    comm.synchronize()  # the other ranks write their logs only once rank 0 has claimed the directory
     cfg._config_file = args.config_file
     default_setup(cfg, args)
     if args.eval_only:
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
-        model = create_ddp_model(model)
+        model = create_ddp_model(model, **ddp_options(cfg))
         load_detector(model, cfg.train.init_checkpoint)
         return do_test(cfg, model, checkpoint=cfg.train.init_checkpoint, overwrite=args.overwrite)
     do_train(args, cfg)

@@ -97,3 +97,27 @@ def test_setup_refuses_a_torch_build_the_driver_cannot_run(tmp_path, driver, tor
         assert "make setup TORCH_CUDA=cu126" in proc.stderr
     if driver is None:
         assert "torch will run on the CPU" in proc.stdout
+
+
+@pytest.mark.parametrize("script,expected", [
+    ("pretrain.sbatch", "--nnodes 2 --nproc_per_node 8 --node_rank $SLURM_NODEID --master_addr node017 "
+                        "--master_port 21234 -m semaim_core.pretrain --preset base"),
+    ("det.sbatch", "--num-gpus 8 --num-machines 2 --machine-rank $SLURM_NODEID --dist-url tcp://node017:21234 "
+                   "--config vitdet_semaim.py"),
+    ("seg.sbatch", "srun --ntasks-per-node=8 --kill-on-bad-exit=1"),
+])
+def test_slurm_scripts_take_ranks_and_sizes_from_slurm(tmp_path, script, expected):
+    import os
+
+    (tmp_path / "scontrol").write_text("#!/bin/sh\necho node017\necho node018\n")
+    (tmp_path / "scontrol").chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", DRY_RUN="1", SLURM_NNODES="2",
+               SLURM_GPUS_ON_NODE="h100:8", SLURM_JOB_NODELIST="node[017-018]", SLURM_JOB_ID="1234")
+    args = {"pretrain.sbatch": ["--preset", "base"], "det.sbatch": ["--config", "vitdet_semaim.py"],
+            "seg.sbatch": ["upernet_semaim.py"]}[script]
+    proc = subprocess.run(["bash", f"tools/slurm/{script}", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert expected in " ".join(proc.stdout.split()), proc.stdout
+    if script == "seg.sbatch":
+        assert proc.stdout.strip().endswith("upernet_semaim.py --launcher slurm")

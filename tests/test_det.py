@@ -192,3 +192,21 @@ def test_demo_draws_a_detectors_predictions(tmp_path):
         original = Image.open(image).convert("RGB")
         assert drawn.size == original.size
         assert np.abs(np.asarray(drawn, dtype=np.int16) - np.asarray(original, dtype=np.int16)).mean() > 1  # drawn on
+
+
+def test_two_processes_on_the_cpu(tiny_encoder, tmp_path):
+    """--num-gpus 2 without GPUs: detectron2's launcher on gloo, DDP without device ids."""
+    import subprocess
+    import sys
+
+    path, _ = tiny_encoder
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "det/train_net.py", "--num-gpus", "2", "--dist-url", "auto",
+                           "--config", "vitdet_semaim_tiny_coco.py", f"train.output_dir={out}",
+                           f"train.init_checkpoint={path}", "train.max_iter=2", "train.eval_period=2",
+                           "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
+                           "dataloader.test.dataset.names=tiny_coco_fit"],
+                          capture_output=True, text=True, timeout=600, env=dict(__import__("os").environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (out / "model_final.pth").is_file() and json.loads((out / "det_metrics.json").read_text())["iteration"] == 2
+    assert "Rank of current process: 0. World size: 2" in (out / "log.txt").read_text()

@@ -22,7 +22,8 @@ def main(argv=None):
         cfg.optim_wrapper.type = "AmpOptimWrapper"
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     cfg.resume = args.resume
-    if int(os.environ.get("RANK", 0)) == 0:  # one run per work dir; a resume must keep the recipe
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))  # torchrun or srun (--launcher slurm)
+    if rank == 0:  # one run per work dir; a resume must keep the recipe
         open_run(cfg.work_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
     runner = build_runner(cfg)
     runner.train()
