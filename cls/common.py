@@ -21,7 +21,7 @@ from semaim_core import rundir
 from semaim_core.checkpoint import CheckpointError, load_file, save_atomic, timm_vit_from_encoder
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.pretrain import rng_state, set_rng_state
-from semaim_core.rundir import open_run, provenance, release_lock
+from semaim_core.rundir import drop_rows_after, open_run, provenance, release_lock
 
 
 def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
@@ -253,12 +253,3 @@ class EpochTrainer:
             release_lock(self.out)
         return result
 
-
-def drop_rows_after(path: Path, key: str, last: int):
-    """Remove JSON-lines rows whose ``key`` exceeds ``last`` (logged before a kill, about to be
-    logged again by the resumed run)."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)[key] <= last]
-        if len(kept) != len(rows):
-            path.write_text("".join(line + "\n" for line in kept))

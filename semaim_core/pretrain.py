@@ -26,7 +26,7 @@ from . import MODELS, build_model
 from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, save_encoder
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
-from .rundir import open_run, release_lock
+from .rundir import drop_rows_after, open_run, release_lock
 from .optim import build_optimizer, build_scheduler
 
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
@@ -308,13 +308,8 @@ class Trainer:
     def metrics_log(self):
         """metrics.jsonl for appending, without the rows of steps after the checkpoint resumed
         from (logged before a kill, and about to be logged again)."""
-        path = self.out / "metrics.jsonl"
-        if path.is_file():
-            rows = [line for line in path.read_text().splitlines() if line.strip()]
-            kept = [line for line in rows if json.loads(line)["step"] <= self.step]
-            if len(kept) != len(rows):
-                path.write_text("".join(line + "\n" for line in kept))
-        return open(path, "a")
+        drop_rows_after(self.out / "metrics.jsonl", "step", self.step)
+        return open(self.out / "metrics.jsonl", "a")
 
     # -------------------------------------------------------------- training
     def ema_decay(self, epoch: int) -> float:

@@ -18,6 +18,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import pretrain
+
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
 IN1K, COCO, ADE = "ImageNet-1k val", "COCO val2017", "ADE20K val"
 PUBLISHED = [
@@ -35,9 +37,9 @@ METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("knn", "top-1 (
            ("ap_mask", "AP mask"), ("miou", "mIoU")]
 CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "knn": "knn"}
 METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
-# pretraining settings that do not change what is trained
-OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
-               "device", "max_steps", "world_size", "effective_batch", "lr")
+# config.json entries that are not pretraining settings to compare: the trainer's operational and
+# stopping settings, and the values it derives (world size, effective batch, absolute lr)
+OPERATIONAL = (*pretrain.OPERATIONAL, *pretrain.STOPPING, "world_size", "effective_batch", "lr")
 
 
 class MetricsError(ValueError):

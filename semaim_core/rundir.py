@@ -82,6 +82,16 @@ def remove_temp_files(folder: Path) -> list[str]:
     return removed
 
 
+def drop_rows_after(path: Path, key: str, last: int):
+    """Remove JSON-lines rows whose ``key`` exceeds ``last``: rows a killed run logged after its last
+    checkpoint, which the resumed run is about to log again."""
+    if path.is_file():
+        rows = [line for line in path.read_text().splitlines() if line.strip()]
+        kept = [line for line in rows if json.loads(line)[key] <= last]
+        if len(kept) != len(rows):
+            path.write_text("".join(line + "\n" for line in kept))
+
+
 def recipe_differences(old: dict, new: dict, ignore=()) -> list[str]:
     keys = sorted(set(old) | set(new))
     return [f"{k}: {old.get(k, '<unset>')!r} -> {new.get(k, '<unset>')!r}" for k in keys
