@@ -109,7 +109,8 @@ def test_setup_refuses_a_torch_build_the_driver_cannot_run(tmp_path, driver, tor
 def test_slurm_scripts_take_ranks_and_sizes_from_slurm(tmp_path, script, expected):
     import os
 
-    (tmp_path / "scontrol").write_text("#!/bin/sh\necho node017\necho node018\n")
+    # A long host list: a script that reads only its first line dies of SIGPIPE under pipefail.
+    (tmp_path / "scontrol").write_text("#!/bin/sh\necho node017\nseq -f node%03g 18 20000\n")
     (tmp_path / "scontrol").chmod(0o755)
     env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", DRY_RUN="1", SLURM_NNODES="2",
                SLURM_GPUS_ON_NODE="h100:8", SLURM_JOB_NODELIST="node[017-018]", SLURM_JOB_ID="1234")
