@@ -8,20 +8,18 @@ path 0.1, 20 warm-up epochs, lr = blr x effective batch / 256 with blr 5e-4 (bat
         --output-dir runs/ft_semaim_b --batch-size 128
 """
 import os
-import sys
-from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not cls/
+import torch
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import param_groups_layer_decay
+from timm.utils import ModelEmaV3
 
-import torch  # noqa: E402
-from timm.data import Mixup, create_transform  # noqa: E402
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
-from timm.optim import param_groups_layer_decay  # noqa: E402
-from timm.utils import ModelEmaV3  # noqa: E402
-
-from cls.common import EpochTrainer, base_parser, image_folders, start, vit  # noqa: E402
-from semaim_core.data import eval_transform  # noqa: E402
-from semaim_core.optim import build_scheduler  # noqa: E402
+from cls.backbone import timm_vit_from_encoder
+from cls.data import image_folders
+from cls.engine import EpochTrainer, base_parser, start
+from semaim_core.data import eval_transform
+from semaim_core.optim import build_scheduler
 
 
 # MAE's fine-tuning recipes by size; flags given override them.
@@ -70,7 +68,7 @@ def transforms_for(args):
 
 def model_and_optimizer(args, num_classes: int, world: int = 1):
     """timm ViT with the encoder, head init std 2e-5, AdamW over the authors' layer-decay groups."""
-    model = vit(args.encoder, img_size=args.img_size, num_classes=num_classes, drop_path_rate=args.drop_path,
+    model = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=num_classes, drop_path_rate=args.drop_path,
                 global_pool="avg" if args.pool == "avg" else "token")
     torch.nn.init.trunc_normal_(model.head.weight, std=2e-5)
     torch.nn.init.zeros_(model.head.bias)

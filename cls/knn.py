@@ -5,18 +5,17 @@ main_knn.py (--global_pool); --pool cls takes the normalized [CLS]. Resize 256 +
 
     python cls/knn.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
 """
-import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not cls/
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-from cls.common import base_parser, image_folders, majority_top1, start, vit, write_metrics  # noqa: E402
-from semaim_core.rundir import release_lock  # noqa: E402
-from semaim_core.data import eval_transform  # noqa: E402
+from cls.backbone import timm_vit_from_encoder
+from cls.data import image_folders
+from cls.engine import base_parser, majority_top1, start, write_metrics
+from semaim_core.rundir import release_lock
+from semaim_core.data import eval_transform
 
 
 @torch.no_grad()
@@ -52,7 +51,7 @@ def parse_args(argv=None):
 def feature_model(args):
     """The frozen encoder as a timm ViT whose output is the pooled feature. With avg pooling timm's
     fc_norm stays at its initialization (weight 1, bias 0): a LayerNorm without affine."""
-    return vit(args.encoder, img_size=args.img_size, num_classes=0, global_pool="avg" if args.pool == "avg" else "token")
+    return timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=0, global_pool="avg" if args.pool == "avg" else "token")
 
 
 def main(argv=None):

@@ -8,18 +8,16 @@ epochs, Resize 224 + RandomCrop 224 + flip for training, Resize 256 + CenterCrop
         --output-dir runs/lin_semaim_b
 """
 import os
-import sys
-from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not cls/
+import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from torchvision import transforms
 
-import torch  # noqa: E402
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # noqa: E402
-from torchvision import transforms  # noqa: E402
-
-from cls.common import EpochTrainer, base_parser, image_folders, start, vit  # noqa: E402
-from semaim_core.data import eval_transform  # noqa: E402
-from semaim_core.optim import build_scheduler  # noqa: E402
+from cls.backbone import timm_vit_from_encoder
+from cls.data import image_folders
+from cls.engine import EpochTrainer, base_parser, start
+from semaim_core.data import eval_transform
+from semaim_core.optim import build_scheduler
 
 
 def parse_args(argv=None):
@@ -45,7 +43,7 @@ def transforms_for(args):
 
 def model_and_optimizer(args, num_classes: int, world: int = 1):
     """Frozen encoder; BatchNorm (no affine) + linear head (init std 0.01); SGD momentum 0.9."""
-    model = vit(args.encoder, img_size=args.img_size, num_classes=num_classes,
+    model = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=num_classes,
                 global_pool="avg" if args.pool == "avg" else "token")
     model.requires_grad_(False)
     model.head = torch.nn.Sequential(torch.nn.BatchNorm1d(model.embed_dim, affine=False, eps=1e-6),

@@ -8,11 +8,11 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from semaim_core.checkpoint import (CheckpointError, load_file, load_verified, read_encoder, resize_pos_embed,
-                                    save_atomic, to_detectron2)
+from semaim_core.checkpoint import (CheckpointError, detectron2_keys, load_file, load_verified, read_encoder,
+                                    resize_pos_embed, save_atomic)
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
-# token and final norm have no place in the detector (dropped by to_detectron2).
+# token and final norm have no place in the detector (dropped by detectron2_keys).
 BACKBONE_ALLOWED_MISSING = (r"rel_pos_[hw]$",)
 
 
@@ -26,7 +26,7 @@ def load_backbone(model, path: str) -> dict:
     ``pretrain_img_size`` if the encoder was pretrained at another size."""
     net = unwrap(model).backbone.net
     sd, meta = read_encoder(path)
-    sd = {k.removeprefix("backbone.net."): v for k, v in to_detectron2(sd)["model"].items()}
+    sd = detectron2_keys(sd)
     want = net.pos_embed.shape[1] - 1
     if sd["pos_embed"].shape[1] - 1 != want:
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], want)

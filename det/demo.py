@@ -5,23 +5,20 @@
         --input data/tiny_coco/val2017 --output vis/ --confidence 0.5
 """
 import argparse
-import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not det/
+import numpy as np
+import torch
+from detectron2.config import LazyConfig, instantiate
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.detection_utils import read_image
+from detectron2.utils.visualizer import Visualizer
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.data import MetadataCatalog  # noqa: E402
-from detectron2.data import transforms as T  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
-from detectron2.utils.visualizer import Visualizer  # noqa: E402
-
-from det.checkpoint import load_detector  # noqa: E402
-from det.data import register_tiny_coco  # noqa: E402
-from semaim_core.configs import resolve_config  # noqa: E402
-from semaim_core.data import find_images  # noqa: E402
+from det.checkpoint import load_detector
+from det.data import register_tiny_coco
+from semaim_core.configs import resolve_config
+from semaim_core.data import find_images
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

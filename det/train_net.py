@@ -12,24 +12,21 @@ writes det_metrics.json (box and mask AP, per-class AP) there.
 """
 import difflib
 import logging
-import sys
 from pathlib import Path
 
-sys.path[0] = str(Path(__file__).resolve().parents[1])  # the repo root, not det/: `det` and `semaim_core` from a checkout
-
-from detectron2.config import LazyConfig, instantiate  # noqa: E402
-from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parser, default_setup,  # noqa: E402
+from detectron2.config import LazyConfig, instantiate
+from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parser, default_setup,
                                default_writers, hooks, launch)
-from detectron2.engine.defaults import create_ddp_model  # noqa: E402
-from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
-from detectron2.utils import comm  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+from detectron2.engine.defaults import create_ddp_model
+from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.utils import comm
+from omegaconf import OmegaConf
 
-from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector  # noqa: E402
-from det.data import check_datasets, register_tiny_coco  # noqa: E402
-from det.evaluation import write_metrics  # noqa: E402
-from semaim_core.configs import resolve_config  # noqa: E402
-from semaim_core.rundir import flatten, open_run, release_lock  # noqa: E402
+from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
+from det.data import check_datasets, register_tiny_coco
+from det.evaluation import write_metrics
+from semaim_core.configs import resolve_config
+from semaim_core.rundir import flatten, open_run, release_lock
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 

@@ -7,7 +7,7 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
-from semaim_core.checkpoint import load_verified, read_encoder, resize_pos_embed, to_mmseg
+from semaim_core.checkpoint import load_verified, mmseg_keys, read_encoder, resize_pos_embed
 
 # What a pretrained encoder does not have: mmseg's layer scale (gamma, 1.0 = none with
 # init_values=1.0) and relative-position tables (zero, as for MAE weights).
@@ -29,7 +29,7 @@ class SemAIMViT(MAE):
 
     def load_encoder(self, path: str) -> dict:
         sd, meta = read_encoder(path)
-        sd = to_mmseg(sd)["state_dict"]
+        sd = mmseg_keys(sd)
         if not self.final_norm:  # the encoder's final norm has no place without final_norm
             sd = {k: v for k, v in sd.items() if not k.startswith("ln1.")}
         if sd["pos_embed"].shape != self.pos_embed.shape:

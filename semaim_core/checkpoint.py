@@ -17,6 +17,8 @@ from pathlib import Path
 
 import torch
 
+from .model import MODEL_SIZES
+
 FORMAT_TRAIN, FORMAT_ENCODER = "semaim-train", "semaim-encoder"
 KINDS = ("semaim-train", "semaim-encoder", "semaim-authors", "saim", "mae")
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
@@ -87,15 +89,24 @@ def _load_safetensors(path: Path) -> dict:
     return sd
 
 
-def save_encoder(sd: dict, meta: dict, path: str | Path) -> Path:
-    """The exported encoder, as ``{"format", "model", "meta"}`` (.pth) or as safetensors with the
+def export_encoder(model, **facts) -> dict:
+    """The encoder of a SemAIM ``model`` as the suite's encoder record ``{"format", "model",
+    "meta"}``: timm/MAE names, checked complete, with its architecture and ``facts`` (how it was
+    trained) in ``meta``. What pretraining exports and what every consumer reads."""
+    sd, meta = encoder_from_checkpoint(dict(format=FORMAT_TRAIN, model=model.encoder_state_dict(),
+                                            config=dict(model_config=model.config)))
+    return to_encoder(sd, {**meta, **facts})
+
+
+def save_encoder(record: dict, path: str | Path) -> Path:
+    """An encoder record (``export_encoder``, ``to_encoder``) as .pth or as safetensors with the
     metadata in its header (.safetensors), atomically, with a model card (``<stem>.md``) beside it."""
     from safetensors.torch import save
 
-    path, record = Path(path), to_encoder(sd, meta)
+    path = Path(path)
     if path.suffix == ".safetensors":
         header = {"format": FORMAT_ENCODER, "meta": json.dumps(record["meta"], default=str)}
-        blob = save({k: v.contiguous() for k, v in sd.items()}, metadata=header)
+        blob = save({k: v.contiguous() for k, v in record["model"].items()}, metadata=header)
         atomic_write(path, lambda f: f.write(blob))
     else:
         save_atomic(record, path)
@@ -120,7 +131,7 @@ Keys follow timm / MAE (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.i.
 {chr(10).join(trained) or '- (no record)'}
 
 ## Loading
-- timm: `semaim_core.checkpoint.timm_vit_from_encoder("{name}", num_classes=1000)` (verified load;
+- timm: `cls.backbone.timm_vit_from_encoder("{name}", num_classes=1000)` (verified load;
   the position table is resized for another `img_size`), or `timm.create_model("{meta['timm_arch']}",
   num_classes=0, **meta["timm_kwargs"])` and `load_state_dict` of the weights (only the head is missing).
 - detectron2 (ViTDet): `python det/train_net.py --config vitdet_semaim.py train.init_checkpoint={name}`
@@ -190,16 +201,12 @@ def required_encoder_keys(depth: int) -> list[str]:
 
 def heads_for_width(width: int) -> int | None:
     """Attention heads of the standard ViT of this width (ViT-H: 16 heads of 80, not 64 channels)."""
-    from . import MODEL_SIZES
-
     return {size["embed_dim"]: size["num_heads"] for size in MODEL_SIZES.values()}.get(width)
 
 
 def declared_architecture(ckpt: dict, kind: str) -> dict:
     """What a checkpoint says it is (depth, width, heads), from its metadata or, for the authors'
     checkpoints, their model name (aim_base / aim_large / aim_huge); {} when it says nothing."""
-    from . import MODEL_SIZES
-
     if kind == FORMAT_ENCODER:
         meta = ckpt.get("meta") or {}
     elif kind == FORMAT_TRAIN:
@@ -256,7 +263,7 @@ def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[d
 
 def timm_model_args(meta: dict) -> tuple[str, dict]:
     """timm architecture name and the keyword arguments that make its ViT match ``meta``."""
-    sizes = {192: "tiny", 384: "small", 768: "base", 1024: "large", 1280: "huge"}
+    sizes = {cfg["embed_dim"]: size for size, cfg in MODEL_SIZES.items()}
     arch = f"vit_{sizes.get(meta['embed_dim'], 'base')}_patch16_224"
     kwargs = dict(img_size=meta["img_size"], patch_size=meta["patch_size"], embed_dim=meta["embed_dim"],
                   depth=meta["depth"], num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"])
@@ -268,11 +275,11 @@ def to_encoder(sd: dict, meta: dict) -> dict:
     return {"format": FORMAT_ENCODER, "model": sd, "meta": {**meta, "timm_arch": arch, "timm_kwargs": kwargs}}
 
 
-def to_detectron2(sd: dict) -> dict:
-    """detectron2 ``ViT`` under ``backbone.net.`` (its ``pos_embed`` keeps the [CLS] slot, which
-    the ViT drops and resizes itself); [CLS] and the final norm have no place there."""
-    return {"model": {f"backbone.net.{k}": v for k, v in sd.items() if not k.startswith(("cls_token", "norm."))},
-            "__author__": "semaim", "matching_heuristics": False}
+def detectron2_keys(sd: dict) -> dict:
+    """timm encoder names -> detectron2's ``ViT`` (``model.backbone.net``): the same names, and its
+    ``pos_embed`` keeps the [CLS] slot, which the ViT drops and resizes itself; [CLS] and the final
+    norm have no place there."""
+    return {k: v for k, v in sd.items() if not k.startswith(("cls_token", "norm."))}
 
 
 MMSEG_RENAMES = (
@@ -282,14 +289,14 @@ MMSEG_RENAMES = (
 )
 
 
-def to_mmseg(sd: dict) -> dict:
-    """mmseg's MAE/BEiT backbone layout (no ``backbone.`` prefix), as its ``init_cfg`` loads it."""
+def mmseg_keys(sd: dict) -> dict:
+    """timm encoder names -> mmseg's MAE/BEiT backbone names (``layers.i.ln1``, ``ffn``, ...)."""
     out = {}
     for k, v in sd.items():
         for pattern, repl in MMSEG_RENAMES:
             k = re.sub(pattern, repl, k)
         out[k] = v
-    return {"state_dict": out}
+    return out
 
 
 def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -336,22 +343,16 @@ def read_encoder(path: str | Path, num_heads: int | None = None) -> tuple[dict, 
     return encoder_from_checkpoint(load_file(path), num_heads)
 
 
-def timm_vit_from_encoder(path: str | Path, img_size: int | None = None, **overrides) -> torch.nn.Module:
-    """A timm ``VisionTransformer`` with the encoder's weights; only the classifier head is left
-    at initialization (``overrides`` such as ``num_classes`` or ``drop_path_rate`` go to timm).
-    At an ``img_size`` other than the pretraining one the position table is resized."""
-    import timm
+def semaim_from_encoder(path: str | Path | None, img_size: int, name: str = "semaim_vit_base_patch16", **kw):
+    """A SemAIM model with the encoder of ``path`` (any kind the converter reads), or untrained."""
+    from . import build_model
 
+    if path is None:
+        return build_model(name, img_size=img_size, **kw).eval()
     sd, meta = read_encoder(path)
-    arch, kwargs = timm_model_args(meta)
-    if img_size:
-        kwargs["img_size"] = img_size
-    model = timm.create_model(arch, pretrained=False, **{**kwargs, **overrides})
-    if sd["pos_embed"].shape != model.pos_embed.shape:
-        sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
-    allowed = [r"^head\."]
-    if isinstance(model.norm, torch.nn.Identity):  # global pooling: timm's fc_norm replaces the final norm,
-        sd = {k: v for k, v in sd.items() if not k.startswith("norm.")}  # as in MAE's fine-tuning
-        allowed.append(r"^fc_norm\.")
-    load_verified(model, sd, f"timm {arch} <- {path}", allowed_missing=allowed)
-    return model
+    model = build_model(name, img_size=img_size, embed_dim=meta["embed_dim"], depth=meta["depth"],
+                        num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"], **kw)
+    # the checkpoint's own table, resized to this image size as ViTDet and mmseg do
+    sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
+    load_verified(model, sd, f"SemAIM encoder <- {path}", allowed_missing=(r"^decoder", r"^ema_encoder"))
+    return model.eval()

@@ -69,23 +69,11 @@ def _merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
-class EncoderBlock(Block):
-    """timm's ViT block (same parameters and names) whose attention takes a mask or is causal."""
-
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False,
-                drop_path: bool = True) -> torch.Tensor:
-        a = self.ls1(self._attention(self.norm1(x), attn_mask, is_causal))
-        x = x + (self.drop_path1(a) if drop_path else a)
-        m = self.ls2(self.mlp(self.norm2(x)))
-        return x + (self.drop_path2(m) if drop_path else m)
-
-    def _attention(self, x, attn_mask, is_causal):
-        attn = self.attn
-        b, n, _ = x.shape
-        q, k, v = attn.qkv(x).view(b, n, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        q, k = attn.q_norm(q), attn.k_norm(k)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal)
-        return attn.proj(_merge_heads(out))
+def eval_block(block: Block, x: torch.Tensor) -> torch.Tensor:
+    """timm ``Block.forward`` without stochastic depth: the eval-mode result in any mode, so the
+    no-grad similarity pass needs no train/eval switch (which would break a compiled graph)."""
+    x = x + block.ls1(block.attn(block.norm1(x)))
+    return x + block.ls2(block.mlp(block.norm2(x)))
 
 
 class DecoderBlock(nn.Module):
@@ -165,7 +153,7 @@ class SemAIM(nn.Module):
         self.pos_embed = nn.Parameter(sincos_pos_embed(embed_dim, grid)[None], requires_grad=False)
         dpr = torch.linspace(0, drop_path_rate, depth).tolist()
         self.blocks = nn.ModuleList(
-            EncoderBlock(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=LayerNorm)
+            Block(embed_dim, num_heads, mlp_ratio, qkv_bias=True, drop_path=dpr[i], norm_layer=LayerNorm)
             for i in range(depth))
         # ONE final LayerNorm, as in the authors' model: it normalizes the decoder output before the
         # prediction head (which trains it) and the encoder tokens of the similarity pass.
@@ -263,7 +251,7 @@ class SemAIM(nn.Module):
             x, cls, _ = self.embed(images.to(self.pos_embed.dtype) if exact else images, encoder)
             h = torch.cat([cls, x], dim=1)
             for blk in encoder.blocks:
-                h = blk(h, drop_path=False)  # eval behaviour without switching modes (compile-friendly)
+                h = eval_block(blk, h)
             return O.similarity_map(encoder.norm(h))
 
     def make_order(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -333,3 +321,21 @@ class EncoderCopy(nn.Module):
         self.blocks = copy.deepcopy(model.blocks)
         self.norm = copy.deepcopy(model.norm)
         self.requires_grad_(False)
+
+
+# Encoder sizes (ViT, patch 16); the decoder has the encoder's width and, by default, its depth.
+MODEL_SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+    "large": dict(embed_dim=1024, depth=24, num_heads=16),
+    "huge": dict(embed_dim=1280, depth=32, num_heads=16),
+}
+MODELS = {f"semaim_vit_{size}_patch16": cfg for size, cfg in MODEL_SIZES.items()}
+
+
+def build_model(name: str = "semaim_vit_base_patch16", **overrides) -> SemAIM:
+    """``build_model("semaim_vit_base_patch16", img_size=224, order="semantic", attention="sorted", ...)``."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}': choose one of {', '.join(MODELS)}")
+    return SemAIM(**{"patch_size": 16, **MODELS[name], **overrides})

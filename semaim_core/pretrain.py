@@ -10,24 +10,26 @@ TensorBoard logs under ``tb/``, training checkpoints ``checkpoint-<step>.pth`` (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import random
 import re
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
+from timm.utils import random_seed
 from tqdm import tqdm
 
 from . import MODELS, build_model
-from .checkpoint import FORMAT_TRAIN, CheckpointError, encoder_from_checkpoint, load_file, save_atomic, save_encoder
+from .checkpoint import FORMAT_TRAIN, CheckpointError, export_encoder, load_file, save_atomic, save_encoder
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
-from .rundir import drop_rows_after, open_run, release_lock
 from .optim import build_optimizer, build_scheduler
+from .rundir import open_run, release_lock
+from .training import (AMP_DTYPES, MetricsLog, NonFiniteError, autocast, grad_scaler, optimizer_step, require_format,
+                       restore, training_state)
 
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
 # 400 (or 800), AdamW (0.9, 0.95), wd 0.05, clip 3, 224 crops, decoder depth = encoder depth.
@@ -108,10 +110,6 @@ OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", 
 STOPPING = ("max_steps",)
 
 
-class NonFiniteLossError(FloatingPointError):
-    pass
-
-
 def non_finite(tensors: dict) -> list[str]:
     """Names of the floating-point tensors in a (nested) state dict that hold a NaN or an inf."""
     bad = []
@@ -177,19 +175,6 @@ def checkpoint_paths(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def rng_state() -> dict:
-    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=np.random.get_state(), python=random.getstate())
-
-
-def set_rng_state(state: dict):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-
-
 class Trainer:
     def __init__(self, cfg: Config, model_overrides: dict | None = None):
         """``model_overrides``: architecture settings beyond the named model (tools and tests)."""
@@ -208,9 +193,7 @@ class Trainer:
             open_run(self.out, recipe, overwrite=cfg.overwrite, fresh=cfg.resume is None, stopping=STOPPING)
         if self.world > 1:
             dist.barrier()
-        torch.manual_seed(cfg.seed + self.rank)
-        np.random.seed(cfg.seed + self.rank)
-        random.seed(cfg.seed + self.rank)
+        random_seed(cfg.seed, self.rank)  # torch, numpy and random
 
         self.dataset = ImageDataset(cfg.data, pretrain_transform(cfg.img_size), cfg.skip_unreadable)
         self.sampler = ResumableSampler(len(self.dataset), self.rank, self.world, cfg.seed, cfg.batch_size)
@@ -224,8 +207,8 @@ class Trainer:
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay, tuple(cfg.betas))
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch * cfg.warmup_epochs, cfg.min_lr)
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[cfg.dtype]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.amp = AMP_DTYPES[cfg.dtype]
+        self.scaler = grad_scaler(self.device, self.amp)
         self.step = 0          # optimizer steps done
         self.last_loss = None
         self.resume_from(cfg.resume)
@@ -238,9 +221,8 @@ class Trainer:
 
     # -------------------------------------------------------------- checkpoints
     def state(self) -> dict:
-        return dict(format=FORMAT_TRAIN, model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict(), step=self.step, rng=rng_state(),
-                    config=dict(asdict(self.cfg), model_config=self.model.config))
+        return training_state(FORMAT_TRAIN, self.model, self.optimizer, self.scaler, step=self.step,
+                              config=dict(asdict(self.cfg), model_config=self.model.config))
 
     def last_good(self) -> str:
         found = checkpoint_paths(self.out)
@@ -252,7 +234,7 @@ class Trainer:
         state = self.state()
         bad = non_finite(state["model"]) + non_finite({"optimizer": state["optimizer"]["state"]})
         if bad:  # never write (or name as good) weights a diverged step produced
-            raise NonFiniteLossError(f"non-finite values in {len(bad)} tensors at step {self.step} ({bad[:4]}): "
+            raise NonFiniteError(f"non-finite values in {len(bad)} tensors at step {self.step} ({bad[:4]}): "
                                      f"not saving. The last good checkpoint is kept ({self.last_good()})")
         path = save_atomic(state, self.out / f"checkpoint-{self.step:08d}.pth")
         for old in checkpoint_paths(self.out)[: -self.cfg.keep]:
@@ -269,14 +251,10 @@ class Trainer:
         else:
             path = Path(resume)
             ckpt = load_file(path)
-        if ckpt.get("format") != FORMAT_TRAIN:
-            raise CheckpointError(f"{path} is not a SemAIM training checkpoint (format {ckpt.get('format')!r}); "
-                                  "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
-        self.model.load_state_dict(ckpt["model"])  # strict: a training checkpoint must match exactly
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        require_format(ckpt, path, FORMAT_TRAIN, "a SemAIM training checkpoint",
+                       "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
+        restore(ckpt, self.model, self.optimizer, self.scaler)
         self.step = ckpt["step"]
-        set_rng_state(ckpt["rng"])
         if self.is_main:
             print(f"resumed from {path} at step {self.step}")
 
@@ -298,18 +276,11 @@ class Trainer:
         """encoder.pth and encoder.safetensors (the same weights and metadata) and the model card encoder.md."""
         from .rundir import suite_commit
 
-        sd, meta = encoder_from_checkpoint(dict(format=FORMAT_TRAIN, model=self.model.encoder_state_dict(),
-                                                config=dict(model_config=self.model.config)))
-        meta.update(order=self.cfg.order, target=self.cfg.target, steps=self.step, source_kind=FORMAT_TRAIN,
-                    data=self.cfg.data, epochs=self.cfg.epochs, final_loss=final_loss, suite_commit=suite_commit())
-        save_encoder(sd, meta, self.out / "encoder.safetensors")
-        return save_encoder(sd, meta, self.out / "encoder.pth")
-
-    def metrics_log(self):
-        """metrics.jsonl for appending, without the rows of steps after the checkpoint resumed
-        from (logged before a kill, and about to be logged again)."""
-        drop_rows_after(self.out / "metrics.jsonl", "step", self.step)
-        return open(self.out / "metrics.jsonl", "a")
+        record = export_encoder(self.model, order=self.cfg.order, target=self.cfg.target, steps=self.step,
+                                data=self.cfg.data, epochs=self.cfg.epochs, final_loss=final_loss,
+                                suite_commit=suite_commit())
+        save_encoder(record, self.out / "encoder.safetensors")
+        return save_encoder(record, self.out / "encoder.pth")
 
     # -------------------------------------------------------------- training
     def ema_decay(self, epoch: int) -> float:
@@ -330,8 +301,8 @@ class Trainer:
         total = torch.zeros((), device=self.device)
         for i, images in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            sync = self.net.no_sync() if (self.world > 1 and not last) else _null()
-            with sync, torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            sync = self.net.no_sync() if (self.world > 1 and not last) else contextlib.nullcontext()
+            with sync, autocast(self.device, self.amp):
                 loss = self.net(images.to(self.device, non_blocking=True)).loss
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
@@ -339,19 +310,10 @@ class Trainer:
         advice = (f"The last good checkpoint is kept ({self.last_good()}); lower the lr, raise warm-up or use "
                   "--dtype bf16, then resume.")
         if not torch.isfinite(total):
-            raise NonFiniteLossError(f"loss is {total.item()} at step {self.step}: stopping. {advice}")
-        self.scaler.unscale_(self.optimizer)
+            raise NonFiniteError(f"loss is {total.item()} at step {self.step}: stopping. {advice}")
         params = [p for p in self.model.parameters() if p.grad is not None]
-        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.clip_grad or float("inf"))
-        # fp16: the GradScaler skips a step with inf/NaN gradients and lowers its scale; otherwise a
-        # non-finite gradient would write NaN into every weight, so stop before the update.
-        if not torch.isfinite(norm) and not self.scaler.is_enabled():
-            self.optimizer.zero_grad(set_to_none=True)
-            raise NonFiniteLossError(f"gradient norm is {norm.item()} at step {self.step} (loss {total.item():.4g}): "
-                                     f"stopping before the update. {advice}")
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        norm = optimizer_step(self.optimizer, self.scaler, params, self.cfg.clip_grad,
+                              where=f"at step {self.step} (loss {total.item():.4g})", advice=advice)
         self.model.update_ema(self.ema_decay(self.step // self.steps_per_epoch))
         self.step += 1
         return total.item(), norm.item()
@@ -363,9 +325,7 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dict(asdict(cfg), world_size=self.world,
                                                                   effective_batch=self.eff_batch, lr=self.lr), indent=2))
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(self.out / "tb", purge_step=self.step + 1 if self.step else None)
-            metrics = self.metrics_log()
+            metrics = MetricsLog(self.out, "metrics", "step", self.step, "train")
             text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
             text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")
             bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
@@ -394,13 +354,10 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or self.step == end:
                         rec = dict(step=self.step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, img_per_s=ips,
                                    skipped_images=skipped)
-                        metrics.write(json.dumps(rec) + "\n")
-                        metrics.flush()
+                        metrics.write(rec, scalars=("loss", "lr", "grad_norm", "img_per_s"))
                         text_log.write(f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
                                        f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}\n")
                         text_log.flush()
-                        for k in ("loss", "lr", "grad_norm", "img_per_s"):
-                            tb.add_scalar(f"train/{k}", rec[k], self.step)
                 if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
                     self.save()
         encoder = None
@@ -408,21 +365,12 @@ class Trainer:
             bar.close()
             metrics.close()
             text_log.close()
-            tb.close()
             encoder = self.export(final_loss=self.last_loss)
             print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
             release_lock(self.out)
         if self.world > 1:
             dist.barrier()
         return encoder
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 # ---------------------------------------------------------------------------- command line

@@ -21,20 +21,20 @@ def demo_encoder(tmp_path_factory):
     import torch
 
     from semaim_core import build_model
-    from semaim_core.checkpoint import encoder_from_checkpoint, save_atomic, to_encoder
+    from semaim_core.checkpoint import export_encoder, save_atomic
 
     torch.manual_seed(0)
     model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)
-    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
     path = tmp_path_factory.mktemp("encoder") / "encoder.pth"
-    save_atomic(to_encoder(sd, meta), path)
-    return path, sd
+    record = export_encoder(model)
+    save_atomic(record, path)
+    return path, record["model"]
 
 
 @pytest.fixture(scope="session")
 def derived(tmp_path_factory) -> Path:
     """The semantic maps and crops derived from the bundled tiny_coco, built once per session."""
-    from semaim_core.coco_derive import derive
+    from tools.lib.coco_derive import derive
 
     out = tmp_path_factory.mktemp("derived")
     derive(TINY_COCO, out)

@@ -3,9 +3,10 @@ import pytest
 import torch
 
 from semaim_core import build_model
-from semaim_core.checkpoint import (CheckpointError, detect_kind, encoder_from_checkpoint, load_file, load_verified,
-                                    read_encoder, save_atomic, timm_vit_from_encoder, to_detectron2, to_encoder,
-                                    to_mmseg)
+from cls.backbone import timm_vit_from_encoder
+from semaim_core.checkpoint import (CheckpointError, detect_kind, detectron2_keys, encoder_from_checkpoint, load_file,
+                                    load_verified, mmseg_keys, read_encoder, save_atomic, to_encoder)
+from tools.convert_checkpoint import WRITERS
 
 DEPTH, DIM, HEADS, SIZE = 2, 192, 3, 32  # ViT-Tiny width: bare checkpoints get their heads from the size table
 
@@ -79,7 +80,7 @@ def test_detectron2_layout_loads_every_backbone_weight(encoder):
 
     net = ViT(img_size=64, patch_size=16, embed_dim=DIM, depth=DEPTH, num_heads=HEADS, window_size=2,
               window_block_indexes=[0], use_rel_pos=True, pretrain_img_size=SIZE)
-    sd = {k.removeprefix("backbone.net."): v for k, v in to_detectron2(encoder)["model"].items()}
+    sd = detectron2_keys(encoder)
     load_verified(net, sd, "detectron2 ViT", allowed_missing=(r"rel_pos_[hw]$",))
     for k, v in sd.items():
         assert torch.equal(net.state_dict()[k], v), k
@@ -92,7 +93,7 @@ def test_mmseg_layout_loads_every_backbone_weight(encoder):
 
     net = MAE(img_size=(SIZE, SIZE), patch_size=16, embed_dims=DIM, num_layers=DEPTH, num_heads=HEADS,
               init_values=1.0, final_norm=True)
-    sd = to_mmseg(encoder)["state_dict"]
+    sd = mmseg_keys(encoder)
     load_verified(net, sd, "mmseg MAE", allowed_missing=(r"gamma_[12]$", r"relative_position"))
     assert len(sd) == len(encoder)
     assert torch.equal(net.layers[1].ffn.layers[1].weight, encoder["blocks.1.mlp.fc2.weight"])
@@ -121,7 +122,7 @@ def test_wrong_kinds_and_bad_files_are_named(encoder, tmp_path):
     (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 torn")
     with pytest.raises(CheckpointError, match="cannot read checkpoint"):
         read_encoder(tmp_path / "torn.pth")
-    save_atomic(to_detectron2(encoder), tmp_path / "d2.pth")
+    save_atomic(WRITERS["detectron2"](encoder), tmp_path / "d2.pth")
     with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
         read_encoder(tmp_path / "d2.pth")
     save_atomic({"model": {"fc.weight": torch.zeros(2)}}, tmp_path / "other.pth")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from semaim_core.results import ablation, collect, published_rows, table
+from tools.lib.results import ablation, collect, published_rows, table
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

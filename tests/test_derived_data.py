@@ -1,4 +1,4 @@
-"""The derived semantic maps and object crops (semaim_core.coco_derive) on the bundled tiny_coco."""
+"""The derived semantic maps and object crops (tools.lib.coco_derive) on the bundled tiny_coco."""
 import json
 import shutil
 
@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from pycocotools.coco import COCO
 
-from semaim_core.coco_derive import (COCO_THING_IDS, IGNORE_INDEX, THING_TRAIN_ID, DatasetError, derive,
+from tools.lib.coco_derive import (COCO_THING_IDS, IGNORE_INDEX, THING_TRAIN_ID, DatasetError, derive,
                                      semantic_map)
 
 

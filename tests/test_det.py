@@ -9,7 +9,7 @@ import torch
 from detectron2.config import LazyConfig, instantiate
 
 from semaim_core import build_model
-from semaim_core.checkpoint import CheckpointError, encoder_from_checkpoint, save_atomic, to_encoder
+from semaim_core.checkpoint import CheckpointError, export_encoder, save_atomic
 from semaim_core.rundir import RunDirError, file_digest
 
 CONFIGS = "det/configs"
@@ -164,7 +164,7 @@ def test_bad_inputs_are_named(tiny_encoder, tmp_path):
     with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
         load_backbone(model, str(tmp_path / "d2.pth"))
     big = build_model("semaim_vit_small_patch16", img_size=96, depth=4)  # wrong width
-    save_atomic(to_encoder(*encoder_from_checkpoint({"model": big.encoder_state_dict()})), tmp_path / "small.pth")
+    save_atomic(export_encoder(big), tmp_path / "small.pth")
     with pytest.raises(CheckpointError, match="shape of"):
         load_backbone(model, str(tmp_path / "small.pth"))
 

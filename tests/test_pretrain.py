@@ -9,7 +9,8 @@ import torch
 from semaim_core import pretrain
 from semaim_core.checkpoint import CheckpointError, load_file, save_atomic
 from semaim_core.data import UnreadableImageError
-from semaim_core.pretrain import Config, NonFiniteLossError, Trainer, checkpoint_paths, parse_args
+from semaim_core.pretrain import Config, Trainer, checkpoint_paths, parse_args
+from semaim_core.training import NonFiniteError
 
 
 def cfg(tiny_coco, out, **kw):
@@ -92,7 +93,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monk
         return out
 
     monkeypatch.setattr(t.model, "forward", poisoned)
-    with pytest.raises(NonFiniteLossError, match="loss is nan at step 5.*checkpoint-00000004.pth"):
+    with pytest.raises(NonFiniteError, match="loss is nan at step 5.*checkpoint-00000004.pth"):
         t.fit()
     last = load_file(checkpoint_paths(tmp_path)[-1])
     assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
@@ -103,7 +104,7 @@ def test_nan_gradient_with_a_finite_loss_never_reaches_the_weights(tiny_coco, tm
     """A huge lr: the loss stays finite but the gradient norm is NaN. No step is applied, and no
     checkpoint with a non-finite value is ever written or named as good."""
     t = Trainer(cfg(tiny_coco, tmp_path, lr=1e4, warmup_epochs=0, clip_grad=clip_grad, max_steps=6, save_every=1))
-    with pytest.raises(NonFiniteLossError, match=r"gradient norm is nan at step \d+ \(loss .*\): stopping before the update"):
+    with pytest.raises(NonFiniteError, match=r"gradient norm is nan at step \d+ \(loss .*\): stopping before the update"):
         t.fit()
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
     saved = checkpoint_paths(tmp_path)
@@ -119,7 +120,7 @@ def test_non_finite_state_is_never_saved(tiny_coco, tmp_path):
     with torch.no_grad():
         t.model.blocks[0].mlp.fc1.weight[0, 0] = float("inf")
     t.step += 1
-    with pytest.raises(NonFiniteLossError, match=r"non-finite values in 1 tensors at step 2 .*blocks.0.mlp.fc1.weight.*"
+    with pytest.raises(NonFiniteError, match=r"non-finite values in 1 tensors at step 2 .*blocks.0.mlp.fc1.weight.*"
                                                  r"checkpoint-00000001.pth"):
         t.save()
     assert [p.name for p in checkpoint_paths(tmp_path)] == ["checkpoint-00000001.pth"]

@@ -12,8 +12,8 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from semaim_core import build_model
-from semaim_core.checkpoint import (CheckpointError, encoder_from_checkpoint, save_atomic, to_detectron2, to_encoder,
-                                    to_mmseg)
+from semaim_core.checkpoint import CheckpointError, export_encoder, mmseg_keys, save_atomic
+from tools.convert_checkpoint import WRITERS
 
 MAIN = "seg/configs/upernet_semaim.py"
 TINY = "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py"
@@ -73,7 +73,7 @@ def test_every_backbone_weight_arrives(tiny_encoder):
     model.init_weights()
     bb = model.backbone
     own = bb.state_dict()
-    renamed = {k: v for k, v in to_mmseg(sd)["state_dict"].items() if not k.startswith("ln1.")}  # no final norm
+    renamed = {k: v for k, v in mmseg_keys(sd).items() if not k.startswith("ln1.")}  # no final norm
     assert len(renamed) == len(sd) - 2
     for k, v in renamed.items():
         if k == "pos_embed":
@@ -134,12 +134,12 @@ def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
     model = MODELS.build(cfg.model)
     with pytest.raises(CheckpointError, match="does not exist"):
         model.init_weights()
-    save_atomic(to_detectron2(sd), tmp_path / "d2.pth")
+    save_atomic(WRITERS["detectron2"](sd), tmp_path / "d2.pth")
     model.backbone.checkpoint = str(tmp_path / "d2.pth")
     with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
         model.init_weights()
     small = build_model("semaim_vit_small_patch16", img_size=96, depth=4)
-    save_atomic(to_encoder(*encoder_from_checkpoint({"model": small.encoder_state_dict()})), tmp_path / "s.pth")
+    save_atomic(export_encoder(small), tmp_path / "s.pth")
     model.backbone.checkpoint = str(tmp_path / "s.pth")
     with pytest.raises(CheckpointError, match="shape of"):
         model.init_weights()

@@ -4,18 +4,17 @@ import torch
 from PIL import Image
 
 from semaim_core import build_model
-from semaim_core.checkpoint import save_atomic, to_encoder, encoder_from_checkpoint
+from semaim_core.checkpoint import export_encoder, save_atomic, semaim_from_encoder
 from semaim_core.orders import ORDERS
-from semaim_core.visualize import model_from_checkpoint, order_maps, visualize
+from tools.lib.visualize import order_maps, visualize
 
 
 def test_order_picture_from_an_exported_encoder(tiny_coco, tmp_path):
     torch.manual_seed(0)
     model = build_model("semaim_vit_tiny_patch16", img_size=64, depth=2)
-    sd, meta = encoder_from_checkpoint({"model": model.encoder_state_dict()})
-    save_atomic(to_encoder(sd, meta), tmp_path / "encoder.pth")
+    save_atomic(export_encoder(model), tmp_path / "encoder.pth")
 
-    loaded = model_from_checkpoint(tmp_path / "encoder.pth", img_size=96, name="semaim_vit_tiny_patch16")
+    loaded = semaim_from_encoder(tmp_path / "encoder.pth", img_size=96, name="semaim_vit_tiny_patch16")
     assert torch.equal(loaded.blocks[1].mlp.fc2.weight, model.blocks[1].mlp.fc2.weight)
     images = torch.randn(2, 3, 96, 96)
     maps = order_maps(loaded, images)

@@ -3,7 +3,7 @@
 
     python tools/benchmark_pretrain.py --model semaim_vit_base_patch16 --batch 128 --dtype bf16 [--compile]
 """
-from semaim_core.benchmark import main
+from tools.lib.pretrain_benchmark import main
 
 if __name__ == "__main__":
     main()

@@ -17,10 +17,7 @@ Both models are built at the same small size (112 px, patch 8: the authors' 14 x
   dino, clip  the feature-target losses and orders on the same teacher weights (the official
               CLIP tower's weights are saved in OpenAI's layout and read by the suite's loader).
 
-The official code runs unmodified; on a current stack it needs shims that this tool applies in
-its own process: ``np.float`` (removed from numpy), ``Tensor.cuda()`` and
-``torch.cuda.synchronize()`` as no-ops on the CPU, ``torch._six.inf`` (removed from torch), and
-timm's ``add_weight_decay`` under its current name ``param_groups_weight_decay``.
+The official code runs unmodified, with the compatibility shims of tools/lib/official.py.
 """
 from __future__ import annotations
 
@@ -34,45 +31,19 @@ import tempfile
 import types
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from tools.lib.official import build_aim, import_official
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = dict(img_size=112, patch_size=8, embed_dim=64, depth=4, num_heads=2, mlp_ratio=4.0)
 TOL = 1e-5
 
 
-def import_official(path: Path) -> types.SimpleNamespace:
-    if not (path / "models" / "models_semaim.py").is_file():
-        raise SystemExit(f"{path} is not a checkout of the official SemAIM code (no models/models_semaim.py)")
-    if not hasattr(np, "float"):
-        np.float = float  # util/pos_embed.py
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *a, **k: self  # the order code calls .cuda() on CPU tensors
-        torch.cuda.synchronize = lambda *a, **k: None  # engines/engine_pretrain.py, after every step
-    sys.modules.setdefault("torch._six", types.SimpleNamespace(inf=math.inf))  # util/misc.py
-    import timm.optim
-    import timm.optim.optim_factory as optim_factory
-    optim_factory.add_weight_decay = timm.optim.param_groups_weight_decay  # main_pretrain.py's optimizer groups
-    sys.path.insert(0, str(path))
-    import engines.engine_pretrain as engine
-    import models.models_clip as clip
-    import models.models_semaim as semaim
-    import util.lr_sched as lr_sched
-    return types.SimpleNamespace(semaim=semaim, clip=clip, engine=engine, lr_sched=lr_sched,
-                                 add_weight_decay=optim_factory.add_weight_decay)
-
-
 # ---------------------------------------------------------------------------- models and weights
 def official_model(off, seed: int, predict_feature: str = "none", out_dim: int = 512):
     torch.manual_seed(seed)
-    pixel = predict_feature == "none"
-    return off.semaim.AimViT(
-        img_size=SIZE["img_size"], patch_size=SIZE["patch_size"], embed_dim=SIZE["embed_dim"], depth=SIZE["depth"],
-        num_heads=SIZE["num_heads"], mlp_ratio=SIZE["mlp_ratio"], out_dim=out_dim, query_depth=SIZE["depth"],
-        permutation_type="attention_center", attention_type="cls", prediction_head_type="MLP",
-        gaussian_kernel_size=9 if pixel else None, gaussian_sigma=1 if pixel else None, loss_type="L2",
-        predict_feature=predict_feature, norm_pix_loss=True)
+    return build_aim(off, **SIZE, predict_feature=predict_feature, out_dim=out_dim)
 
 
 def suite_model(attention: str = "sorted", target: str = "pixel", teacher: dict | None = None):

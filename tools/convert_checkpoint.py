@@ -16,17 +16,23 @@ SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
 import argparse
 import sys
 
-from semaim_core.checkpoint import CheckpointError, read_encoder, save_atomic, save_encoder, to_detectron2, to_mmseg
+from semaim_core.checkpoint import (CheckpointError, detectron2_keys, mmseg_keys, read_encoder, save_atomic,
+                                    save_encoder, to_encoder)
 
-WRITERS = {"encoder": None, "timm": lambda sd, meta: sd, "detectron2": lambda sd, meta: to_detectron2(sd),
-           "mmseg": lambda sd, meta: to_mmseg(sd)}
+# The file each framework's own loader reads (the encoder layout is written by save_encoder).
+WRITERS = {
+    "timm": lambda sd: sd,
+    "detectron2": lambda sd: {"model": {f"backbone.net.{k}": v for k, v in detectron2_keys(sd).items()},
+                              "__author__": "semaim", "matching_heuristics": False},
+    "mmseg": lambda sd: {"state_dict": mmseg_keys(sd)},
+}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="the checkpoint to read (any kind listed above)")
     ap.add_argument("output", help="where to write the converted file (written atomically)")
-    ap.add_argument("--to", choices=sorted(WRITERS), default="encoder", help="the layout to write")
+    ap.add_argument("--to", choices=["encoder", *sorted(WRITERS)], default="encoder", help="the layout to write")
     ap.add_argument("--num-heads", type=int, help="attention heads, for a checkpoint whose width is not a standard "
                     "ViT width (192/384/768/1024/1280 have 3/6/12/16/16) and that does not record them")
     args = ap.parse_args(argv)
@@ -35,9 +41,9 @@ def main(argv=None):
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if args.to == "encoder":  # .pth or .safetensors (by the output's suffix), with a model card beside it
-        save_encoder(sd, meta, args.output)
+        save_encoder(to_encoder(sd, meta), args.output)
     else:
-        save_atomic(WRITERS[args.to](sd, meta), args.output)
+        save_atomic(WRITERS[args.to](sd), args.output)
     print(f"{args.input} ({meta['source_kind']}): {len(sd)} encoder tensors, ViT depth {meta['depth']}, "
           f"width {meta['embed_dim']}, patch {meta['patch_size']} -> {args.output} ({args.to})")
 

@@ -15,7 +15,7 @@ dataset size, suite commit).
 import argparse
 import sys
 
-from semaim_core.results import ablation, bar_chart, collect, provenance_lines, published_rows, table
+from tools.lib.results import ablation, bar_chart, collect, provenance_lines, published_rows, table
 
 
 def main(argv=None):

@@ -8,7 +8,7 @@ import json
 import sys
 from dataclasses import fields
 
-from semaim_core.coco_derive import CropSettings, DatasetError, derive
+from tools.lib.coco_derive import CropSettings, DatasetError, derive
 
 
 def main(argv=None):

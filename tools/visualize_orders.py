@@ -6,7 +6,7 @@ image, similarity map S, then raster / stochastic / similarity / semantic / mult
 """
 import argparse
 
-from semaim_core.visualize import visualize
+from tools.lib.visualize import visualize
 
 
 def main(argv=None):

@@ -4,18 +4,15 @@ from __future__ import annotations
 import argparse
 import os
 import os.path as osp
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))  # the repo root
-
-import seg  # noqa: E402,F401  (mmcv-lite compatibility + registration)
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmseg.registry import RUNNERS  # noqa: E402
-from seg.data import check_dataset  # noqa: E402
-from semaim_core.configs import resolve_config  # noqa: E402
-from semaim_core.rundir import flatten  # noqa: E402
+import seg  # noqa: F401  (mmcv-lite compatibility + registration)
+from mmengine.config import Config, DictAction
+from mmseg.registry import RUNNERS
+from seg.data import check_dataset
+from semaim_core.configs import resolve_config
+from semaim_core.rundir import flatten
 
 
 def parser(description: str) -> argparse.ArgumentParser:

@@ -2,7 +2,7 @@
 detectron2's stock ViTDet MAE model definition: same data (tiny_coco, LSJ), same optimizer,
 same steps, in one run.
 
-    python -m det.benchmark --config det/configs/vitdet_semaim.py --batch 4 --iters 200
+    python tools/benchmark_det.py --config det/configs/vitdet_semaim.py --batch 4 --iters 200
 """
 import argparse
 import json
@@ -16,8 +16,8 @@ from detectron2.utils.events import EventStorage
 from det.checkpoint import load_backbone
 from det.data import register_tiny_coco
 from semaim_core import build_model
-from semaim_core.benchmark import time_steps
-from semaim_core.checkpoint import encoder_from_checkpoint, save_atomic, to_encoder
+from tools.lib.benchmark import time_steps
+from semaim_core.checkpoint import export_encoder, save_atomic
 
 
 def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
@@ -34,7 +34,8 @@ def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
             trainer.run_step()
             storage.step()
         result = time_steps(step, iters, warmup, torch.device(cfg.train.device))
-    return dict(model="detectron2 stock ViTDet (MAE)" if stock else "SemAIM config", **result)
+    return dict(model="detectron2 stock ViTDet (MAE)" if stock else "SemAIM config",
+                s_per_iter=round(result["s_per_iter"], 4), peak_mem_gib=result["peak_mem_gib"])
 
 
 def main(argv=None):
@@ -53,7 +54,7 @@ def main(argv=None):
     net = cfg.model.backbone.net
     model = build_model("semaim_vit_base_patch16", img_size=net.get("pretrain_img_size", 224), embed_dim=net.embed_dim,
                         depth=net.depth, num_heads=net.num_heads)
-    save_atomic(to_encoder(*encoder_from_checkpoint({"model": model.encoder_state_dict()})), args.encoder)
+    save_atomic(export_encoder(model), args.encoder)
     rows = [measure(cfg, stock, args.encoder, args.iters, args.warmup) for stock in (True, False)]
     for r in rows:
         print(json.dumps(r))

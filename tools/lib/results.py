@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import pretrain
+from semaim_core import pretrain
 
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
 IN1K, COCO, ADE = "ImageNet-1k val", "COCO val2017", "ADE20K val"

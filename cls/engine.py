@@ -1,5 +1,6 @@
-"""What fine-tuning, linear probing and k-NN share: ImageFolder data, the verified encoder load
-into a timm ViT, the epoch loop with exact epoch-level resume, evaluation and the metrics files.
+"""The classification engine that fine-tuning, linear probing and k-NN share (MAE's engine_finetune):
+the command line, the run directory, the epoch loop with exact epoch-level resume, evaluation and
+the metrics files. The step itself (AMP, clipping, non-finite guard, RNG) is semaim_core.training's.
 
 Every run directory gets ``log.jsonl`` (one JSON object per epoch), TensorBoard events in
 ``tb/``, ``checkpoint.pth`` (atomic, the latest epoch) and ``cls_metrics.json`` (top-1 / top-5)."""
@@ -14,14 +15,17 @@ from pathlib import Path
 
 import torch
 from timm.utils import accuracy, random_seed
-from torchvision.datasets import ImageFolder
 from tqdm import tqdm
 
+from cls.data import loader
 from semaim_core import rundir
-from semaim_core.checkpoint import CheckpointError, load_file, save_atomic, timm_vit_from_encoder
+from semaim_core.checkpoint import load_file, save_atomic
 from semaim_core.distributed import all_reduce_mean, init_distributed
-from semaim_core.pretrain import rng_state, set_rng_state
-from semaim_core.rundir import drop_rows_after, open_run, provenance, release_lock
+from semaim_core.rundir import open_run, provenance, release_lock
+from semaim_core.training import (AMP_DTYPES, MetricsLog, NonFiniteError, autocast, grad_scaler, optimizer_step,
+                                  require_format, restore, training_state)
+
+FORMAT = "semaim-cls-train"
 
 
 def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
@@ -58,58 +62,6 @@ def start(args) -> bool:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()
     recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
     return open_run(args.output_dir, recipe, overwrite=args.overwrite)
-
-
-def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
-    """The first ``count`` images of ``folder`` taken round-robin over its classes."""
-    by_class = {}
-    for i, (_, target) in enumerate(folder.samples):
-        by_class.setdefault(target, []).append(i)
-    order = [i for group in zip(*by_class.values()) for i in group] if by_class else []
-    pick = sorted(order[:count])
-    folder.samples = folder.imgs = [folder.samples[i] for i in pick]
-    folder.targets = [t for _, t in folder.samples]
-    return folder
-
-
-def image_folders(root: str, train_transform, val_transform, fit_images: int | None = None):
-    """train/ and val/ ImageFolders; with ``fit_images`` both are the same few training images
-    (with the training and the evaluation transform)."""
-    if fit_images:
-        return (fit_subset(ImageFolder(f"{root}/train", train_transform), fit_images),
-                fit_subset(ImageFolder(f"{root}/train", val_transform), fit_images))
-    for split in ("train", "val"):
-        if not (Path(root) / split).is_dir():
-            raise FileNotFoundError(f"{Path(root) / split} does not exist: --data must hold train/<class>/* and "
-                                    "val/<class>/* (ImageNet layout; `make data` writes data/derived/crops)")
-    train, val = ImageFolder(f"{root}/train", train_transform), ImageFolder(f"{root}/val", val_transform)
-    if train.classes != val.classes:
-        raise ValueError(f"train and val classes differ under {root}: {len(train.classes)} vs {len(val.classes)}")
-    return train, val
-
-
-def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
-    """With ``shuffle`` the order of epoch e is a function of (seed, e) alone (``set_epoch``), so a
-    resumed run sees the data in the order the uninterrupted one would."""
-    sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
-               if world > 1 else (EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)))
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       drop_last=drop_last, pin_memory=True)
-
-
-class EpochSampler(torch.utils.data.RandomSampler):
-    def __init__(self, dataset, seed: int):
-        super().__init__(dataset, generator=torch.Generator())
-        self.seed = seed
-        self.set_epoch(0)
-
-    def set_epoch(self, epoch: int):
-        self.generator.manual_seed(self.seed * 100_003 + epoch)
-
-
-def vit(encoder: str, img_size: int, **timm_overrides):
-    """timm ViT with the encoder's weights (report; fails on any missing backbone weight)."""
-    return timm_vit_from_encoder(encoder, img_size=img_size, **timm_overrides)
 
 
 @torch.no_grad()
@@ -159,30 +111,24 @@ class EpochTrainer:
         if len(self.train_loader) == 0:
             raise ValueError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size}")
         self.optimizer, self.scheduler, self.criterion = optimizer, scheduler, criterion
-        self.amp = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.dtype]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp is torch.float16)
+        self.amp = AMP_DTYPES[args.dtype]
+        self.scaler = grad_scaler(self.device, self.amp)
         self.epoch, self.best = 0, dict(top1=-1.0, top5=-1.0)
         self.resume()
 
     def state(self):
-        return dict(format="semaim-cls-train", model=self.model.state_dict(), optimizer=self.optimizer.state_dict(),
-                    scaler=self.scaler.state_dict(), epoch=self.epoch, best=self.best,
-                    ema=self.ema.state_dict() if self.ema else None, rng=rng_state())
+        return training_state(FORMAT, self.model, self.optimizer, self.scaler, epoch=self.epoch, best=self.best,
+                              ema=self.ema.state_dict() if self.ema else None)
 
     def resume(self):
         path = self.out / "checkpoint.pth"
         if not path.is_file():
             return
-        ckpt = load_file(path)
-        if ckpt.get("format") != "semaim-cls-train":
-            raise CheckpointError(f"{path} is not a cls training checkpoint; use another --output-dir")
-        self.model.load_state_dict(ckpt["model"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        ckpt = require_format(load_file(path), path, FORMAT, "a cls training checkpoint", "use another --output-dir")
+        restore(ckpt, self.model, self.optimizer, self.scaler)
         if self.ema and ckpt["ema"]:
             self.ema.load_state_dict(ckpt["ema"])
         self.epoch, self.best = ckpt["epoch"], ckpt["best"]
-        set_rng_state(ckpt["rng"])
         if self.rank == 0:
             print(f"resumed from {path} at epoch {self.epoch}")
 
@@ -197,18 +143,15 @@ class EpochTrainer:
             images, target = images.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
             if self.mixup is not None:
                 images, target = self.mixup(images, target)
-            with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            with autocast(self.device, self.amp):
                 loss = self.criterion(self.net(images), target)
+            kept = f"the last good checkpoint ({self.out / 'checkpoint.pth'}) is kept"
             if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"loss is {loss.item()} in epoch {self.epoch}, step {i}: stopping; "
-                                         f"the last good checkpoint ({self.out / 'checkpoint.pth'}) is kept")
+                raise NonFiniteError(f"loss is {loss.item()} in epoch {self.epoch}, step {i}: stopping; {kept}")
             self.scaler.scale(loss).backward()
-            if self.args.clip_grad:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.args.clip_grad)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.optimizer.zero_grad(set_to_none=True)
+            params = [p for p in self.model.parameters() if p.grad is not None]
+            optimizer_step(self.optimizer, self.scaler, params, self.args.clip_grad,
+                           where=f"in epoch {self.epoch}, step {i}", advice=kept)
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach()
@@ -217,9 +160,7 @@ class EpochTrainer:
 
     def fit(self, mode: str) -> dict:
         if self.rank == 0:
-            from torch.utils.tensorboard import SummaryWriter
-            tb = SummaryWriter(self.out / "tb", purge_step=self.epoch + 1 if self.epoch else None)
-            drop_rows_after(self.out / "log.jsonl", "epoch", self.epoch)
+            log = MetricsLog(self.out, "log", "epoch", self.epoch, "cls")
         metrics = None
         end = min(self.args.epochs, self.args.stop_after_epochs or self.args.epochs)
         while self.epoch < end:
@@ -233,10 +174,7 @@ class EpochTrainer:
                 self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
             if self.rank == 0:
                 rec = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(rec) + "\n")
-                for k, v in rec.items():
-                    tb.add_scalar(f"cls/{k}", v, self.epoch)
+                log.write(rec)
                 save_atomic(self.state(), self.out / "checkpoint.pth")
                 print(json.dumps(rec))
         if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
@@ -248,7 +186,7 @@ class EpochTrainer:
             print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of {self.args.data}/val "
                   f"(always answering the most frequent class: {result['majority_top1']:.2f})")
         if self.rank == 0:
-            tb.close()
+            log.close()
             print(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")
             release_lock(self.out)
         return result

@@ -8,30 +8,15 @@ import numpy as np
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from . import build_model
-from .checkpoint import encoder_from_checkpoint, load_file, load_verified, resize_pos_embed
-from .data import ImageDataset, eval_transform, find_images
-from .orders import ORDERS
-
-
-def model_from_checkpoint(path: str | Path | None, img_size: int, name: str = "semaim_vit_base_patch16", **kw):
-    """A SemAIM model with the encoder of ``path`` (any kind the converter reads), or untrained."""
-    if path is None:
-        return build_model(name, img_size=img_size, **kw).eval()
-    sd, meta = encoder_from_checkpoint(load_file(path))
-    model = build_model(name, img_size=img_size, embed_dim=meta["embed_dim"], depth=meta["depth"],
-                        num_heads=meta["num_heads"], mlp_ratio=meta["mlp_ratio"], **kw)
-    # the checkpoint's own table, resized to this image size as ViTDet and mmseg do
-    sd = dict(sd, pos_embed=resize_pos_embed(sd["pos_embed"], model.patch_embed.num_patches))
-    load_verified(model, sd, f"SemAIM encoder <- {path}", allowed_missing=(r"^decoder", r"^ema_encoder"))
-    return model.eval()
+from semaim_core import orders as O
+from semaim_core.checkpoint import semaim_from_encoder
+from semaim_core.data import ImageDataset, eval_transform, find_images
+from semaim_core.orders import ORDERS
 
 
 @torch.no_grad()
 def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
     """{'S': the similarity map, order name: rank of each patch (0 = first)}, each B x h x w."""
-    from . import orders as O
-
     grid = model.grid(images)
     s = model.forward_similarity(images)
     g = torch.Generator(device=images.device).manual_seed(seed)
@@ -77,5 +62,5 @@ def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out:
         files += find_images(p) if Path(p).is_dir() else [Path(p)]
     ds = ImageDataset(files[:max_images], eval_transform(img_size))
     images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))])
-    model = model_from_checkpoint(checkpoint, img_size)
+    model = semaim_from_encoder(checkpoint, img_size)
     return render(images, order_maps(model, images, num_centers), out)

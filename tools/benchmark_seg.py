@@ -2,7 +2,7 @@
 stock MAE UperNet config: same data (the COCO-Stuff maps derived from tiny_coco), same steps,
 in one run.
 
-    python -m seg.benchmark --batch 2 --iters 200
+    python tools/benchmark_seg.py --batch 2 --iters 200
 """
 import argparse
 import copy
@@ -19,7 +19,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 import seg  # noqa: F401
-from semaim_core.benchmark import time_steps
+from tools.lib.benchmark import time_steps
 
 STOCK = os.path.join(os.path.dirname(mmseg.__file__), ".mim/configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")
 
@@ -59,7 +59,8 @@ def measure(config: str, name: str, data_root: str, batch: int, iters: int, warm
             data = next(batches)
         model.train_step(data, optim_wrapper)
 
-    return dict(model=name, **time_steps(step, iters, warmup, torch.device(device)))
+    result = time_steps(step, iters, warmup, torch.device(device))
+    return dict(model=name, s_per_iter=round(result["s_per_iter"], 4), peak_mem_gib=result["peak_mem_gib"])
 
 
 def main(argv=None):

@@ -1,0 +1,55 @@
+"""ImageFolder data for fine-tuning, linear probing and k-NN: the ImageNet layout, a fit-check
+subset, and loaders whose epoch order is a function of (seed, epoch) alone, for exact resume."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.datasets import ImageFolder
+
+
+def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
+    """The first ``count`` images of ``folder`` taken round-robin over its classes."""
+    by_class = {}
+    for i, (_, target) in enumerate(folder.samples):
+        by_class.setdefault(target, []).append(i)
+    order = [i for group in zip(*by_class.values()) for i in group] if by_class else []
+    pick = sorted(order[:count])
+    folder.samples = folder.imgs = [folder.samples[i] for i in pick]
+    folder.targets = [t for _, t in folder.samples]
+    return folder
+
+
+def image_folders(root: str, train_transform, val_transform, fit_images: int | None = None):
+    """train/ and val/ ImageFolders; with ``fit_images`` both are the same few training images
+    (with the training and the evaluation transform)."""
+    if fit_images:
+        return (fit_subset(ImageFolder(f"{root}/train", train_transform), fit_images),
+                fit_subset(ImageFolder(f"{root}/train", val_transform), fit_images))
+    for split in ("train", "val"):
+        if not (Path(root) / split).is_dir():
+            raise FileNotFoundError(f"{Path(root) / split} does not exist: --data must hold train/<class>/* and "
+                                    "val/<class>/* (ImageNet layout; `make data` writes data/derived/crops)")
+    train, val = ImageFolder(f"{root}/train", train_transform), ImageFolder(f"{root}/val", val_transform)
+    if train.classes != val.classes:
+        raise ValueError(f"train and val classes differ under {root}: {len(train.classes)} vs {len(val.classes)}")
+    return train, val
+
+
+def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
+    """With ``shuffle`` the order of epoch e is a function of (seed, e) alone (``set_epoch``), so a
+    resumed run sees the data in the order the uninterrupted one would."""
+    sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+               if world > 1 else (EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)))
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
+                                       drop_last=drop_last, pin_memory=True)
+
+
+class EpochSampler(torch.utils.data.RandomSampler):
+    def __init__(self, dataset, seed: int):
+        super().__init__(dataset, generator=torch.Generator())
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int):
+        self.generator.manual_seed(self.seed * 100_003 + epoch)

@@ -1,0 +1,107 @@
+"""What the suite's training loops share (pretraining, cls fine-tuning and linear probing), as MAE's
+util/misc.py serves its three main_*.py: the AMP dtype, the optimizer step with clipping and a
+non-finite guard, training checkpoints recognized by their format tag and resumed exactly (RNG
+included), and the metrics log (JSON lines + TensorBoard)."""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import CheckpointError
+from .rundir import drop_rows_after
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient norm that is NaN or inf: the run stops and keeps its last good checkpoint."""
+
+
+def autocast(device: torch.device, amp: torch.dtype | None):
+    """The step's mixed precision (``amp`` from ``AMP_DTYPES``; None: fp32, autocast off)."""
+    return torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None)
+
+
+def grad_scaler(device: torch.device, amp: torch.dtype | None) -> torch.amp.GradScaler:
+    """Loss scaling for fp16 only (bf16 and fp32 need none: the scaler is then a pass-through)."""
+    return torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
+
+
+def optimizer_step(optimizer, scaler, params, clip: float | None, where: str = "", advice: str = "") -> torch.Tensor:
+    """Unscale, clip to ``clip`` (None: measure only), step and zero the gradients; returns the
+    gradient norm before clipping. fp16: the GradScaler skips a step with inf/NaN gradients and
+    lowers its scale. Otherwise a non-finite gradient would write NaN into every weight, so stop
+    before the update (the error says ``where`` and ``advice``: what to do next)."""
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(params, clip or float("inf"))
+    if not torch.isfinite(norm) and not scaler.is_enabled():
+        optimizer.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"gradient norm is {norm.item()} {where}: stopping before the update. {advice}")
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+def rng_state() -> dict:
+    return dict(torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=np.random.get_state(), python=random.getstate())
+
+
+def set_rng_state(state: dict):
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def training_state(fmt: str, model, optimizer, scaler, **extra) -> dict:
+    """A training checkpoint: weights, optimizer, loss scaler and every RNG, tagged ``fmt``."""
+    return dict(format=fmt, model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
+                rng=rng_state(), **extra)
+
+
+def require_format(ckpt: dict, path: str | Path, fmt: str, what: str, hint: str) -> dict:
+    """``ckpt`` (read from ``path``) if it is a ``fmt`` training checkpoint; else an error naming
+    what it should be (``what``) and what to do (``hint``)."""
+    if ckpt.get("format") != fmt:
+        raise CheckpointError(f"{path} is not {what} (format {ckpt.get('format')!r}); {hint}")
+    return ckpt
+
+
+def restore(ckpt: dict, model, optimizer, scaler):
+    """Continue exactly where ``ckpt`` (``training_state``) stopped: strict weights, optimizer, scaler, RNG."""
+    model.load_state_dict(ckpt["model"])  # strict: a training checkpoint must match exactly
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(ckpt["rng"])
+
+
+class MetricsLog:
+    """``<name>.jsonl`` (one JSON object per row) and TensorBoard scalars under ``tb/``, resumed at
+    ``start``: rows a killed run logged past its last checkpoint are dropped, as are TensorBoard's."""
+
+    def __init__(self, folder: Path, name: str, key: str, start: int, tb_prefix: str):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.path, self.key, self.prefix = Path(folder) / f"{name}.jsonl", key, tb_prefix
+        drop_rows_after(self.path, key, start)
+        self.file = open(self.path, "a")
+        self.tb = SummaryWriter(Path(folder) / "tb", purge_step=start + 1 if start else None)
+
+    def write(self, row: dict, scalars=None):
+        """Append ``row``; its ``scalars`` (default: every number) go to TensorBoard at ``row[key]``."""
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        for k in scalars if scalars is not None else row:
+            if k != self.key and isinstance(row[k], (int, float)):
+                self.tb.add_scalar(f"{self.prefix}/{k}", row[k], row[self.key])
+
+    def close(self):
+        self.file.close()
+        self.tb.close()

@@ -1,0 +1,255 @@
+"""Throughput, memory and MFU of one full SemAIM pretraining step (similarity pass + forward +
+backward + clip + AdamW), for several variants measured in the same run:
+
+  sorted      the suite's default, exact recipe: sorted-causal attention, the similarity pass in
+              fp32 outside autocast, TF32 off (as the official stack)
+  fast        the same with the similarity pass in the step's autocast and TF32 on (opt-in)
+  dense       explicit boolean masks through SDPA (the paper's formulation; the same function)
+  dense-math  the dense masks through SDPA's math backend, which materializes the N x N scores
+              like the authors' explicit-mask attention
+  official    the authors' AimViT (--official PATH, a checkout of their code) as their
+              main_pretrain.py runs it: fp32 similarity pass in eval mode, fp16 autocast + GradScaler
+
+Images are synthetic tensors already on the device, or, with --data DIR, JPEGs read through the
+pretraining loader (the bundled images are repeated as often as the run needs).
+
+    python tools/benchmark_pretrain.py --variants sorted fast official --official ../SemAIM --compile
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import torch
+from timm.optim import param_groups_weight_decay
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from semaim_core import MODEL_SIZES, MODELS, build_model
+from semaim_core.data import ImageDataset, find_images, pretrain_transform
+from semaim_core.optim import build_optimizer
+from semaim_core.pretrain import SeededSamples
+from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
+from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, time_steps
+
+VARIANTS = ("sorted", "fast", "dense", "dense-math", "official")
+CLIP = 3.0
+
+
+def train_step_flops(cfg: dict, grid: tuple[int, int], target_dim: int) -> float:
+    """Model FLOPs for one image and one training step (matmuls and attention; 2 per MAC).
+
+    Causal attention counts the half of the score matrix that is computed. The no-grad
+    similarity pass is a forward only; everything else costs forward + backward = 3 x forward."""
+    d, L, Ld, p = cfg["embed_dim"], cfg["depth"], cfg["decoder_depth"], cfg["patch_size"]
+    hidden = int(d * cfg["mlp_ratio"])
+    n = grid[0] * grid[1]
+    t = n + 1
+    patch_embed = 2 * n * 3 * p * p * d
+    block_linear = 2 * (3 * d * d + d * d + 2 * d * hidden)        # per token
+    encoder_full = t * block_linear * L + 4 * t * t * d * L          # QK^T + AV over all pairs
+    encoder_causal = t * block_linear * L + 2 * t * t * d * L
+    decoder = Ld * (n * 2 * (d * d + d * d + 2 * d * hidden) + n * 2 * 2 * d * d + 2 * n * n * d)
+    head = n * 2 * (d * 4 * d + 4 * d * target_dim)
+    return (patch_embed + encoder_full) + 3 * (patch_embed + encoder_causal + decoder + head)
+
+
+def check_equivalence(model_name: str, batch: int, img_size: int, device: str) -> float:
+    """Relative difference of the fp32 loss between sorted and dense attention (same weights,
+    images and order)."""
+    torch.manual_seed(0)
+    model = build_model(model_name, img_size=img_size).to(device)
+    images = torch.randn(batch, 3, img_size, img_size, device=device)
+    with torch.no_grad():
+        order_scores, _ = model.make_order(images)
+        losses = {}
+        for attention in ("sorted", "dense"):
+            model.attention = attention
+            losses[attention] = model(images, order=order_scores).loss.double()
+    return float((losses["sorted"] - losses["dense"]).abs() / losses["dense"].abs())
+
+
+@torch.no_grad()
+def center_agreement(model, images: torch.Tensor, dtype: torch.dtype, batch: int = 32) -> float:
+    """Fraction of images whose center (argmax of S) is the same with the similarity pass in
+    ``dtype`` autocast (similarity_precision="autocast") as in fp32 (the default, the authors')."""
+    same = 0
+    for chunk in images.split(batch):
+        centers = {}
+        for precision in ("fp32", "autocast"):
+            model.similarity_precision = precision
+            with torch.autocast(chunk.device.type, dtype=dtype):
+                centers[precision] = model.forward_similarity(chunk).argmax(1)
+        same += int((centers["fp32"] == centers["autocast"]).sum())
+    model.similarity_precision = "fp32"
+    return same / len(images)
+
+
+def image_source(data: str | None, batch: int, img_size: int, batches: int, workers: int, device: torch.device):
+    """A function returning the next batch on ``device``: one synthetic batch, or JPEGs from ``data``
+    through the pretraining loader (decode, RandomResizedCrop, flip, normalize in ``workers``
+    processes), the folder repeated so that one pass yields ``batches`` batches."""
+    if not data:
+        images = torch.randn(batch, 3, img_size, img_size, device=device)
+        return lambda: images
+    files = find_images(data)
+    files = files * math.ceil(batch * batches / len(files))
+    samples = SeededSamples(ImageDataset(files, pretrain_transform(img_size)), seed=0)
+    loader = torch.utils.data.DataLoader(samples, batch_size=batch, sampler=[(0, i) for i in range(len(files))],
+                                         num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    batches_iter = iter(loader)
+    return lambda: next(batches_iter)[0].to(device, non_blocking=True)
+
+
+def suite_step(variant: str, model_name: str, img_size: int, amp, device: torch.device, compile_mode: str | None,
+               model_kwargs: dict):
+    """(step(images) -> loss, model) for one of the suite's variants."""
+    model = build_model(model_name, img_size=img_size, attention="dense" if variant.startswith("dense") else "sorted",
+                        similarity_precision="autocast" if variant == "fast" else "fp32", **model_kwargs)
+    model = model.to(device).train()
+    optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
+    scaler = grad_scaler(device, amp)
+    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
+    math_only = variant == "dense-math"
+
+    def step(images):
+        with sdpa_kernel(SDPBackend.MATH) if math_only else contextlib.nullcontext(), autocast(device, amp):
+            loss = net(images).loss
+        scaler.scale(loss).backward()
+        optimizer_step(optimizer, scaler, list(model.parameters()), CLIP)
+        return loss
+
+    return step, model
+
+
+def official_step(official: str, model_name: str, img_size: int, device: torch.device, compile_mode: str | None,
+                  depth: int | None = None):
+    """(step(images) -> loss, model) for the authors' AimViT, as engines/engine_pretrain.py runs it:
+    the similarity pass in eval mode and fp32, then the step in fp16 autocast with a GradScaler,
+    their parameter groups and AdamW, gradient clipping at 3."""
+    from tools.lib.official import build_aim, import_official
+
+    off = import_official(Path(official).resolve())
+    size = dict(MODEL_SIZES[model_name.removeprefix("semaim_vit_").removesuffix("_patch16")])
+    size["depth"] = depth or size["depth"]
+    model = build_aim(off, img_size=img_size, patch_size=16, mlp_ratio=4.0, **size).to(device)
+    optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
+    scaler = torch.amp.GradScaler(device.type)
+    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
+
+    def step(images):
+        model.eval()
+        with torch.no_grad():
+            _, attention, _ = model(images, forward_encoder=True)
+        model.train()
+        with torch.autocast(device.type, dtype=torch.float16):
+            loss, _, _ = net(images, None, attention.detach())
+        scaler.scale(loss).backward()
+        optimizer_step(optimizer, scaler, list(model.parameters()), CLIP)
+        return loss
+
+    return step, model
+
+
+def measure(variant: str, args, device: torch.device) -> dict:
+    """One variant: build, warm up, time ``args.steps`` steps, report img/s, ms/step, memory, MFU."""
+    torch.manual_seed(0)
+    exact = variant != "fast"
+    if device.type == "cuda":  # the exact recipe keeps fp32 matmuls in fp32, as the official stack
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not exact
+    amp = AMP_DTYPES[args.dtype]
+    if variant == "official":
+        if not args.official:
+            raise SystemExit("the official variant needs --official PATH (a checkout of the authors' SemAIM code)")
+        if args.img_size != 224:  # their center-search table is written for a 14 x 14 grid
+            raise SystemExit(f"the official variant runs at --img-size 224 only (their code's fixed 14 x 14 grid), "
+                             f"not {args.img_size}")
+        step, model = official_step(args.official, args.model, args.img_size, device, args.compile, args.depth)
+        dtype = "fp16"
+    else:
+        step, model = suite_step(variant, args.model, args.img_size, amp, device, args.compile, args.model_kwargs)
+        dtype = args.dtype
+    cfg = dict(MODELS[args.model], patch_size=16, mlp_ratio=4.0, **args.model_kwargs)
+    cfg.setdefault("decoder_depth", cfg["depth"])
+    flops = train_step_flops(cfg, (args.img_size // 16,) * 2, 3 * 16 * 16)
+    batches = args.warmup + args.steps + (3 if args.profile else 0)
+    next_images = image_source(args.data, args.batch, args.img_size, batches, args.workers, device)
+    timed = time_steps(lambda: step(next_images()), args.steps, args.warmup, device)
+    if args.profile and device.type == "cuda":
+        print(f"--- profile: {variant}, compile={args.compile}\n{profile_step(lambda: step(next_images()))}")
+    ips = args.batch / timed["s_per_iter"]
+    peak = peak_tflops(device_name(device))
+    del model
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return dict(variant=variant, exact=exact, compile=args.compile or "no", model=args.model, batch=args.batch,
+                img_size=args.img_size, dtype=dtype, data=args.data or "synthetic", device=device_name(device),
+                img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
+                peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
+                mfu=round(flops * ips / 1e12 / peak, 3) if peak else None,
+                loss=round(float(timed["last"].detach()), 4), command=shlex.join(sys.argv))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="semaim_vit_base_patch16", choices=sorted(MODELS), help="the encoder size")
+    ap.add_argument("--batch", type=int, default=128, help="images per step")
+    ap.add_argument("--img-size", type=int, default=224, help="input size")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype of the step")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps")
+    ap.add_argument("--warmup", type=int, default=5, help="untimed steps first")
+    ap.add_argument("--variants", nargs="+", default=["sorted", "dense"], choices=VARIANTS,
+                    help="measured in the same run, in this order (see above)")
+    ap.add_argument("--official", help="a checkout of the authors' SemAIM code, for the official variant")
+    ap.add_argument("--data", help="a folder of JPEGs read through the pretraining loader (default: synthetic tensors)")
+    ap.add_argument("--workers", type=int, default=8, help="data-loading processes for --data")
+    ap.add_argument("--depth", type=int, help="override the size's depth (encoder and decoder; CPU smoke runs)")
+    ap.add_argument("--compile", nargs="?", const="default", default=None,
+                    help="torch.compile the model (optionally a mode: max-autotune-no-cudagraphs, reduce-overhead)")
+    ap.add_argument("--json", help="also append one JSON record per variant here (JSON lines)")
+    ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each variant")
+    ap.add_argument("--check", action="store_true", help="first compare the fp32 loss of sorted and dense")
+    ap.add_argument("--agreement-images", help="measure only the center agreement of the --dtype similarity pass with "
+                    "the fp32 one, on the images of this folder (eval crops at --img-size)")
+    ap.add_argument("--agreement-checkpoint", help="encoder weights for --agreement-images (default: random init)")
+    args = ap.parse_args(argv)
+    if args.agreement_images:
+        from semaim_core.checkpoint import semaim_from_encoder
+        from semaim_core.data import ImageDataset, eval_transform
+
+        ds = ImageDataset(args.agreement_images, eval_transform(args.img_size))
+        images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))]).to(args.device)
+        torch.manual_seed(0)
+        model = semaim_from_encoder(args.agreement_checkpoint, args.img_size, args.model).to(args.device)
+        share = center_agreement(model, images, AMP_DTYPES[args.dtype] or torch.float32)
+        print(f"center agreement, similarity pass in {args.dtype} autocast vs fp32: {100 * share:.1f}% of "
+              f"{len(images)} images ({args.model}, {args.agreement_checkpoint or 'random init'}, {args.device})")
+        return share
+    args.model_kwargs = dict(depth=args.depth, decoder_depth=args.depth) if args.depth else {}
+    if args.check:
+        rel = check_equivalence(args.model, min(args.batch, 16), args.img_size, args.device)
+        print(f"sorted vs dense fp32 loss, relative difference: {rel:.2e}")
+    device = torch.device(args.device)
+    results = [measure(variant, args, device) for variant in args.variants]
+    print(f"{'variant':<11} {'dtype':<5} {'compile':<9} {'img/s':>8} {'ms/step':>8} {'peak GiB':>9} {'TFLOP/s':>8} "
+          f"{'MFU':>6}")
+    for r in results:
+        mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
+        print(f"{r['variant']:<11} {r['dtype']:<5} {r['compile'][:9]:<9} {r['img_per_s']:>8} {r['step_ms']:>8} "
+              f"{r['peak_mem_gib'] if r['peak_mem_gib'] is not None else 'n/a':>9} {r['tflops']:>8} {mfu:>6}")
+    by = {r["variant"]: r for r in results}
+    for ours, ref in (("sorted", "official"), ("sorted", "dense"), ("sorted", "dense-math"), ("fast", "sorted")):
+        if {ours, ref} <= set(by):
+            print(f"{ours} / {ref} throughput: {by[ours]['img_per_s'] / by[ref]['img_per_s']:.2f}x "
+                  f"({results[0]['device']}, {args.model}, batch {args.batch}, {args.data or 'synthetic images'})")
+    append_records(args.json, results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
