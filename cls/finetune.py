@@ -4,7 +4,7 @@ pooling + fc_norm, head init std 2e-5, 100 epochs, AdamW over layer-decay (0.65)
 RandAugment(9, 0.5), RandomErasing 0.25 (pixel), mixup 0.8, cutmix 1.0, label smoothing 0.1, drop
 path 0.1, 20 warm-up epochs, lr = blr x effective batch / 256 with blr 5e-4 (batch 1024).
 
-    torchrun --nproc_per_node 8 cls/finetune.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
+    torchrun --nproc_per_node 8 -m cls.finetune --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/ft_semaim_b --batch-size 128
 """
 import os

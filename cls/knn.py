@@ -3,7 +3,7 @@
 by default the mean of the patch tokens + a LayerNorm without affine, as the authors' README runs
 main_knn.py (--global_pool); --pool cls takes the normalized [CLS]. Resize 256 + CenterCrop 224.
 
-    python cls/knn.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
+    python -m cls.knn --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
 """
 from pathlib import Path
 

@@ -4,7 +4,7 @@ BatchNorm without affine + linear classifier on the frozen, normalized [CLS] fea
 0.9, no weight decay, blr 0.1 at effective batch 4096 (512 per process x 8), no warm-up, 90
 epochs, Resize 224 + RandomCrop 224 + flip for training, Resize 256 + CenterCrop 224 for evaluation.
 
-    torchrun --nproc_per_node 8 cls/linprobe.py --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
+    torchrun --nproc_per_node 8 -m cls.linprobe --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/lin_semaim_b
 """
 import os

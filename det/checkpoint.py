@@ -8,8 +8,8 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from semaim_core.checkpoint import (CheckpointError, detectron2_keys, load_file, load_verified, read_encoder,
-                                    resize_pos_embed, save_atomic)
+from semaim_core.checkpoint import (CheckpointError, atomic_write, commit, detectron2_keys, load_file, load_verified,
+                                    read_encoder, resize_pos_embed)
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
 # token and final norm have no place in the detector (dropped by detectron2_keys).
@@ -79,12 +79,18 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return incompatible
 
     def save(self, name: str, **kwargs) -> None:
-        if not self.save_dir or not self.save_to_disk:
-            return
-        data = {"model": self.model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
-        data.update(kwargs)
-        basename = f"{name}.pth"
-        save_atomic(data, f"{self.save_dir}/{basename}")
-        self.tag_last_checkpoint(basename)
+        """fvcore's save under a temporary name, then renamed and tagged: a crash mid-write leaves
+        the previous checkpoint and ``last_checkpoint`` as they were."""
+        tmp = f".{name}.tmp-{os.getpid()}"
+        self._tagging = False  # fvcore would name the temporary file in last_checkpoint
+        try:
+            super().save(tmp, **kwargs)
+        finally:
+            self._tagging = True
+        if self.save_dir and self.save_to_disk:
+            commit(f"{self.save_dir}/{tmp}.pth", f"{self.save_dir}/{name}.pth")
+            self.tag_last_checkpoint(f"{name}.pth")
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if getattr(self, "_tagging", True):
+            atomic_write(f"{self.save_dir}/last_checkpoint", lambda f: f.write(last_filename_basename.encode()))

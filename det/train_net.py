@@ -1,10 +1,10 @@
 #!/usr/bin/env python
 """ViTDet Mask R-CNN with a SemAIM backbone on detectron2 (LazyConfig).
 
-    python det/train_net.py --config det/configs/vitdet_semaim.py --num-gpus 8 \
+    python -m det.train_net --config det/configs/vitdet_semaim.py --num-gpus 8 \
         train.init_checkpoint=runs/semaim_b/encoder.pth
-    python det/train_net.py --config det/configs/vitdet_semaim.py --eval-only train.init_checkpoint=output/.../model_final.pth
-    python det/train_net.py --config ... --resume          # continue from the last checkpoint in train.output_dir
+    python -m det.train_net --config det/configs/vitdet_semaim.py --eval-only train.init_checkpoint=output/.../model_final.pth
+    python -m det.train_net --config ... --resume          # continue from the last checkpoint in train.output_dir
 
 Multi-node: --num-machines N --machine-rank i --dist-url tcp://host0:port, as in detectron2.
 Metrics: metrics.json (JSON lines) and TensorBoard events in train.output_dir; each evaluation

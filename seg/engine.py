@@ -14,6 +14,8 @@ from mmengine.runner import Runner
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
+from semaim_core.checkpoint import commit
+
 
 def vit_layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for everything after the blocks.
@@ -71,14 +73,14 @@ class SemAIMLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
 @RUNNERS.register_module()
 class SemAIMRunner(Runner):
-    """mmengine's Runner, writing each checkpoint under a temporary name and renaming it, so an
-    interrupted save never replaces a good checkpoint with a torn one."""
+    """mmengine's Runner, writing each checkpoint under a temporary name and committing it (fsync,
+    rename), so an interrupted save never replaces a good checkpoint with a torn one."""
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):
         tmp = f".{filename}.tmp-{os.getpid()}"
         try:
             super().save_checkpoint(out_dir, tmp, *args, **kwargs)
-            os.replace(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
+            commit(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
         finally:
             if os.path.exists(os.path.join(out_dir, tmp)):
                 os.remove(os.path.join(out_dir, tmp))

@@ -30,26 +30,31 @@ class CheckpointError(RuntimeError):
 
 
 def atomic_write(path: str | Path, write) -> Path:
-    """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path``, fsync the
-    folder: a crash leaves the old file or the new one, never a torn one. (A killed write leaves
-    ``.<name>.tmp-<pid>``, which the next run removes.)"""
+    """``write(f)`` into a temporary file beside ``path``, then ``commit`` it: a crash leaves the
+    old file or the new one, never a torn one. (A killed write leaves ``.<name>.tmp-<pid>``,
+    which the next run removes.)"""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        commit(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return path
+
+
+def commit(tmp: str | Path, path: str | Path):
+    """Make the complete file ``tmp`` the file ``path``: fsync it, rename it over ``path``, fsync the folder."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(Path(path).parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
-    return path
 
 
 def save_atomic(obj, path: str | Path) -> Path:
@@ -134,8 +139,8 @@ Keys follow timm / MAE (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.i.
 - timm: `cls.backbone.timm_vit_from_encoder("{name}", num_classes=1000)` (verified load;
   the position table is resized for another `img_size`), or `timm.create_model("{meta['timm_arch']}",
   num_classes=0, **meta["timm_kwargs"])` and `load_state_dict` of the weights (only the head is missing).
-- detectron2 (ViTDet): `python det/train_net.py --config vitdet_semaim.py train.init_checkpoint={name}`
-- mmseg (UperNet): `python seg/tools/train.py upernet_semaim.py --cfg-options model.backbone.checkpoint={name}`
+- detectron2 (ViTDet): `python -m det.train_net --config vitdet_semaim.py train.init_checkpoint={name}`
+- mmseg (UperNet): `python -m seg.tools.train upernet_semaim.py --cfg-options model.backbone.checkpoint={name}`
 - other layouts: `python tools/convert_checkpoint.py {name} OUT --to timm|detectron2|mmseg`
 """
 

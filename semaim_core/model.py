@@ -98,14 +98,15 @@ class DecoderBlock(nn.Module):
         return g + self.drop_path(self.mlp(self.norm2(g)))
 
 
-def dense_masks(order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def dense_masks(order_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The paper's masks as boolean B x 1 x Q x K tensors (True = may attend), [CLS] first.
 
     Encoder: patch i sees [CLS] and every patch j with C_j <= C_i (itself included); [CLS] sees
     only itself. Decoder: the query of patch i sees [CLS] and the patches with C_j < C_i."""
-    cf = torch.cat([order.new_full((order.shape[0], 1), float("-inf")), order], dim=1)  # [CLS] = -inf
+    c = order_scores
+    cf = torch.cat([c.new_full((c.shape[0], 1), float("-inf")), c], dim=1)  # [CLS] = -inf
     encoder = cf[:, None, :] <= cf[:, :, None]
-    decoder = cf[:, None, :] < order[:, :, None]
+    decoder = cf[:, None, :] < c[:, :, None]
     return encoder[:, None], decoder[:, None]
 
 
@@ -113,7 +114,7 @@ def dense_masks(order: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 class SemAIMOutput:
     loss: torch.Tensor            # scalar, mean over images and patches
     patch_loss: torch.Tensor      # B x N, raster patch order
-    order: torch.Tensor           # B x N score C that was used (smaller = earlier)
+    order_scores: torch.Tensor    # B x N score C that was used (smaller = earlier)
     similarity: torch.Tensor | None  # B x N similarity map S, when the order needed one
 
 
@@ -140,7 +141,7 @@ class SemAIM(nn.Module):
             raise ValueError(f"decoder_depth ({decoder_depth}) must divide the encoder depth ({depth})")
         if similarity_source == "teacher" and target == "pixel":
             raise ValueError("similarity_source='teacher' needs a feature target (target='dino' or 'clip')")
-        self.patch_size, self.order_name, self.attention = patch_size, order, attention
+        self.patch_size, self.order, self.attention = patch_size, order, attention
         self.similarity_source, self.similarity_precision = similarity_source, similarity_precision
         self.order_lambda, self.order_smooth, self.num_centers = order_lambda, order_smooth, num_centers
         self.config = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
@@ -256,16 +257,16 @@ class SemAIM(nn.Module):
 
     def make_order(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(order C, similarity map S or None) for a batch, as the training step draws them."""
-        s = self.forward_similarity(images) if self.order_name in O.NEEDS_SIMILARITY else None
+        s = self.forward_similarity(images) if self.order in O.NEEDS_SIMILARITY else None
         b = images.shape[0]
-        c = O.make_order(self.order_name, b, self.grid(images), images.device, s, lam=self.order_lambda,
+        c = O.make_order(self.order, b, self.grid(images), images.device, s, lam=self.order_lambda,
                          smooth=self.order_smooth, num_centers=self.num_centers)
         return c, s
 
-    def forward_encoder_decoder(self, x, cls, pos, order):
+    def forward_encoder_decoder(self, x, cls, pos, order_scores):
         """Predictions (B x N x target dim) in raster order, or in sorted order with the sort index."""
         if self.attention == "sorted":
-            idx = order.argsort(dim=1, stable=True)  # orders are strict ranks: the sort is unique
+            idx = order_scores.argsort(dim=1, stable=True)  # orders are strict ranks: the sort is unique
             gather = idx[..., None].expand(-1, -1, x.shape[-1])
             h = torch.cat([cls, x.gather(1, gather)], dim=1)
             g = pos[:, 1:].expand(x.shape[0], -1, -1).gather(1, gather)
@@ -277,7 +278,7 @@ class SemAIM(nn.Module):
             idx = None
             h = torch.cat([cls, x], dim=1)
             g = pos[:, 1:].expand(x.shape[0], -1, -1)
-            enc_mask, dec_mask = dense_masks(order)
+            enc_mask, dec_mask = dense_masks(order_scores)
             enc, dec = dict(attn_mask=enc_mask), dict(attn_mask=dec_mask)
             kv = lambda h: h  # noqa: E731
         for i, blk in enumerate(self.blocks):
@@ -296,18 +297,19 @@ class SemAIM(nn.Module):
             per_patch = torch.empty_like(per_patch).scatter_(1, idx, per_patch)
         return per_patch.mean(), per_patch
 
-    def forward(self, images: torch.Tensor, order: torch.Tensor | None = None) -> SemAIMOutput:
+    def forward(self, images: torch.Tensor, order_scores: torch.Tensor | None = None) -> SemAIMOutput:
+        """The training forward; ``order_scores`` (B x N) replays a given order instead of drawing one."""
         s = None
-        if order is None:
-            order, s = self.make_order(images)
+        if order_scores is None:
+            order_scores, s = self.make_order(images)
         x, cls, pos = self.embed(images)
-        if order.shape != x.shape[:2]:
-            raise ValueError(f"order must be B x N = {tuple(x.shape[:2])}, got {tuple(order.shape)}")
-        pred, idx = self.forward_encoder_decoder(x, cls, pos, order.float())
+        if order_scores.shape != x.shape[:2]:
+            raise ValueError(f"order_scores must be B x N = {tuple(x.shape[:2])}, got {tuple(order_scores.shape)}")
+        pred, idx = self.forward_encoder_decoder(x, cls, pos, order_scores.float())
         with torch.no_grad():
             target = self.target(images)
         loss, per_patch = self.forward_loss(pred, target, idx)
-        return SemAIMOutput(loss, per_patch, order, s)
+        return SemAIMOutput(loss, per_patch, order_scores, s)
 
 
 class EncoderCopy(nn.Module):

@@ -27,7 +27,7 @@ from .checkpoint import FORMAT_TRAIN, CheckpointError, export_encoder, load_file
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .optim import build_optimizer, build_scheduler
-from .rundir import open_run, release_lock
+from .rundir import open_run, release_lock, write_json_atomic
 from .training import (AMP_DTYPES, MetricsLog, NonFiniteError, autocast, grad_scaler, optimizer_step, require_format,
                        restore, training_state)
 
@@ -323,8 +323,8 @@ class Trainer:
         end = min(self.total_steps, cfg.max_steps or self.total_steps)
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.json").write_text(json.dumps(dict(asdict(cfg), world_size=self.world,
-                                                                  effective_batch=self.eff_batch, lr=self.lr), indent=2))
+            write_json_atomic(self.out / "config.json", dict(asdict(cfg), world_size=self.world,
+                                                             effective_batch=self.eff_batch, lr=self.lr))
             metrics = MetricsLog(self.out, "metrics", "step", self.step, "train")
             text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
             text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")

@@ -23,6 +23,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from .checkpoint import atomic_write
+
 LOCK, RECIPE = ".lock", "run.json"
 REPO = Path(__file__).resolve().parents[1]
 
@@ -89,7 +91,7 @@ def drop_rows_after(path: Path, key: str, last: int):
         rows = [line for line in path.read_text().splitlines() if line.strip()]
         kept = [line for line in rows if json.loads(line)[key] <= last]
         if len(kept) != len(rows):
-            path.write_text("".join(line + "\n" for line in kept))
+            atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
 
 
 def recipe_differences(old: dict, new: dict, ignore=()) -> list[str]:
@@ -140,8 +142,6 @@ def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh
 
 
 def write_json_atomic(path: str | Path, record) -> Path:
-    from .checkpoint import atomic_write
-
     return atomic_write(path, lambda f: f.write(json.dumps(record, indent=2, allow_nan=False).encode()))
 
 

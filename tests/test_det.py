@@ -29,11 +29,18 @@ def test_recipes():
     b = load("vitdet_semaim")
     assert b.dataloader.train.total_batch_size == 64 and b.optimizer.lr == 8e-5 and b.optimizer.weight_decay == 0.1
     assert b.train.amp.enabled and b.model.backbone.net.drop_path_rate == 0.1 and b.model.backbone.net.img_size == 1024
-    assert b.dataloader.train.mapper.augmentations[1].target_height == 1024  # LSJ 1024
+    assert instantiate(b.dataloader.train.mapper.augmentations)[1].target_height == 1024  # LSJ 1024
     assert b.train.max_iter * 64 / 117_266 == pytest.approx(100, abs=0.01)  # 100 epochs
-    assert b.lr_multiplier.warmup_length * b.train.max_iter == pytest.approx(0.25 * 117_266 / 64, abs=1)
+    schedule = instantiate(b.lr_multiplier)
+    assert schedule._lengths[0] * b.train.max_iter == pytest.approx(0.25 * 117_266 / 64, abs=1)  # 0.25-epoch warm-up
+    assert schedule._schedulers[1]._milestones == [round(b.train.max_iter * f) for f in (0.889, 0.963)]
     ab = load("vitdet_semaim_ablation")
     assert ab.dataloader.train.total_batch_size == 16 and ab.train.max_iter * 16 / 117_266 == pytest.approx(12.5, abs=0.01)
+    schedule = instantiate(ab.lr_multiplier)  # follows max_iter and the batch without restating them
+    assert schedule._lengths[0] * ab.train.max_iter == pytest.approx(0.25 * 117_266 / 16, abs=1)
+    assert schedule._schedulers[1]._milestones == [round(ab.train.max_iter * f) for f in (0.889, 0.963)]
+    tiny = load("vitdet_semaim_tiny_coco")  # the image size follows the backbone's
+    assert instantiate(tiny.dataloader.train.mapper.augmentations)[2].crop_size == (256, 256)
     large = load("vitdet_semaim_large")
     assert (large.model.backbone.net.depth, large.model.backbone.net.embed_dim) == (24, 1024)
     assert instantiate(large.optimizer.params.lr_factor_func).keywords == dict(num_layers=24, lr_decay_rate=0.8)

@@ -4,7 +4,6 @@ gradient reaching the model, a wrong loss) cannot. The thresholds sit well above
 learned nothing scores (the majority-class baseline), with a random-init encoder, so they test the
 pipeline and not the pretraining."""
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +26,8 @@ def test_classifier_fits_a_few_images(derived, demo_encoder, tmp_path):
 
 
 def test_segmenter_fits_a_few_images(derived, demo_encoder, tmp_path):
-    sys.path.insert(0, str(REPO / "seg" / "tools"))
-    try:
-        from train import main
-    finally:
-        sys.path.remove(str(REPO / "seg" / "tools"))
+    from seg.tools.train import main
+
     main([str(REPO / "seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py"), "--work-dir",
           str(tmp_path), "--cfg-options", f"model.backbone.checkpoint={demo_encoder[0]}",
           *[f"{s}_dataloader.dataset.data_root={derived / 'coco_stuff'}" for s in ("train", "val", "test")],

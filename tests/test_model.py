@@ -14,24 +14,24 @@ def tiny(img_size=64, depth=4, decoder_depth=2, **kw):
                        embed_dim=64, num_heads=2, **kw).double()
 
 
-def loss_and_grads(model, images, order, attention):
+def loss_and_grads(model, images, order_scores, attention):
     model.attention = attention
     model.zero_grad()
-    out = model(images, order=order)
+    out = model(images, order_scores=order_scores)
     out.loss.backward()
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("order_name", ORDERS)
+@pytest.mark.parametrize("order", ORDERS)
 @pytest.mark.parametrize("img_size,depth,decoder_depth", [(64, 4, 4), (48, 4, 2), (64, 2, 1), ((32, 80), 4, 2)])
-def test_sorted_equals_dense(order_name, img_size, depth, decoder_depth):
-    model = tiny(img_size if isinstance(img_size, int) else 64, depth, decoder_depth, order=order_name)
+def test_sorted_equals_dense(order, img_size, depth, decoder_depth):
+    model = tiny(img_size if isinstance(img_size, int) else 64, depth, decoder_depth, order=order)
     h, w = (img_size, img_size) if isinstance(img_size, int) else img_size
     images = torch.randn(3, 3, h, w, dtype=torch.float64)
     with torch.no_grad():
-        order, _ = model.make_order(images)
-    sorted_out, sorted_grads = loss_and_grads(model, images, order, "sorted")
-    dense_out, dense_grads = loss_and_grads(model, images, order, "dense")
+        scores, _ = model.make_order(images)
+    sorted_out, sorted_grads = loss_and_grads(model, images, scores, "sorted")
+    dense_out, dense_grads = loss_and_grads(model, images, scores, "dense")
     torch.testing.assert_close(sorted_out.loss, dense_out.loss, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(sorted_out.patch_loss, dense_out.patch_loss, rtol=1e-10, atol=1e-12)
     assert sorted_grads.keys() == dense_grads.keys() and len(sorted_grads) > 20
@@ -42,29 +42,29 @@ def test_sorted_equals_dense(order_name, img_size, depth, decoder_depth):
 def test_sorted_equals_dense_float32():
     model = tiny().float()
     images = torch.randn(2, 3, 64, 64)
-    order = torch.rand(2, 16)
-    a, ga = loss_and_grads(model, images, order, "sorted")
-    b, gb = loss_and_grads(model, images, order, "dense")
+    scores = torch.rand(2, 16)
+    a, ga = loss_and_grads(model, images, scores, "sorted")
+    b, gb = loss_and_grads(model, images, scores, "dense")
     torch.testing.assert_close(a.loss, b.loss, rtol=1e-5, atol=1e-6)
     for name in ga:
         torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
 def test_dense_masks_follow_the_paper():
-    order = torch.tensor([[2.0, 0.5, 3.0, 1.0]])
-    enc, dec = (m[0, 0] for m in dense_masks(order))
-    n = order.shape[1]
+    scores = torch.tensor([[2.0, 0.5, 3.0, 1.0]])
+    enc, dec = (m[0, 0] for m in dense_masks(scores))
+    n = scores.shape[1]
     assert enc.shape == (n + 1, n + 1) and dec.shape == (n, n + 1)
     assert enc[0].tolist() == [True] + [False] * n           # [CLS] attends only to itself
     assert enc[1:, 0].all() and dec[:, 0].all()              # everyone attends to [CLS]
     assert enc.diagonal().all()                              # an encoder token sees itself
     assert not dec[:, 1:].diagonal().any()                   # no query sees its own patch
-    first = order[0].argmin()
+    first = scores[0].argmin()
     assert dec[first].tolist() == [True] + [False] * n        # the first patch: from [CLS] alone
     for i in range(n):
         for j in range(n):
-            assert enc[i + 1, j + 1] == (order[0, j] <= order[0, i])
-            assert dec[i, j + 1] == (order[0, j] < order[0, i])
+            assert enc[i + 1, j + 1] == (scores[0, j] <= scores[0, i])
+            assert dec[i, j + 1] == (scores[0, j] < scores[0, i])
 
 
 @pytest.mark.parametrize("attention", ["sorted", "dense"])
@@ -76,16 +76,16 @@ def test_each_prediction_depends_on_exactly_the_earlier_patches(attention):
     x, cls, pos = model.embed(images)
     x = x.detach().requires_grad_(True)
     cls = cls.detach().requires_grad_(True)
-    order = torch.randperm(16).double()[None]
-    pred, idx = model.forward_encoder_decoder(x, cls, pos, order)
+    scores = torch.randperm(16).double()[None]
+    pred, idx = model.forward_encoder_decoder(x, cls, pos, scores)
     if idx is not None:  # back to raster order
         pred = torch.empty_like(pred).scatter_(1, idx[..., None].expand_as(pred), pred)
     for i in range(16):
         gx, gc = torch.autograd.grad(pred[0, i].sum(), (x, cls), retain_graph=True)
         seen = gx[0].abs().sum(-1) > 0
-        assert seen.tolist() == (order[0] < order[0, i]).tolist(), f"patch {i}"
+        assert seen.tolist() == (scores[0] < scores[0, i]).tolist(), f"patch {i}"
         assert gc.abs().sum() > 0  # [CLS] is always visible
-    first = int(order[0].argmin())
+    first = int(scores[0].argmin())
     gx, = torch.autograd.grad(pred[0, first].sum(), x, retain_graph=True)
     assert gx.abs().sum() == 0  # the first patch is predicted from [CLS] alone
 
@@ -94,10 +94,10 @@ def test_forward_returns_loss_patch_loss_and_order():
     model = tiny().float()
     images = torch.randn(2, 3, 64, 64)
     out = model(images)
-    assert out.loss.ndim == 0 and out.patch_loss.shape == (2, 16) and out.order.shape == (2, 16)
+    assert out.loss.ndim == 0 and out.patch_loss.shape == (2, 16) and out.order_scores.shape == (2, 16)
     torch.testing.assert_close(out.loss, out.patch_loss.mean())
     assert out.similarity is not None and torch.allclose(out.similarity.sum(-1), torch.ones(2))
-    replay = model(images, order=out.order)  # a generated order replays exactly
+    replay = model(images, order_scores=out.order_scores)  # a generated order replays exactly
     torch.testing.assert_close(replay.loss, out.loss)
 
 

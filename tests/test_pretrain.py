@@ -86,8 +86,8 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monk
     t = Trainer(cfg(tiny_coco, tmp_path, max_steps=8, save_every=2, depth=1, decoder_depth=1))
     forward = t.model.forward
 
-    def poisoned(images, order=None):
-        out = forward(images, order)
+    def poisoned(images, order_scores=None):
+        out = forward(images, order_scores)
         if t.step == 5:
             out.loss = out.loss * float("nan")
         return out

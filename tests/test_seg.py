@@ -85,17 +85,9 @@ def test_every_backbone_weight_arrives(tiny_encoder):
 
 
 def run_tool(name, *argv):
-    import importlib.util
-    import sys
+    import importlib
 
-    sys.path.insert(0, "seg/tools")
-    try:
-        spec = importlib.util.spec_from_file_location(f"seg_tool_{name}", f"seg/tools/{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module.main(list(argv))
-    finally:
-        sys.path.remove("seg/tools")
+    return importlib.import_module(f"seg.tools.{name}").main(list(argv))
 
 
 def data_options(derived):

@@ -143,9 +143,9 @@ def check_forward(off, images, seed, report: Report):
         s = ours.forward_similarity(images)
         report.close("forward", "similarity map S", rel(s, s_official))
         torch.manual_seed(draw)
-        order, _ = ours.make_order(images)
-        report.same("forward", f"order argsort ({attention})", torch.equal(order.argsort(1), perm.argsort(1)))
-        out = ours(images, order=order)
+        order_scores, _ = ours.make_order(images)
+        report.same("forward", f"order argsort ({attention})", torch.equal(order_scores.argsort(1), perm.argsort(1)))
+        out = ours(images, order_scores=order_scores)
         report.close("forward", f"loss ({attention})", rel(out.loss, loss_o))
         report.close("forward", f"per-patch loss, worst image ({attention})",
                      max(rel(out.patch_loss[i], map_o[i]) for i in range(len(images))))
@@ -222,7 +222,7 @@ def check_training(off, batches, seed, lr, report: Report, steps: int, dtype=tor
     trainer.model.train()
     record_s = []
     hook = trainer.model.register_forward_hook(lambda m, i, out: record_s.append(
-        dict(loss=float(out.loss), order=out.order, lr=trainer.optimizer.param_groups[0]["lr"])))
+        dict(loss=float(out.loss), order=out.order_scores, lr=trainer.optimizer.param_groups[0]["lr"])))
     for t in range(steps):
         torch.manual_seed(record_o[t]["draw"])  # the official step's tie-break draw
         trainer.train_step([batches[t]])
@@ -276,7 +276,7 @@ def check_feature_target(off, kind: str, images, seed, report: Report, tmp: Path
     report.close(kind, "teacher tokens", rel(ours.target.tokens(images), tokens))
     torch.manual_seed(draw)
     out = ours(images)
-    report.same(kind, "order argsort (similarity from the teacher)", torch.equal(out.order.argsort(1), perm.argsort(1)))
+    report.same(kind, "order argsort (similarity from the teacher)", torch.equal(out.order_scores.argsort(1), perm.argsort(1)))
     report.close(kind, "loss", rel(out.loss, loss_o))
     report.close(kind, "per-patch loss, worst image", max(rel(out.patch_loss[i], map_o[i]) for i in range(len(images))))
 

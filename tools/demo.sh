@@ -30,32 +30,31 @@ PYTHON=$PY tools/pretrain.sh --preset demo --data data/tiny_coco/train2017 --out
 
 stage "ViTDet Mask R-CNN on tiny_coco (detectron2) -> $OUT/det/det_metrics.json"
 ITERS=$(pick 100 4)
-"$PY" det/train_net.py --overwrite --config det/configs/vitdet_semaim_tiny_coco.py train.init_checkpoint="$ENC" \
-  train.output_dir="$OUT/det" train.max_iter="$ITERS" train.eval_period="$ITERS" train.checkpointer.period="$ITERS" \
-  lr_multiplier.scheduler.num_updates="$ITERS" "lr_multiplier.scheduler.milestones=[$((ITERS * 8 / 10 - 1)),$((ITERS * 95 / 100))]"
+"$PY" -m det.train_net --overwrite --config det/configs/vitdet_semaim_tiny_coco.py train.init_checkpoint="$ENC" \
+  train.output_dir="$OUT/det" train.max_iter="$ITERS" train.eval_period="$ITERS" train.checkpointer.period="$ITERS"
 
 stage "UperNet on the derived COCO-Stuff maps (mmsegmentation) -> $OUT/seg/seg_metrics.json"
-"$PY" seg/tools/train.py seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py \
+"$PY" -m seg.tools.train seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py \
   --work-dir "$OUT/seg" --overwrite --cfg-options model.backbone.checkpoint="$ENC" train_cfg.max_iters="$(pick 100 2)" \
   train_cfg.val_interval="$(pick 100 2)" default_hooks.checkpoint.interval="$(pick 100 2)" \
   val_dataloader.dataset.indices="$(pick 50 8)"
 
 stage "classification on the object crops (timm): fine-tuning, linear probe, k-NN -> $OUT/cls_*/cls_metrics.json"
 CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --num-workers 2 --overwrite)
-"$PY" cls/finetune.py "${CLS[@]}" --output-dir "$OUT/cls_ft" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
-"$PY" cls/linprobe.py "${CLS[@]}" --output-dir "$OUT/cls_lin" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
-"$PY" cls/knn.py "${CLS[@]}" --output-dir "$OUT/cls_knn"
+"$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/cls_ft" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
+"$PY" -m cls.linprobe "${CLS[@]}" --output-dir "$OUT/cls_lin" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
+"$PY" -m cls.knn "${CLS[@]}" --output-dir "$OUT/cls_knn"
 
 stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"
 # a working pipeline fits a handful of images; a broken one cannot (tests/test_fit_checks.py)
-"$PY" cls/finetune.py "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --epochs 60 --warmup-epochs 2 \
+"$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --epochs 60 --warmup-epochs 2 \
   --blr 5e-3 --mixup 0 --cutmix 0 --randaug "" --reprob 0 --smoothing 0 --drop-path 0 --layer-decay 1.0 --dtype fp32
 if [ "$QUICK" = 1 ]; then
   echo "(quick mode: the detection and segmentation fit checks are left to tests/test_fit_checks.py)"
 else
-  "$PY" seg/tools/train.py seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py \
+  "$PY" -m seg.tools.train seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py \
     --work-dir "$OUT/fit_seg" --overwrite --cfg-options model.backbone.checkpoint="$ENC"
-  "$PY" det/train_net.py --overwrite --config det/configs/vitdet_semaim_tiny_coco_fit.py train.init_checkpoint="$ENC" \
+  "$PY" -m det.train_net --overwrite --config det/configs/vitdet_semaim_tiny_coco_fit.py train.init_checkpoint="$ENC" \
     train.output_dir="$OUT/fit_det"
 fi
 

@@ -1,11 +1,9 @@
 # ViTDet Mask R-CNN, ViT-B/16 SemAIM backbone, COCO 2017: the paper's recipe (Tab. S3 + ViTDet).
-#   python det/train_net.py --config det/configs/vitdet_semaim.py train.init_checkpoint=runs/semaim_b/encoder.pth
+#   python -m det.train_net --config det/configs/vitdet_semaim.py train.init_checkpoint=runs/semaim_b/encoder.pth
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
-from detectron2.solver import WarmupParamScheduler
-from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from det.recipe import epochs_to_iters, vit_lr_decay
+from det.recipe import epochs_to_iters, vit_lr_decay, vitdet_lr_schedule
 
 from .common.coco_loader_lsj import dataloader
 
@@ -17,18 +15,13 @@ train.ddp.fp16_compression = True
 train.init_checkpoint = "runs/semaim_b/encoder.pth"  # an exported SemAIM encoder (tools/convert_checkpoint.py)
 train.output_dir = "output/vitdet_semaim_b"
 
-EPOCHS, WARMUP_EPOCHS = 100, 0.25
 dataloader.train.total_batch_size = 64
-train.max_iter = epochs_to_iters(EPOCHS, dataloader.train.total_batch_size)
+train.max_iter = epochs_to_iters(100, dataloader.train.total_batch_size)
 train.eval_period = train.checkpointer.period = epochs_to_iters(10, dataloader.train.total_batch_size)
-lr_multiplier = L(WarmupParamScheduler)(
-    scheduler=L(MultiStepParamScheduler)(
-        values=[1.0, 0.1, 0.01],
-        milestones=[round(train.max_iter * 88.9 / 100), round(train.max_iter * 96.3 / 100)],  # ViTDet's 100ep steps
-        num_updates=train.max_iter,
-    ),
-    warmup_length=WARMUP_EPOCHS * epochs_to_iters(1, dataloader.train.total_batch_size) / train.max_iter,
-    warmup_factor=0.001,
+# milestones follow train.max_iter, the 0.25-epoch warm-up the batch size: a config sets max_iter only
+lr_multiplier = L(vitdet_lr_schedule)(
+    max_iter="${train.max_iter}",
+    warmup_iters=L(epochs_to_iters)(epochs=0.25, batch_size="${dataloader.train.total_batch_size}"),
 )
 
 optimizer = model_zoo.get_config("common/optim.py").AdamW

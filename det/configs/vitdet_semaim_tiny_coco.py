@@ -1,8 +1,6 @@
 # Minutes on a CPU: the bundled data/tiny_coco (registered as tiny_coco_train / tiny_coco_val),
 # the demo's pretrained size (ViT-Tiny width, 4 blocks, pretrained at 96 px), 256 px LSJ and
 # 64-channel heads.
-import detectron2.data.transforms as T
-from detectron2.config import LazyCall as L
 from detectron2.layers import ShapeSpec
 
 from .vitdet_semaim import dataloader, lr_multiplier, model, optimizer, train  # noqa: F401
@@ -26,9 +24,6 @@ heads.box_predictor.test_score_thresh = 0.001  # a briefly trained model still g
 
 dataloader.train.dataset.names = "tiny_coco_train"
 dataloader.test.dataset.names = "tiny_coco_val"
-dataloader.train.mapper.augmentations[1].target_height = dataloader.train.mapper.augmentations[1].target_width = SIZE
-dataloader.train.mapper.augmentations[2].crop_size = (SIZE, SIZE)
-dataloader.test.mapper.augmentations = [L(T.ResizeShortestEdge)(short_edge_length=SIZE, max_size=SIZE)]
 dataloader.train.total_batch_size = 4
 dataloader.train.num_workers = dataloader.test.num_workers = 2
 
@@ -41,6 +36,4 @@ train.log_period = 10
 train.init_checkpoint = "runs/demo/encoder.pth"  # written by the pretraining demo
 train.output_dir = "output/vitdet_semaim_tiny_coco"
 optimizer.lr = 2e-4
-lr_multiplier.scheduler.num_updates = train.max_iter
-lr_multiplier.scheduler.milestones = [80, 95]
-lr_multiplier.warmup_length = 10 / train.max_iter
+lr_multiplier.warmup_iters = 10

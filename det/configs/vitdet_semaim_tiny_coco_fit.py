@@ -16,6 +16,3 @@ train.seed = 0  # detectron2 draws a random seed otherwise: a fit check must giv
 train.max_iter = 150
 train.eval_period = train.checkpointer.period = train.max_iter
 train.output_dir = "output/vitdet_semaim_tiny_coco_fit"
-lr_multiplier.scheduler.num_updates = train.max_iter
-lr_multiplier.scheduler.milestones = [120, 140]
-lr_multiplier.warmup_length = 10 / train.max_iter

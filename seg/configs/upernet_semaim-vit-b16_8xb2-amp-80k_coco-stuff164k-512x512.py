@@ -1,7 +1,7 @@
 # UperNet on a SemAIM ViT-B/16 for COCO-Stuff-164k (171 classes): the paper's model and optimizer
 # (_base_/models) on mmseg's own COCO-Stuff-164k dataset base (data/coco_stuff164k with
 # images/{train,val}2017 and annotations/{train,val}2017/*_labelTrainIds.png) and its 80k schedule.
-#   python seg/tools/train.py upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512.py \
+#   python -m seg.tools.train upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512.py \
 #       --cfg-options model.backbone.checkpoint=runs/semaim_b/encoder.pth
 _base_ = ["./_base_/models/upernet_semaim_vit-b16.py", "mmseg::_base_/datasets/coco-stuff164k.py"]
 model = dict(decode_head=dict(num_classes=171), auxiliary_head=dict(num_classes=171))

@@ -2,7 +2,7 @@
 # The ViT-L recipe follows mmseg's BEiT-L UperNet config (beit-large_upernet_8xb1-160k_ade20k-640x640):
 # features of blocks 7, 11, 15, 23, drop path 0.2, AdamW lr 2e-5, layer decay 0.95, 3000-iteration
 # warm-up; crop, batch and schedule stay the paper's ViT-B ones.
-#   python seg/tools/train.py upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512.py \
+#   python -m seg.tools.train upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512.py \
 #       --cfg-options model.backbone.checkpoint=runs/semaim_l/encoder.pth
 _base_ = ["./upernet_semaim.py"]
 model = dict(

@@ -1,15 +1,15 @@
 #!/usr/bin/env python
 """Evaluate a trained segmentor: mIoU, mAcc, aAcc and per-class IoU to <work_dir>/seg_metrics.json.
 
-    python seg/tools/test.py seg/configs/upernet_semaim.py work_dirs/upernet_semaim_b/iter_160000.pth
-    python seg/tools/test.py upernet_semaim.py CKPT --tta --out preds/ --show-dir vis/
+    python -m seg.tools.test seg/configs/upernet_semaim.py work_dirs/upernet_semaim_b/iter_160000.pth
+    python -m seg.tools.test upernet_semaim.py CKPT --tta --out preds/ --show-dir vis/
 
 --tta: multi-scale + flip (the config's tta_pipeline and tta_model, as mmseg's tools/test.py);
 --out: the predicted label maps as PNGs; --show-dir: coloured predictions beside the images.
 """
 import torch
 
-from common import build_runner, load_config, parser
+from seg.tools.common import build_runner, load_config, parser
 
 from semaim_core.checkpoint import CheckpointError, load_file, load_verified
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
 """Train a segmentor with a SemAIM backbone (mmengine Runner, as mmseg's tools/train.py).
 
-    python seg/tools/train.py seg/configs/upernet_semaim.py --work-dir work_dirs/upernet_semaim_b \
+    python -m seg.tools.train seg/configs/upernet_semaim.py --work-dir work_dirs/upernet_semaim_b \
         --cfg-options model.backbone.checkpoint=runs/semaim_b/encoder.pth
-    torchrun --nproc_per_node 8 seg/tools/train.py seg/configs/upernet_semaim.py --launcher pytorch
+    torchrun --nproc_per_node 8 -m seg.tools.train seg/configs/upernet_semaim.py --launcher pytorch
 """
 import os
 
-from common import STOPPING, build_runner, load_config, parser, recipe
+from seg.tools.common import STOPPING, build_runner, load_config, parser, recipe
 
 from semaim_core.rundir import open_run, release_lock
 

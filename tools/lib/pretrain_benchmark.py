@@ -68,7 +68,7 @@ def check_equivalence(model_name: str, batch: int, img_size: int, device: str) -
         losses = {}
         for attention in ("sorted", "dense"):
             model.attention = attention
-            losses[attention] = model(images, order=order_scores).loss.double()
+            losses[attention] = model(images, order_scores=order_scores).loss.double()
     return float((losses["sorted"] - losses["dense"]).abs() / losses["dense"].abs())
 
 

@@ -1,16 +1,14 @@
-# Large-scale jitter (ViTDet): detectron2's COCO loaders with LSJ augmentation at IMAGE_SIZE.
+# Large-scale jitter (ViTDet): detectron2's COCO loaders with LSJ at the backbone's input size.
 import detectron2.data.transforms as T
 from detectron2 import model_zoo
 from detectron2.config import LazyCall as L
 
-IMAGE_SIZE = 1024
+from det.recipe import lsj_augmentations
+
+IMAGE_SIZE = "${model.backbone.net.img_size}"  # the detector's square input (1024 for ViTDet)
 
 dataloader = model_zoo.get_config("common/data/coco.py").dataloader
-dataloader.train.mapper.augmentations = [
-    L(T.RandomFlip)(horizontal=True),
-    L(T.ResizeScale)(min_scale=0.1, max_scale=2.0, target_height=IMAGE_SIZE, target_width=IMAGE_SIZE),
-    L(T.FixedSizeCrop)(crop_size=(IMAGE_SIZE, IMAGE_SIZE), pad=False),
-]
+dataloader.train.mapper.augmentations = L(lsj_augmentations)(image_size=IMAGE_SIZE)
 dataloader.train.mapper.image_format = "RGB"
 dataloader.train.mapper.recompute_boxes = True  # boxes from the cropped masks
 dataloader.train.total_batch_size = 64
