@@ -19,7 +19,8 @@ data: setup           ## derive the semantic-segmentation and crop sets from dat
 demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_QUICK=1: a few steps per stage)
 	PYTHON=$(abspath $(PY)) bash tools/demo.sh
 
-test: setup           ## set up if needed, then run the test suite on the CPU
+test: setup           ## set up if needed, lint (ruff), then run the test suite on the CPU
+	$(PY) -m ruff check .
 	$(PY) -m pytest tests
 
 clean-data:           ## remove the derived datasets

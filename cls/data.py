@@ -39,8 +39,10 @@ def image_folders(root: str, train_transform, val_transform, fit_images: int | N
 def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
     """With ``shuffle`` the order of epoch e is a function of (seed, e) alone (``set_epoch``), so a
     resumed run sees the data in the order the uninterrupted one would."""
-    sampler = (torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
-               if world > 1 else (EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)))
+    if world > 1:
+        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
+    else:
+        sampler = EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=True)
 

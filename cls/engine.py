@@ -22,8 +22,17 @@ from semaim_core import rundir
 from semaim_core.checkpoint import load_file, save_atomic
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.rundir import open_run, provenance, release_lock
-from semaim_core.training import (AMP_DTYPES, MetricsLog, NonFiniteError, autocast, grad_scaler, optimizer_step,
-                                  require_format, restore, training_state)
+from semaim_core.training import (
+    AMP_DTYPES,
+    MetricsLog,
+    NonFiniteError,
+    autocast,
+    grad_scaler,
+    optimizer_step,
+    require_format,
+    restore,
+    training_state,
+)
 
 FORMAT = "semaim-cls-train"
 
@@ -31,7 +40,8 @@ FORMAT = "semaim-cls-train"
 def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (ImageNet layout)")
-    ap.add_argument("--encoder", required=True, help="an exported SemAIM encoder (or any checkpoint the converter reads)")
+    ap.add_argument("--encoder", required=True,
+                    help="an exported SemAIM encoder (or any checkpoint the converter reads)")
     ap.add_argument("--output-dir", required=True, help="the run directory (checkpoint, logs, cls_metrics.json)")
     ap.add_argument("--img-size", type=int, default=224, help="input size (the position table is resized)")
     ap.add_argument("--batch-size", type=int, default=batch_size, help="per process; effective = this x processes")
@@ -104,10 +114,13 @@ class EpochTrainer:
         self.rank, self.world, self.device = init_distributed(args.device)
         self.out = Path(args.output_dir)
         self.model = model.to(self.device)
-        self.net = (torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-                    if self.world > 1 else self.model)
-        self.train_loader = loader(train_set, args.batch_size, args.num_workers, self.world, self.rank, True, args.seed, True)
-        self.val_loader = loader(val_set, args.batch_size, args.num_workers, self.world, self.rank, False, args.seed, False)
+        self.net = self.model
+        if self.world > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        batch, workers, seed = args.batch_size, args.num_workers, args.seed
+        self.train_loader = loader(train_set, batch, workers, self.world, self.rank, True, seed, True)
+        self.val_loader = loader(val_set, batch, workers, self.world, self.rank, False, seed, False)
         if len(self.train_loader) == 0:
             raise ValueError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size}")
         self.optimizer, self.scheduler, self.criterion = optimizer, scheduler, criterion
@@ -168,7 +181,8 @@ class EpochTrainer:
             loss = self.train_epoch()
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
             if self.ema is not None:
-                metrics.update({f"ema_{k}": v for k, v in evaluate(self.ema.module, self.val_loader, self.device, self.world).items()})
+                ema = evaluate(self.ema.module, self.val_loader, self.device, self.world)
+                metrics.update({f"ema_{k}": v for k, v in ema.items()})
             self.epoch += 1
             if metrics["top1"] > self.best["top1"]:
                 self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
@@ -179,7 +193,8 @@ class EpochTrainer:
                 print(json.dumps(rec))
         if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
-        result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"], best=self.best,
+        result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"],
+                      best=self.best,
                       majority_top1=majority_top1(self.train_loader.dataset, self.val_loader.dataset),
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if self.rank == 0:

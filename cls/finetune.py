@@ -21,7 +21,6 @@ from cls.engine import EpochTrainer, base_parser, start
 from semaim_core.data import eval_transform
 from semaim_core.optim import build_scheduler
 
-
 # MAE's fine-tuning recipes by size; flags given override them.
 RECIPES = {
     "base": dict(epochs=100, warmup_epochs=20, blr=5e-4, layer_decay=0.65, drop_path=0.1),
@@ -38,7 +37,8 @@ def parse_args(argv=None):
     ap.add_argument("--warmup-epochs", type=int, default=20, help="linear warm-up epochs (per-iteration schedule)")
     ap.add_argument("--blr", type=float, default=5e-4, help="base lr: lr = blr x effective batch / 256")
     ap.add_argument("--min-lr", type=float, default=1e-6, help="floor of the cosine schedule")
-    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (none on 1-D, pos_embed, cls_token)")
+    ap.add_argument("--weight-decay", type=float, default=0.05,
+                    help="AdamW weight decay (none on 1-D, pos_embed, cls_token)")
     ap.add_argument("--layer-decay", type=float, default=0.65, help="layer-wise lr decay")
     ap.add_argument("--drop-path", type=float, default=0.1, help="stochastic depth rate")
     ap.add_argument("--pool", choices=["avg", "cls"], default="avg",
@@ -68,7 +68,8 @@ def transforms_for(args):
 
 def model_and_optimizer(args, num_classes: int, world: int = 1):
     """timm ViT with the encoder, head init std 2e-5, AdamW over the authors' layer-decay groups."""
-    model = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=num_classes, drop_path_rate=args.drop_path,
+    model = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=num_classes,
+                                  drop_path_rate=args.drop_path,
                 global_pool="avg" if args.pool == "avg" else "token")
     torch.nn.init.trunc_normal_(model.head.weight, std=2e-5)
     torch.nn.init.zeros_(model.head.bias)

@@ -14,8 +14,8 @@ from tqdm import tqdm
 from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import base_parser, majority_top1, start, write_metrics
-from semaim_core.rundir import release_lock
 from semaim_core.data import eval_transform
+from semaim_core.rundir import release_lock
 
 
 @torch.no_grad()
@@ -44,14 +44,16 @@ def parse_args(argv=None):
     ap.add_argument("--k", type=int, default=20, help="neighbours that vote")
     ap.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T)")
     ap.add_argument("--pool", choices=["avg", "cls"], default="avg",
-                    help="avg: mean of the patch tokens + LayerNorm without affine (the authors'); cls: the normalized [CLS]")
+                    help="avg: mean of the patch tokens + LayerNorm without affine (the authors'); "
+                         "cls: the normalized [CLS]")
     return ap.parse_args(argv)
 
 
 def feature_model(args):
     """The frozen encoder as a timm ViT whose output is the pooled feature. With avg pooling timm's
     fc_norm stays at its initialization (weight 1, bias 0): a LayerNorm without affine."""
-    return timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=0, global_pool="avg" if args.pool == "avg" else "token")
+    pool = "avg" if args.pool == "avg" else "token"
+    return timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=0, global_pool=pool)
 
 
 def main(argv=None):

@@ -62,7 +62,8 @@ def main(argv=None):
     model, optimizer = model_and_optimizer(args, len(train_set.classes), world)
     steps = len(train_set) // (args.batch_size * world)
     scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps)
-    return EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, torch.nn.CrossEntropyLoss()).fit("linprobe")
+    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, torch.nn.CrossEntropyLoss())
+    return trainer.fit("linprobe")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,16 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from semaim_core.checkpoint import (CheckpointError, atomic_write, commit, detectron2_keys, load_file, load_verified,
-                                    read_encoder, resize_pos_embed)
+from semaim_core.checkpoint import (
+    CheckpointError,
+    atomic_write,
+    commit,
+    detectron2_keys,
+    load_file,
+    load_verified,
+    read_encoder,
+    resize_pos_embed,
+)
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
 # token and final norm have no place in the detector (dropped by detectron2_keys).

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Draw a trained detector's predictions on images (detectron2's Visualizer), one PNG per image.
 
-    python -m det.demo --config vitdet_semaim_tiny_coco.py --checkpoint output/vitdet_semaim_tiny_coco/model_final.pth \\
+    python -m det.demo --config vitdet_semaim_tiny_coco.py \\
+        --checkpoint output/vitdet_semaim_tiny_coco/model_final.pth \\
         --input data/tiny_coco/val2017 --output vis/ --confidence 0.5
 """
 import argparse

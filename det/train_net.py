@@ -3,7 +3,8 @@
 
     python -m det.train_net --config det/configs/vitdet_semaim.py --num-gpus 8 \
         train.init_checkpoint=runs/semaim_b/encoder.pth
-    python -m det.train_net --config det/configs/vitdet_semaim.py --eval-only train.init_checkpoint=output/.../model_final.pth
+    python -m det.train_net --config det/configs/vitdet_semaim.py --eval-only \
+        train.init_checkpoint=output/.../model_final.pth
     python -m det.train_net --config ... --resume          # continue from the last checkpoint in train.output_dir
 
 Multi-node: --num-machines N --machine-rank i --dist-url tcp://host0:port, as in detectron2.
@@ -15,8 +16,15 @@ import logging
 from pathlib import Path
 
 from detectron2.config import LazyConfig, instantiate
-from detectron2.engine import (AMPTrainer, SimpleTrainer, default_argument_parser, default_setup,
-                               default_writers, hooks, launch)
+from detectron2.engine import (
+    AMPTrainer,
+    SimpleTrainer,
+    default_argument_parser,
+    default_setup,
+    default_writers,
+    hooks,
+    launch,
+)
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
@@ -143,7 +151,8 @@ def parse_args(argv=None):
     parser.add_argument("--config", dest="config_file",
                         help="the LazyConfig (same as --config-file): a path, or a name in det/configs/")
     parser.add_argument("--overwrite", action="store_true",
-                        help="training: clear an output dir that holds another run; --eval-only: replace another result")
+                        help="training: clear an output dir that holds another run; "
+                             "--eval-only: replace another result")
     return parser.parse_args(argv)
 
 

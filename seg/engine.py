@@ -20,7 +20,8 @@ from semaim_core.checkpoint import commit
 def vit_layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for everything after the blocks.
     Every backbone parameter must be one of these: anything else is an error, not a silent 1.0."""
-    if name in ("backbone.cls_token", "backbone.pos_embed", "backbone.mask_token") or name.startswith("backbone.patch_embed."):
+    embeddings = ("backbone.cls_token", "backbone.pos_embed", "backbone.mask_token")
+    if name in embeddings or name.startswith("backbone.patch_embed."):
         return 0
     m = re.match(r"backbone\.layers\.(\d+)\.", name)
     if m:

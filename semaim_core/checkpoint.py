@@ -243,7 +243,8 @@ def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[d
     dim = sd["cls_token"].shape[-1]
     declared = declared_architecture(ckpt, kind)
     found = dict(depth=depth, embed_dim=dim)
-    wrong = [f"{k} {declared[k]} declared, {found[k]} found" for k in found if k in declared and declared[k] != found[k]]
+    wrong = [f"{k} {declared[k]} declared, {found[k]} found"
+             for k in found if k in declared and declared[k] != found[k]]
     if wrong:  # e.g. a truncated file that lost its last blocks: never a silently shallower model
         raise CheckpointError(f"the {kind} checkpoint does not hold the encoder it declares ({'; '.join(wrong)})")
     if num_heads and declared.get("num_heads") not in (None, num_heads):

@@ -136,7 +136,8 @@ class SemAIM(nn.Module):
         if similarity_source not in SIMILARITY_SOURCES:
             raise ValueError(f"unknown similarity_source '{similarity_source}': choose one of {SIMILARITY_SOURCES}")
         if similarity_precision not in SIMILARITY_PRECISIONS:
-            raise ValueError(f"unknown similarity_precision '{similarity_precision}': choose one of {SIMILARITY_PRECISIONS}")
+            raise ValueError(f"unknown similarity_precision '{similarity_precision}': "
+                             f"choose one of {SIMILARITY_PRECISIONS}")
         if decoder_depth < 1 or depth % decoder_depth:
             raise ValueError(f"decoder_depth ({decoder_depth}) must divide the encoder depth ({depth})")
         if similarity_source == "teacher" and target == "pixel":

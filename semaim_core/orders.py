@@ -45,7 +45,8 @@ def smooth3x3(s: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
 
 def grid_coords(grid: tuple[int, int], device) -> torch.Tensor:
     """(N, 2) integer (row, col) of each patch in raster order."""
-    rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device), indexing="ij")
+    rows, cols = torch.meshgrid(torch.arange(grid[0], device=device), torch.arange(grid[1], device=device),
+                                indexing="ij")
     return torch.stack([rows.flatten(), cols.flatten()], dim=-1)
 
 

@@ -28,8 +28,17 @@ from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .optim import build_optimizer, build_scheduler
 from .rundir import open_run, release_lock, write_json_atomic
-from .training import (AMP_DTYPES, MetricsLog, NonFiniteError, autocast, grad_scaler, optimizer_step, require_format,
-                       restore, training_state)
+from .training import (
+    AMP_DTYPES,
+    MetricsLog,
+    NonFiniteError,
+    autocast,
+    grad_scaler,
+    optimizer_step,
+    require_format,
+    restore,
+    training_state,
+)
 
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
 # 400 (or 800), AdamW (0.9, 0.95), wd 0.05, clip 3, 224 crops, decoder depth = encoder depth.
@@ -171,7 +180,8 @@ class SeededSamples(torch.utils.data.Dataset):
 
 # ---------------------------------------------------------------------------- checkpoints
 def checkpoint_paths(output_dir: Path) -> list[Path]:
-    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth") if (m := re.fullmatch(r"checkpoint-(\d+)\.pth", p.name))]
+    found = [(int(m.group(1)), p) for p in output_dir.glob("checkpoint-*.pth")
+             if (m := re.fullmatch(r"checkpoint-(\d+)\.pth", p.name))]
     return [p for _, p in sorted(found)]
 
 
@@ -199,14 +209,16 @@ class Trainer:
         self.sampler = ResumableSampler(len(self.dataset), self.rank, self.world, cfg.seed, cfg.batch_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.accum_iter
         if self.steps_per_epoch == 0:
-            raise ValueError(f"one epoch has {self.sampler.batches_per_epoch} batches, fewer than --accum-iter {cfg.accum_iter}")
+            raise ValueError(f"one epoch has {self.sampler.batches_per_epoch} batches, "
+                             f"fewer than --accum-iter {cfg.accum_iter}")
         self.total_steps = self.steps_per_epoch * cfg.epochs
 
         self.model = build_model(cfg.model, **cfg.model_overrides(), **(model_overrides or {})).to(self.device)
         self.eff_batch = cfg.batch_size * cfg.accum_iter * self.world
         self.lr = cfg.lr if cfg.lr is not None else cfg.blr * self.eff_batch / 256
         self.optimizer = build_optimizer(self.model, self.lr, cfg.weight_decay, tuple(cfg.betas))
-        self.scheduler = build_scheduler(self.optimizer, self.total_steps, self.steps_per_epoch * cfg.warmup_epochs, cfg.min_lr)
+        warmup = self.steps_per_epoch * cfg.warmup_epochs
+        self.scheduler = build_scheduler(self.optimizer, self.total_steps, warmup, cfg.min_lr)
         self.amp = AMP_DTYPES[cfg.dtype]
         self.scaler = grad_scaler(self.device, self.amp)
         self.step = 0          # optimizer steps done

@@ -125,9 +125,12 @@ def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None,
     try:
         load_verified(model, sd, f"teacher {arch} <- {weights}")
     except CheckpointError as e:
+        clip = kind == "clip"
+        openai = (" or OpenAI CLIP layout (visual.conv1, visual.transformer.resblocks.i, visual.ln_post, visual.proj)"
+                  if clip else "")
         raise TeacherWeightsError(
             f"{e}\nExpected a {arch} teacher: timm key layout (patch_embed.proj, blocks.i.attn.qkv, norm"
-            f"{', head = CLIP proj' if kind == 'clip' else ''}){' or OpenAI CLIP layout (visual.conv1, visual.transformer.resblocks.i, visual.ln_post, visual.proj)' if kind == 'clip' else ''}.") from e
+            f"{', head = CLIP proj' if clip else ''}){openai}.") from e
     return model.eval().requires_grad_(False)
 
 

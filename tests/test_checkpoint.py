@@ -2,10 +2,20 @@
 import pytest
 import torch
 
-from semaim_core import build_model
 from cls.backbone import timm_vit_from_encoder
-from semaim_core.checkpoint import (CheckpointError, detect_kind, detectron2_keys, encoder_from_checkpoint, load_file,
-                                    load_verified, mmseg_keys, read_encoder, save_atomic, to_encoder)
+from semaim_core import build_model
+from semaim_core.checkpoint import (
+    CheckpointError,
+    detect_kind,
+    detectron2_keys,
+    encoder_from_checkpoint,
+    load_file,
+    load_verified,
+    mmseg_keys,
+    read_encoder,
+    save_atomic,
+    to_encoder,
+)
 from tools.convert_checkpoint import WRITERS
 
 DEPTH, DIM, HEADS, SIZE = 2, 192, 3, 32  # ViT-Tiny width: bare checkpoints get their heads from the size table
@@ -88,8 +98,9 @@ def test_detectron2_layout_loads_every_backbone_weight(encoder):
 
 
 def test_mmseg_layout_loads_every_backbone_weight(encoder):
-    import seg  # noqa: F401
     from mmseg.models.backbones import MAE
+
+    import seg  # noqa: F401
 
     net = MAE(img_size=(SIZE, SIZE), patch_size=16, embed_dims=DIM, num_layers=DEPTH, num_heads=HEADS,
               init_values=1.0, final_norm=True)

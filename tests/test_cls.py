@@ -9,7 +9,6 @@ import pytest
 import torch
 
 
-
 @pytest.fixture
 def encoder(demo_encoder):
     return demo_encoder[0]  # pretrained at 96 px: the 64 px runs below resize its position table
@@ -41,7 +40,8 @@ def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path)
     assert len((tmp_path / "a" / "log.jsonl").read_text().splitlines()) == 2
 
     # the same recipe and seed in another directory, without the interruption: the same numbers
-    straight = main(common(derived, encoder, tmp_path / "b") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"])
+    straight = main(common(derived, encoder, tmp_path / "b")
+                    + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"])
     assert (straight["top1"], straight["top5"]) == (second["top1"], second["top5"])
     rows_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows_b] == [r["train_loss"] for r in rows]
@@ -58,7 +58,8 @@ def test_cls_runs_do_not_mix(derived, encoder, tmp_path, demo_encoder):
         main(common(derived, other, tmp_path))
     main(common(derived, other, tmp_path) + ["--overwrite"])
     record = json.loads((tmp_path / "cls_metrics.json").read_text())
-    assert record["encoder"] == str(other.resolve()) and record["provenance"]["checkpoint"]["path"] == str(other.resolve())
+    assert record["encoder"] == str(other.resolve())
+    assert record["provenance"]["checkpoint"]["path"] == str(other.resolve())
 
 
 def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
@@ -88,7 +89,8 @@ def test_missing_data_is_named(encoder, tmp_path):
     from cls.knn import main
 
     with pytest.raises(FileNotFoundError, match="train/<class>"):
-        main(["--data", str(tmp_path), "--encoder", str(encoder), "--output-dir", str(tmp_path / "o"), "--device", "cpu"])
+        main(["--data", str(tmp_path), "--encoder", str(encoder), "--output-dir", str(tmp_path / "o"),
+              "--device", "cpu"])
 
 
 # ---------------------------------------------------------------------------- the authors' recipes
@@ -144,8 +146,8 @@ def test_finetune_defaults_are_the_authors(encoder):
 
 
 def test_linear_probe_defaults_are_the_authors(encoder):
-    from torchvision import transforms
     from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+    from torchvision import transforms
 
     from cls import linprobe
 

@@ -3,7 +3,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
 from detectron2.config import LazyConfig, instantiate
@@ -35,7 +34,8 @@ def test_recipes():
     assert schedule._lengths[0] * b.train.max_iter == pytest.approx(0.25 * 117_266 / 64, abs=1)  # 0.25-epoch warm-up
     assert schedule._schedulers[1]._milestones == [round(b.train.max_iter * f) for f in (0.889, 0.963)]
     ab = load("vitdet_semaim_ablation")
-    assert ab.dataloader.train.total_batch_size == 16 and ab.train.max_iter * 16 / 117_266 == pytest.approx(12.5, abs=0.01)
+    assert ab.dataloader.train.total_batch_size == 16
+    assert ab.train.max_iter * 16 / 117_266 == pytest.approx(12.5, abs=0.01)
     schedule = instantiate(ab.lr_multiplier)  # follows max_iter and the batch without restating them
     assert schedule._lengths[0] * ab.train.max_iter == pytest.approx(0.25 * 117_266 / 16, abs=1)
     assert schedule._schedulers[1]._milestones == [round(ab.train.max_iter * f) for f in (0.889, 0.963)]
@@ -126,14 +126,16 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
         run_main("--eval-only", *config, *common, final)
     run_main("--eval-only", "--overwrite", *config, *common, final)
     metrics = json.loads((out / "det_metrics.json").read_text())
-    assert metrics["iteration"] == 0 and metrics["provenance"]["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
-    assert metrics["provenance"]["images"] == 50 and metrics["provenance"]["config"].endswith("vitdet_semaim_tiny_coco.py")
+    source = metrics["provenance"]
+    assert metrics["iteration"] == 0 and source["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
+    assert source["images"] == 50 and source["config"].endswith("vitdet_semaim_tiny_coco.py")
 
 
 def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
     path, _ = tiny_encoder
     out = tmp_path / "run"
-    args = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}", f"train.init_checkpoint={path}",
+    args = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}",
+            f"train.init_checkpoint={path}",
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
             "train.checkpointer.period=1"]
     run_main(*args, "train.max_iter=2")
@@ -213,7 +215,8 @@ def test_two_processes_on_the_cpu(tiny_encoder, tmp_path):
                            f"train.init_checkpoint={path}", "train.max_iter=2", "train.eval_period=2",
                            "dataloader.train.num_workers=0", "dataloader.test.num_workers=0",
                            "dataloader.test.dataset.names=tiny_coco_fit"],
-                          capture_output=True, text=True, timeout=600, env=dict(__import__("os").environ, OMP_NUM_THREADS="1"))
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(__import__("os").environ, OMP_NUM_THREADS="1"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model_final.pth").is_file() and json.loads((out / "det_metrics.json").read_text())["iteration"] == 2
     assert "Rank of current process: 0. World size: 2" in (out / "log.txt").read_text()

@@ -18,7 +18,8 @@ def test_classifier_fits_a_few_images(derived, demo_encoder, tmp_path):
     from cls.finetune import main
 
     result = main(["--data", str(derived / "crops"), "--encoder", str(demo_encoder[0]), "--output-dir", str(tmp_path),
-                   "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--device", "cpu", "--fit-images", "16",
+                   "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--device", "cpu",
+                   "--fit-images", "16",
                    "--epochs", "40", "--warmup-epochs", "2", "--blr", "5e-3", "--mixup", "0", "--cutmix", "0",
                    "--randaug", "", "--reprob", "0", "--smoothing", "0", "--drop-path", "0", "--layer-decay", "1.0",
                    "--dtype", "fp32"])
@@ -41,8 +42,8 @@ def test_segmenter_fits_a_few_images(derived, demo_encoder, tmp_path):
     counts = np.bincount(labels)
     majority_acc = 100 * counts.max() / len(labels)
     majority_miou = majority_acc / np.count_nonzero(counts)
-    assert metrics["aAcc"] >= majority_acc + 8 and metrics["mIoU"] >= 2 * majority_miou, (metrics["aAcc"],
-                                                                                            metrics["mIoU"], majority_acc)
+    scores = (metrics["aAcc"], metrics["mIoU"], majority_acc)
+    assert metrics["aAcc"] >= majority_acc + 8 and metrics["mIoU"] >= 2 * majority_miou, scores
 
 
 def test_detector_fits_a_few_images(demo_encoder, tmp_path):

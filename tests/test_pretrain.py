@@ -104,7 +104,8 @@ def test_nan_gradient_with_a_finite_loss_never_reaches_the_weights(tiny_coco, tm
     """A huge lr: the loss stays finite but the gradient norm is NaN. No step is applied, and no
     checkpoint with a non-finite value is ever written or named as good."""
     t = Trainer(cfg(tiny_coco, tmp_path, lr=1e4, warmup_epochs=0, clip_grad=clip_grad, max_steps=6, save_every=1))
-    with pytest.raises(NonFiniteError, match=r"gradient norm is nan at step \d+ \(loss .*\): stopping before the update"):
+    with pytest.raises(NonFiniteError,
+                       match=r"gradient norm is nan at step \d+ \(loss .*\): stopping before the update"):
         t.fit()
     assert all(torch.isfinite(p).all() for p in t.model.parameters())
     saved = checkpoint_paths(tmp_path)
@@ -171,7 +172,8 @@ def test_corrupt_image_is_named_or_skipped_on_request(tiny_coco, tmp_path):
     victim = sorted(data.glob("*.jpg"))[0]
     victim.write_bytes(b"not a jpeg")
     with pytest.raises(UnreadableImageError, match=victim.name):
-        Trainer(cfg(tiny_coco, tmp_path / "a", data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1)).fit()
+        settings = cfg(tiny_coco, tmp_path / "a", data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1)
+        Trainer(settings).fit()
     t = Trainer(cfg(tiny_coco, tmp_path / "b", data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1,
                     skip_unreadable=True))
     t.fit()

@@ -4,13 +4,12 @@ import re
 
 import pytest
 import torch
-
-import seg  # noqa: F401
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
+import seg  # noqa: F401
 from semaim_core import build_model
 from semaim_core.checkpoint import CheckpointError, export_encoder, mmseg_keys, save_atomic
 from tools.convert_checkpoint import WRITERS
@@ -147,7 +146,8 @@ def test_resume_continues_at_the_next_iteration_and_refuses_another_recipe(tiny_
 
     path, _ = tiny_encoder
     work = tmp_path / "work"
-    opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1", "default_hooks.logger.interval=1",
+    opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1",
+            "default_hooks.logger.interval=1",
             "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
     run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=2", *opts)
     before = torch.load(work / "iter_2.pth", weights_only=True)["state_dict"]  # weights_only: the default
@@ -232,14 +232,19 @@ def test_test_tool_tta_saves_predictions_and_pictures(tiny_encoder, derived, tmp
 
     merged = []
     merge = SegTTAModel.merge_preds
-    monkeypatch.setattr(SegTTAModel, "merge_preds", lambda self, preds: merged.append(len(preds[0])) or merge(self, preds))
+    def counting_merge(self, preds):
+        merged.append(len(preds[0]))
+        return merge(self, preds)
+
+    monkeypatch.setattr(SegTTAModel, "merge_preds", counting_merge)
 
     path, _ = tiny_encoder
     work = tmp_path / "work"
     opts = data_options(derived) + ["val_dataloader.dataset.indices=1", "test_dataloader.dataset.indices=1"]
     run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", f"model.backbone.checkpoint={path}",
              "train_cfg.max_iters=1", "train_cfg.val_interval=100", "default_hooks.checkpoint.interval=1", *opts)
-    plain = run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "plain"), "--cfg-options", *opts)
+    plain = run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "plain"),
+                     "--cfg-options", *opts)
     out, show = tmp_path / "preds", tmp_path / "vis"
     tta = run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(tmp_path / "tta"), "--tta", "--out",
                    str(out), "--show-dir", str(show), "--cfg-options", *opts)

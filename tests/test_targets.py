@@ -55,7 +55,8 @@ def test_dino_target_uses_the_local_teacher(teacher_file):
     tokens = teacher.eval().forward_features(images)
     torch.testing.assert_close(model.target(images), tokens[:, 1:])  # exactly the teacher's patch tokens
     # the order's similarity map comes from the teacher's tokens
-    torch.testing.assert_close(out.similarity, torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], -1).softmax(-1))
+    cosine = torch.nn.functional.cosine_similarity(tokens[:, :1], tokens[:, 1:], -1)
+    torch.testing.assert_close(out.similarity, cosine.softmax(-1))
     assert not any(p.requires_grad for p in model.target.parameters())
     model.train()
     assert not model.target.teacher.training
@@ -67,7 +68,8 @@ def test_missing_teacher_weights_are_a_clear_error(tmp_path):
     with pytest.raises(TeacherWeightsError, match="--teacher-weights"):
         build_model("semaim_vit_tiny_patch16", img_size=64, target="dino")
     with pytest.raises(TeacherWeightsError, match="does not exist"):
-        build_model("semaim_vit_tiny_patch16", img_size=64, target="clip", teacher=dict(weights=str(tmp_path / "x.pth")))
+        build_model("semaim_vit_tiny_patch16", img_size=64, target="clip",
+                    teacher=dict(weights=str(tmp_path / "x.pth")))
 
 
 def test_teacher_weights_that_do_not_fit_are_refused(teacher_file, tmp_path):
@@ -132,7 +134,8 @@ def test_clip_target_is_openai_ln_post_proj_on_every_token(tmp_path, layout):
     saved = sd if layout == "openai" else {k.removeprefix("visual."): v for k, v in sd.items()}
     torch.save(saved, tmp_path / "clip.pth")
     model = build_model("semaim_vit_tiny_patch16", img_size=32, depth=2, target="clip",
-                        teacher=dict(weights=str(tmp_path / "clip.pth"), img_size=32, embed_dim=64, depth=2, num_heads=2))
+                        teacher=dict(weights=str(tmp_path / "clip.pth"), img_size=32, embed_dim=64, depth=2,
+                                     num_heads=2))
     assert model.decoder_pred.fc2.out_features == 24  # the projection's width (512 for ViT-B/16)
     images = torch.randn(2, 3, 32, 32)
     expected = openai_clip_tokens(sd, images)  # fed the ImageNet-normalized crop as is, as the authors do
@@ -150,7 +153,8 @@ def test_clip_teacher_input_can_be_renormalized(tmp_path):
                         teacher=dict(weights=str(tmp_path / "clip.pth"), input_norm="native", img_size=32,
                                      embed_dim=64, depth=2, num_heads=2))
     raw = torch.rand(1, 3, 32, 32)
-    imagenet = (raw - torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)) / torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+    imagenet = (raw - mean) / std
     clip = (raw - torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)) / torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
     torch.testing.assert_close(model.target.tokens(imagenet), openai_clip_tokens(sd, clip), rtol=1e-4, atol=1e-5)
 

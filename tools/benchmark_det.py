@@ -16,8 +16,8 @@ from detectron2.utils.events import EventStorage
 from det.checkpoint import load_backbone
 from det.data import register_tiny_coco
 from semaim_core import build_model
-from tools.lib.benchmark import time_steps
 from semaim_core.checkpoint import export_encoder, save_atomic
+from tools.lib.benchmark import time_steps
 
 
 def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
@@ -28,7 +28,8 @@ def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
         load_backbone(model, encoder)
     cfg.optimizer.params.model = model
     optimizer = instantiate(cfg.optimizer)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, instantiate(cfg.dataloader.train), optimizer)
+    trainer_class = AMPTrainer if cfg.train.amp.enabled else SimpleTrainer
+    trainer = trainer_class(model, instantiate(cfg.dataloader.train), optimizer)
     with EventStorage() as storage:
         def step():
             trainer.run_step()

@@ -21,7 +21,8 @@ from mmseg.utils import register_all_modules
 import seg  # noqa: F401
 from tools.lib.benchmark import time_steps
 
-STOCK = os.path.join(os.path.dirname(mmseg.__file__), ".mim/configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")
+STOCK = os.path.join(os.path.dirname(mmseg.__file__),
+                     ".mim/configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")
 
 
 def loader(cfg, data_root: str, batch: int):

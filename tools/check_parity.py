@@ -262,7 +262,8 @@ def check_feature_target(off, kind: str, images, seed, report: Report, tmp: Path
                     embed_dim=width, depth=2, num_heads=2)
     else:  # the authors' DINO teacher is timm's vit_base_patch16_224(num_classes=0)
         teacher = timm.create_model("vit_base_patch16_224", pretrained=False, num_classes=0, img_size=SIZE["img_size"],
-                                    patch_size=SIZE["patch_size"], embed_dim=SIZE["embed_dim"], depth=2, num_heads=2).eval()
+                                    patch_size=SIZE["patch_size"], embed_dim=SIZE["embed_dim"], depth=2,
+                                    num_heads=2).eval()
         torch.save(teacher.state_dict(), tmp / "dino.pth")
         spec = dict(weights=str(tmp / "dino.pth"), arch="vit_base_patch16_224", img_size=SIZE["img_size"],
                     patch_size=SIZE["patch_size"], embed_dim=SIZE["embed_dim"], depth=2, num_heads=2)
@@ -276,7 +277,8 @@ def check_feature_target(off, kind: str, images, seed, report: Report, tmp: Path
     report.close(kind, "teacher tokens", rel(ours.target.tokens(images), tokens))
     torch.manual_seed(draw)
     out = ours(images)
-    report.same(kind, "order argsort (similarity from the teacher)", torch.equal(out.order_scores.argsort(1), perm.argsort(1)))
+    same = torch.equal(out.order_scores.argsort(1), perm.argsort(1))
+    report.same(kind, "order argsort (similarity from the teacher)", same)
     report.close(kind, "loss", rel(out.loss, loss_o))
     report.close(kind, "per-patch loss, worst image", max(rel(out.patch_loss[i], map_o[i]) for i in range(len(images))))
 

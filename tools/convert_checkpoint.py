@@ -16,8 +16,15 @@ SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
 import argparse
 import sys
 
-from semaim_core.checkpoint import (CheckpointError, detectron2_keys, mmseg_keys, read_encoder, save_atomic,
-                                    save_encoder, to_encoder)
+from semaim_core.checkpoint import (
+    CheckpointError,
+    detectron2_keys,
+    mmseg_keys,
+    read_encoder,
+    save_atomic,
+    save_encoder,
+    to_encoder,
+)
 
 # The file each framework's own loader reads (the encoder layout is written by save_encoder).
 WRITERS = {

@@ -40,7 +40,8 @@ def evidence(out: Path) -> tuple[list[str], list[str]]:
                      f"{m['majority_top1']:.1f}")
     seg = _json(out / "fit_seg" / "seg_metrics.json")
     if seg:
-        lines.append(f"fit check: UperNet on 4 train maps, scored on them: aAcc {seg['aAcc']:.1f}, mIoU {seg['mIoU']:.1f}")
+        lines.append(f"fit check: UperNet on 4 train maps, scored on them: aAcc {seg['aAcc']:.1f}, "
+                     f"mIoU {seg['mIoU']:.1f}")
     det = _json(out / "fit_det" / "det_metrics.json")
     if det:
         lines.append(f"fit check: Mask R-CNN on 4 train images, scored on them: box AP50 {det['bbox']['AP50']:.1f}, "

@@ -13,7 +13,8 @@ from tools.lib.coco_derive import CropSettings, DatasetError, derive
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--source", default="data/tiny_coco", help="COCO-format root with annotations/, train2017/, val2017/")
+    ap.add_argument("--source", default="data/tiny_coco",
+                    help="COCO-format root with annotations/, train2017/, val2017/")
     ap.add_argument("--out", default="data/derived", help="writes OUT/coco_stuff and OUT/crops")
     for f in fields(CropSettings):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="crop setting")

@@ -58,8 +58,10 @@ env_cfg = dict(cudnn_benchmark=False, dist_cfg=dict(backend="gloo"))
 tta_pipeline = [
     dict(type="LoadImageFromFile"),
     dict(type="TestTimeAug", transforms=[
-        [dict(type="Resize", scale=(512, 256), keep_ratio=True), dict(type="Resize", scale=(768, 384), keep_ratio=True)],
-        [dict(type="RandomFlip", prob=0.0, direction="horizontal"), dict(type="RandomFlip", prob=1.0, direction="horizontal")],
+        [dict(type="Resize", scale=(512, 256), keep_ratio=True),
+         dict(type="Resize", scale=(768, 384), keep_ratio=True)],
+        [dict(type="RandomFlip", prob=0.0, direction="horizontal"),
+         dict(type="RandomFlip", prob=1.0, direction="horizontal")],
         [dict(type="LoadAnnotations")],
         [dict(type="PackSegInputs")],
     ]),

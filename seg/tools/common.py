@@ -7,9 +7,10 @@ import os.path as osp
 import time
 from pathlib import Path
 
-import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from mmengine.config import Config, DictAction
 from mmseg.registry import RUNNERS
+
+import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
 from semaim_core.configs import resolve_config
 from semaim_core.rundir import flatten

@@ -10,7 +10,6 @@
 import torch
 
 from seg.tools.common import build_runner, load_config, parser
-
 from semaim_core.checkpoint import CheckpointError, load_file, load_verified
 
 

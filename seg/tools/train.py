@@ -8,7 +8,6 @@
 import os
 
 from seg.tools.common import STOPPING, build_runner, load_config, parser, recipe
-
 from semaim_core.rundir import open_run, release_lock
 
 

@@ -140,7 +140,8 @@ def _write_crops(source: Path, out: Path, settings: CropSettings) -> dict:
             per_class.setdefault(ann["category_id"], {"train": 0, "val": 0})[name] += 1
     keep = sorted(c for c, n in per_class.items() if n["train"] >= settings.min_train and n["val"] >= settings.min_val)
     if not keep:
-        raise DatasetError(f"no class of {source} has {settings.min_train} train and {settings.min_val} val instances; lower min_train/min_val.")
+        raise DatasetError(f"no class of {source} has {settings.min_train} train and {settings.min_val} val "
+                           "instances; lower min_train/min_val.")
     counts = {}
     for name, (coco, img_dir) in splits.items():
         class_dir = {c: coco.cats[c]["name"].replace(" ", "_") for c in keep}

@@ -191,7 +191,7 @@ def measure(variant: str, args, device: torch.device) -> dict:
                 img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
                 peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
                 mfu=round(flops * ips / 1e12 / peak, 3) if peak else None,
-                loss=round(float(timed["last"].detach()), 4), command=shlex.join(sys.argv))
+                loss=round(float(timed["last"].detach()), 4), command=args.command)
 
 
 def main(argv=None):
@@ -231,6 +231,7 @@ def main(argv=None):
               f"{len(images)} images ({args.model}, {args.agreement_checkpoint or 'random init'}, {args.device})")
         return share
     args.model_kwargs = dict(depth=args.depth, decoder_depth=args.depth) if args.depth else {}
+    args.command = shlex.join(["python", "tools/benchmark_pretrain.py", *(sys.argv[1:] if argv is None else argv)])
     if args.check:
         rel = check_equivalence(args.model, min(args.batch, 16), args.img_size, args.device)
         print(f"sorted vs dense fp32 loss, relative difference: {rel:.2e}")

@@ -231,7 +231,8 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
     if not keys:
         warnings.append("the runs do not differ in any pretraining setting (order, target, decoder depth, ...)")
     elif len(keys) > 1:
-        warnings.append(f"the runs differ in {len(keys)} settings at once ({', '.join(keys)}): not a one-factor ablation")
+        warnings.append(f"the runs differ in {len(keys)} settings at once ({', '.join(keys)}): "
+                        "not a one-factor ablation")
     metric_cols = [c for c in columns(rows) if c[0][0] != "epochs"]
     shown = [Row(r.method, {**{(k, ""): r.settings.get(k) for k in keys}, **r.values}, r.sources) for r in rows]
     cols = [((k, ""), k.replace("_", " ")) for k in keys] + metric_cols
