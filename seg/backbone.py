@@ -7,7 +7,7 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
-from semaim_core.checkpoint import load_verified, mmseg_keys, read_encoder, resize_pos_embed
+from semaim_core.checkpoint import load_verified, mmseg_keys, read_encoder
 
 # What a pretrained encoder does not have: mmseg's layer scale (gamma, 1.0 = none with
 # init_values=1.0) and relative-position tables (zero, as for MAE weights).
@@ -32,8 +32,7 @@ class SemAIMViT(MAE):
         sd = mmseg_keys(sd)
         if not self.final_norm:  # the encoder's final norm has no place without final_norm
             sd = {k: v for k, v in sd.items() if not k.startswith("ln1.")}
-        if sd["pos_embed"].shape != self.pos_embed.shape:
-            sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], self.num_patches)
+        sd = self.resize_abs_pos_embed(sd)  # mmseg's own bicubic resize to this backbone's grid
         report = load_verified(self, sd, f"mmseg SemAIMViT <- {path} ({meta['source_kind']})",
                                allowed_missing=ALLOWED_MISSING)
         for name, p in self.named_parameters():

@@ -22,7 +22,7 @@ import torch.distributed as dist
 from timm.utils import random_seed
 from tqdm import tqdm
 
-from . import MODELS, build_model
+from . import MODEL_SIZES, MODELS, build_model
 from .checkpoint import FORMAT_TRAIN, CheckpointError, export_encoder, load_file, save_atomic, save_encoder
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
@@ -43,11 +43,7 @@ from .training import (
 # Paper recipe (ViT-B/16, released scripts): effective batch 2048, blr 2e-4, 30 warm-up epochs of
 # 400 (or 800), AdamW (0.9, 0.95), wd 0.05, clip 3, 224 crops, decoder depth = encoder depth.
 PRESETS = {
-    "tiny": dict(model="semaim_vit_tiny_patch16"),
-    "small": dict(model="semaim_vit_small_patch16"),
-    "base": dict(model="semaim_vit_base_patch16"),
-    "large": dict(model="semaim_vit_large_patch16"),
-    "huge": dict(model="semaim_vit_huge_patch16"),
+    **{size: dict(model=f"semaim_vit_{size}_patch16") for size in MODEL_SIZES},
     # a few minutes on a CPU with the bundled images
     "demo": dict(model="semaim_vit_tiny_patch16", img_size=96, depth=4, decoder_depth=4, batch_size=16,
                  accum_iter=1, epochs=6, warmup_epochs=1, blr=1.5e-3, dtype="fp32", num_workers=2, save_every=20,

@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# The mmcv-lite compatibility layer goes in before any test module imports mmseg (an import sorter
+# places `import seg` after the third-party mmseg imports inside each module).
+import seg  # noqa: F401
+
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # the CI machine has 2 cores
 
 REPO = Path(__file__).resolve().parents[1]

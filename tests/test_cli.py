@@ -21,15 +21,17 @@ def test_bare_config_names_resolve_in_the_framework_folders():
         resolve_config("vitdet_semaim_xl.py", REPO / "det/configs")
 
 
-@pytest.mark.parametrize("tool,argv", [
-    ("det/train_net.py", ["--config", "vitdet_semaim.py", "--eval-only", "train.init_checkpoint=nothing.pth",
-                          "train.device=cpu"]),
-    ("seg/tools/train.py", ["upernet_semaim.py"]),
-])
-def test_the_briefs_literal_commands_find_their_config(tool, argv, tmp_path):
-    """From the repo root the bare names load; the run then stops at the missing dataset or weights,
-    with an error that names them, not at a missing config file."""
-    proc = subprocess.run([sys.executable, tool, *argv], cwd=REPO, capture_output=True, text=True, timeout=300)
+DET_ARGS = ["--config", "vitdet_semaim.py", "--eval-only", "train.init_checkpoint=nothing.pth", "train.device=cpu"]
+
+
+@pytest.mark.parametrize("command", [["det/train_net.py", *DET_ARGS], ["-m", "det.train_net", *DET_ARGS],
+                                     ["seg/tools/train.py", "upernet_semaim.py"],
+                                     ["-m", "seg.tools.train", "upernet_semaim.py"]])
+def test_the_briefs_literal_commands_find_their_config(command, tmp_path):
+    """Run as a file (the brief's entry points) or as a module (the README's form), from the repo
+    root the bare names load; the run then stops at the missing dataset or weights, with an error
+    that names them, not at a missing config file or module."""
+    proc = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     err = proc.stderr[-3000:]
     assert "No such file or directory: 'vitdet_semaim.py'" not in err and "upernet_semaim.py' does not exist" not in err

@@ -9,7 +9,10 @@ import copy
 import json
 import os
 
+# isort: off
+import seg  # noqa: F401  (first: the mmcv-lite compatibility layer, before mmseg imports mmcv.ops)
 import mmseg
+# isort: on
 import torch
 from mmengine.config import Config
 from mmengine.model import revert_sync_batchnorm
@@ -18,7 +21,6 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-import seg  # noqa: F401
 from tools.lib.benchmark import time_steps
 
 STOCK = os.path.join(os.path.dirname(mmseg.__file__),

@@ -16,6 +16,7 @@ SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
 import argparse
 import sys
 
+from semaim_core import MODEL_SIZES
 from semaim_core.checkpoint import (
     CheckpointError,
     detectron2_keys,
@@ -40,8 +41,9 @@ def main(argv=None):
     ap.add_argument("input", help="the checkpoint to read (any kind listed above)")
     ap.add_argument("output", help="where to write the converted file (written atomically)")
     ap.add_argument("--to", choices=["encoder", *sorted(WRITERS)], default="encoder", help="the layout to write")
+    standard = ", ".join(f"{c['embed_dim']}: {c['num_heads']}" for c in MODEL_SIZES.values())
     ap.add_argument("--num-heads", type=int, help="attention heads, for a checkpoint whose width is not a standard "
-                    "ViT width (192/384/768/1024/1280 have 3/6/12/16/16) and that does not record them")
+                    f"ViT width (width: heads {standard}) and that does not record them")
     args = ap.parse_args(argv)
     try:
         sd, meta = read_encoder(args.input, args.num_heads)

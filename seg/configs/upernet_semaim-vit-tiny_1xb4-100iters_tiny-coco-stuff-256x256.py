@@ -1,6 +1,7 @@
 # Minutes on a CPU: the COCO-Stuff-layout maps derived from the bundled tiny_coco (`make data`),
 # the 80 thing classes, the pretraining demo's encoder (ViT-Tiny width, 4 blocks), 256 px crops.
-_base_ = ["./upernet_semaim.py"]
+# The paper's model base + mmseg's COCO-Stuff-164k dataset base (the derived maps use its layout).
+_base_ = ["./_base_/models/upernet_semaim_vit-b16.py", "mmseg::_base_/datasets/coco-stuff164k.py"]
 crop_size = (256, 256)
 norm_cfg = dict(type="BN", requires_grad=True)  # one process: no SyncBN
 thing_classes = (
@@ -38,13 +39,13 @@ test_pipeline = [
     dict(type="PackSegInputs"),
 ]
 metainfo = dict(classes=thing_classes)
-train_dataloader = dict(batch_size=4, num_workers=2, persistent_workers=False, dataset=dict(
-    type="COCOStuffDataset", data_root=data_root, metainfo=metainfo, pipeline=train_pipeline,
-    data_prefix=dict(img_path="images/train2017", seg_map_path="annotations/train2017")))
-val_dataloader = dict(batch_size=1, num_workers=2, persistent_workers=False, dataset=dict(
-    type="COCOStuffDataset", data_root=data_root, metainfo=metainfo, pipeline=test_pipeline,
-    data_prefix=dict(img_path="images/val2017", seg_map_path="annotations/val2017")))
+train_dataloader = dict(batch_size=4, num_workers=2, persistent_workers=False,
+                        dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=train_pipeline))
+val_dataloader = dict(num_workers=2, persistent_workers=False,
+                      dataset=dict(data_root=data_root, metainfo=metainfo, pipeline=test_pipeline))
 test_dataloader = val_dataloader
+val_evaluator = dict(type="SemAIMIoUMetric", iou_metrics=["mIoU"])  # + per-class JSON (seg/tools)
+test_evaluator = val_evaluator
 optim_wrapper = dict(type="OptimWrapper", optimizer=dict(lr=2e-4))  # CPU: no AMP
 param_scheduler = [
     dict(type="LinearLR", start_factor=1e-3, by_epoch=False, begin=0, end=10),
