@@ -20,8 +20,9 @@ def test_every_variant_runs_from_jpegs_and_the_exact_ones_agree(tiny_coco, tmp_p
     out = tmp_path / "bench.jsonl"
     main(["--model", "semaim_vit_tiny_patch16", "--depth", "1", "--img-size", "224", "--batch", "2", "--steps", "1",
           "--warmup", "1", "--dtype", "fp32", "--device", "cpu", "--workers", "0", "--data", str(tiny_coco / "val2017"),
-          "--official", str(OFFICIAL), "--variants", *variants, "--json", str(out)])
+          "--official", str(OFFICIAL), "--variants", *variants, "--json", str(out), "--plot", str(tmp_path / "b.png")])
     rows = {r["variant"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert (tmp_path / "b.png").read_bytes().startswith(b"\x89PNG")
     assert list(rows) == variants
     for r in rows.values():
         assert r["img_per_s"] > 0 and math.isfinite(r["loss"]) and r["data"] == str(tiny_coco / "val2017")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import math
 import shlex
 import sys
@@ -194,6 +195,23 @@ def measure(variant: str, args, device: torch.device) -> dict:
                 loss=round(float(timed["last"].detach()), 4), command=args.command)
 
 
+def plot_records(records: list[dict], path: str | Path) -> Path:
+    """Bars of img/s and peak memory, one per measured record (variant, compile mode, data)."""
+    from tools.lib.figures import pyplot, save_figure
+
+    labels = [f"{r['variant']}\n{r['model'].removeprefix('semaim_vit_')}, b{r['batch']}"
+              f"{', compiled' if r['compile'] != 'no' else ''}{', JPEG' if r['data'] != 'synthetic' else ''}"
+              for r in records]
+    fig, (speed, memory) = pyplot().subplots(1, 2, figsize=(max(7, 1.3 * len(records)), 4))
+    speed.bar(range(len(records)), [r["img_per_s"] for r in records])
+    memory.bar(range(len(records)), [r["peak_mem_gib"] or 0 for r in records])
+    for ax, title in ((speed, "images / s (higher is better)"), (memory, "peak memory, GiB")):
+        ax.set_xticks(range(len(records)), labels, fontsize=7, rotation=30, ha="right")
+        ax.set_title(title, fontsize=9)
+    fig.suptitle(f"SemAIM pretraining step, {records[0]['device']}", fontsize=9)
+    return save_figure(fig, path)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="semaim_vit_base_patch16", choices=sorted(MODELS), help="the encoder size")
@@ -212,6 +230,7 @@ def main(argv=None):
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the model (optionally a mode: max-autotune-no-cudagraphs, reduce-overhead)")
     ap.add_argument("--json", help="also append one JSON record per variant here (JSON lines)")
+    ap.add_argument("--plot", help="also draw img/s and memory per variant (PNG): every record in --json, if given")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each variant")
     ap.add_argument("--check", action="store_true", help="first compare the fp32 loss of sorted and dense")
     ap.add_argument("--agreement-images", help="measure only the center agreement of the --dtype similarity pass with "
@@ -249,6 +268,9 @@ def main(argv=None):
             print(f"{ours} / {ref} throughput: {by[ours]['img_per_s'] / by[ref]['img_per_s']:.2f}x "
                   f"({results[0]['device']}, {args.model}, batch {args.batch}, {args.data or 'synthetic images'})")
     append_records(args.json, results)
+    if args.plot:
+        records = [json.loads(line) for line in open(args.json)] if args.json else results
+        print(f"wrote {plot_records(records, args.plot)}")
     return results
 
 

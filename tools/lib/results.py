@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semaim_core import pretrain
+from tools.lib.figures import pyplot, save_figure
 
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
 IN1K, COCO, ADE = "ImageNet-1k val", "COCO val2017", "ADE20K val"
@@ -241,9 +242,7 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
 
 def bar_chart(rows: list[Row], path: str | Path) -> Path:
     """Grouped bars, one group per metric column; a missing value draws no bar (not a zero)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     import numpy as np
 
     cols = [(k, h) for k, h in columns(rows) if k[0] != "epochs"]
@@ -257,9 +256,4 @@ def bar_chart(rows: list[Row], path: str | Path) -> Path:
                   fontsize=7)
     ax.set_ylabel("%")
     ax.legend(fontsize=6, ncols=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -12,6 +12,7 @@ from semaim_core import orders as O
 from semaim_core.checkpoint import semaim_from_encoder
 from semaim_core.data import ImageDataset, eval_transform, find_images
 from semaim_core.orders import ORDERS
+from tools.lib.figures import pyplot, save_figure
 
 
 @torch.no_grad()
@@ -29,9 +30,7 @@ def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0)
 
 
 def render(images: torch.Tensor, maps: dict[str, np.ndarray], out: str | Path) -> Path:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     cols = ["image", *maps]
@@ -47,12 +46,7 @@ def render(images: torch.Tensor, maps: dict[str, np.ndarray], out: str | Path) -
             if r == 0:
                 title = {"S": "similarity map S", "similarity": "similarity order"}.get(name, name.replace("_", "-"))
                 axes[r, c].set_title(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out)
 
 
 def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out: str | Path, img_size: int = 224,
