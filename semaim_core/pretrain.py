@@ -85,6 +85,7 @@ class Config:
     clip_grad: float | None = 3.0
     dtype: str = "bf16"                # bf16 | fp16 | fp32 (autocast)
     compile: bool = False
+    grad_checkpointing: bool = False   # recompute block activations in backward: less memory, same result
     device: str = "cuda"
     num_workers: int = 8
     seed: int = 0
@@ -101,7 +102,7 @@ class Config:
                  order=self.order, attention=self.attention, similarity_source=self.similarity_source,
                  similarity_precision=self.similarity_precision,
                  order_lambda=self.order_lambda, order_smooth=self.order_smooth, num_centers=self.num_centers,
-                 target=self.target)
+                 target=self.target, grad_checkpointing=self.grad_checkpointing)
         if self.depth is not None:
             o["depth"] = self.depth
         if self.target != "pixel":
@@ -111,7 +112,7 @@ class Config:
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
-               "device")
+               "grad_checkpointing", "device")
 STOPPING = ("max_steps",)
 
 
@@ -404,7 +405,9 @@ HELP = dict(
     blr="base lr: lr = blr x effective batch / 256", lr="absolute lr (overrides --blr)",
     min_lr="floor of the cosine schedule", weight_decay="AdamW weight decay (none on biases and norms)",
     betas="AdamW betas", clip_grad="gradient-norm clip (0 or unset: none)", dtype="autocast dtype of the step",
-    compile="torch.compile the model", device="cuda or cpu", num_workers="data-loading processes per process",
+    compile="torch.compile the model",
+    grad_checkpointing="recompute each block's activations in the backward pass (less memory, ~1/3 more compute, "
+    "the same result)", device="cuda or cpu", num_workers="data-loading processes per process",
     seed="seeds initialization, data order, augmentation and tie-breaks",
     save_every="optimizer steps between checkpoints (also at every epoch end)", keep="checkpoints kept",
     log_every="steps between metrics rows", resume="auto (the newest checkpoint here), none (a new run) or a PATH",

@@ -126,3 +126,21 @@ def test_bad_settings_are_named():
         tiny(attention="flash")
     with pytest.raises(ValueError, match="unknown model"):
         build_model("semaim_vit_gigantic_patch16")
+
+
+@pytest.mark.parametrize("attention", ["sorted", "dense"])
+def test_grad_checkpointing_gives_the_same_loss_and_gradients(attention):
+    """Recomputing the blocks in backward (drop path on, so the RNG must be replayed) changes nothing."""
+    images = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    results = []
+    for enable in (False, True):
+        model = tiny(drop_path_rate=0.3, attention=attention)
+        model.set_grad_checkpointing(enable)
+        torch.manual_seed(1)
+        out = model(images)
+        out.loss.backward()
+        results.append((out.loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (loss_ckpt, grads_ckpt) = results
+    assert torch.equal(loss, loss_ckpt) and grads.keys() == grads_ckpt.keys()
+    for name in grads:
+        torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-12, atol=1e-12, msg=name)

@@ -175,6 +175,7 @@ def measure(variant: str, args, device: torch.device) -> dict:
         step, model = suite_step(variant, args.model, args.img_size, amp, device, args.compile, args.model_kwargs)
         dtype = args.dtype
     cfg = dict(MODELS[args.model], patch_size=16, mlp_ratio=4.0, **args.model_kwargs)
+    cfg.pop("grad_checkpointing", None)
     cfg.setdefault("decoder_depth", cfg["depth"])
     flops = train_step_flops(cfg, (args.img_size // 16,) * 2, 3 * 16 * 16)
     batches = args.warmup + args.steps + (3 if args.profile else 0)
@@ -188,6 +189,7 @@ def measure(variant: str, args, device: torch.device) -> dict:
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return dict(variant=variant, exact=exact, compile=args.compile or "no", model=args.model, batch=args.batch,
+                grad_checkpointing=args.grad_checkpointing and variant != "official",
                 img_size=args.img_size, dtype=dtype, data=args.data or "synthetic", device=device_name(device),
                 img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
                 peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
@@ -226,6 +228,8 @@ def main(argv=None):
     ap.add_argument("--official", help="a checkout of the authors' SemAIM code, for the official variant")
     ap.add_argument("--data", help="a folder of JPEGs read through the pretraining loader (default: synthetic tensors)")
     ap.add_argument("--workers", type=int, default=8, help="data-loading processes for --data")
+    ap.add_argument("--grad-checkpointing", action="store_true",
+                    help="recompute block activations in backward (the suite's variants; MFU still counts model FLOPs)")
     ap.add_argument("--depth", type=int, help="override the size's depth (encoder and decoder; CPU smoke runs)")
     ap.add_argument("--compile", nargs="?", const="default", default=None,
                     help="torch.compile the model (optionally a mode: max-autotune-no-cudagraphs, reduce-overhead)")
@@ -250,6 +254,8 @@ def main(argv=None):
               f"{len(images)} images ({args.model}, {args.agreement_checkpoint or 'random init'}, {args.device})")
         return share
     args.model_kwargs = dict(depth=args.depth, decoder_depth=args.depth) if args.depth else {}
+    if args.grad_checkpointing:
+        args.model_kwargs["grad_checkpointing"] = True
     args.command = shlex.join(["python", "tools/benchmark_pretrain.py", *(sys.argv[1:] if argv is None else argv)])
     if args.check:
         rel = check_equivalence(args.model, min(args.batch, 16), args.img_size, args.device)
