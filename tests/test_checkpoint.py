@@ -9,7 +9,6 @@ from semaim_core.checkpoint import (
     detect_kind,
     detectron2_keys,
     encoder_from_checkpoint,
-    load_file,
     load_verified,
     mmseg_keys,
     read_encoder,
@@ -127,25 +126,26 @@ def test_verified_load_fails_on_missing_and_misplaced_weights(encoder):
         load_verified(vit, wrong, "timm", allowed_missing=(r"^head\.",))
 
 
-def test_wrong_kinds_and_bad_files_are_named(encoder, tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
-        read_encoder(tmp_path / "nope.pth")
-    (tmp_path / "torn.pth").write_bytes(b"PK\x03\x04 torn")
-    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
-        read_encoder(tmp_path / "torn.pth")
-    save_atomic(WRITERS["detectron2"](encoder), tmp_path / "d2.pth")
-    with pytest.raises(CheckpointError, match="looks like a detectron2 model"):
-        read_encoder(tmp_path / "d2.pth")
-    save_atomic({"model": {"fc.weight": torch.zeros(2)}}, tmp_path / "other.pth")
-    with pytest.raises(CheckpointError, match="unrecognized checkpoint"):
-        read_encoder(tmp_path / "other.pth")
-    partial = {k: v for k, v in encoder.items() if not k.startswith("blocks.1.attn")}
-    save_atomic({"model": partial}, tmp_path / "partial.pth")
-    with pytest.raises(CheckpointError, match="lacks 4 encoder weights"):
-        read_encoder(tmp_path / "partial.pth")
-    torch.save([1, 2], tmp_path / "list.pth")
-    with pytest.raises(CheckpointError, match="not a dict"):
-        load_file(tmp_path / "list.pth")
+BAD_FILES = {
+    "nope.pth": (None, "does not exist"),
+    "torn.pth": (b"PK\x03\x04 torn", "cannot read checkpoint"),
+    "d2.pth": (lambda enc: WRITERS["detectron2"](enc), "looks like a detectron2 model"),
+    "other.pth": (lambda enc: {"model": {"fc.weight": torch.zeros(2)}}, "unrecognized checkpoint"),
+    "partial.pth": (lambda enc: {"model": {k: v for k, v in enc.items() if not k.startswith("blocks.1.attn")}},
+                    "lacks 4 encoder weights"),
+    "list.pth": (lambda enc: [1, 2], "not a dict"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_FILES)
+def test_wrong_kinds_and_bad_files_are_named(name, encoder, tmp_path):
+    content, message = BAD_FILES[name]
+    if isinstance(content, bytes):
+        (tmp_path / name).write_bytes(content)
+    elif content is not None:
+        torch.save(content(encoder), tmp_path / name)
+    with pytest.raises(CheckpointError, match=message):
+        read_encoder(tmp_path / name)
 
 
 def test_head_count_comes_from_the_width_table_or_must_be_given():

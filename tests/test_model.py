@@ -117,14 +117,20 @@ def test_similarity_pass_has_no_drop_path_and_no_grad():
     assert not s1.requires_grad and model.training
 
 
-def test_bad_settings_are_named():
-    with pytest.raises(ValueError, match="must divide"):
-        tiny(depth=4, decoder_depth=3)
-    with pytest.raises(ValueError, match="unknown order"):
-        tiny(order="spiral")
-    with pytest.raises(ValueError, match="unknown attention"):
-        tiny(attention="flash")
-    with pytest.raises(ValueError, match="unknown model"):
+@pytest.mark.parametrize("settings,message", [
+    (dict(depth=4, decoder_depth=3), "must divide"),
+    (dict(order="spiral"), "unknown order"),
+    (dict(attention="flash"), "unknown attention"),
+    (dict(similarity_precision="fp8"), "unknown similarity_precision"),
+    (dict(similarity_source="teacher"), "needs a feature target"),
+])
+def test_bad_settings_are_named(settings, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**settings)
+
+
+def test_an_unknown_model_size_is_named():
+    with pytest.raises(ValueError, match="unknown model 'semaim_vit_gigantic_patch16': choose one of"):
         build_model("semaim_vit_gigantic_patch16")
 
 
