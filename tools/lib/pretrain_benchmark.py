@@ -106,6 +106,11 @@ def image_source(data: str | None, batch: int, img_size: int, batches: int, work
     return lambda: next(batches_iter)[0].to(device, non_blocking=True)
 
 
+def compiled(model, mode: str | None):
+    """``model`` under torch.compile (``mode`` "default" or one of torch's modes), or as is for None."""
+    return torch.compile(model, mode=None if mode == "default" else mode) if mode else model
+
+
 def suite_step(variant: str, model_name: str, img_size: int, amp, device: torch.device, compile_mode: str | None,
                model_kwargs: dict):
     """(step(images) -> loss, model) for one of the suite's variants."""
@@ -114,7 +119,7 @@ def suite_step(variant: str, model_name: str, img_size: int, amp, device: torch.
     model = model.to(device).train()
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
     scaler = grad_scaler(device, amp)
-    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
+    net = compiled(model, compile_mode)
     math_only = variant == "dense-math"
 
     def step(images):
@@ -140,7 +145,7 @@ def official_step(official: str, model_name: str, img_size: int, device: torch.d
     model = build_aim(off, img_size=img_size, patch_size=16, mlp_ratio=4.0, **size).to(device)
     optimizer = torch.optim.AdamW(param_groups_weight_decay(model, 0.05), lr=1e-4, betas=(0.9, 0.95))
     scaler = torch.amp.GradScaler(device.type)
-    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_mode else model
+    net = compiled(model, compile_mode)
 
     def step(images):
         model.eval()
