@@ -125,7 +125,8 @@ class SemAIM(nn.Module):
                  drop_path_rate: float = 0.0, order: str = "semantic", attention: str = "sorted",
                  similarity_source: str | None = None, similarity_precision: str = "fp32",
                  order_lambda: float = 1e-3, order_smooth: bool = False, num_centers: int = 2,
-                 target: str = "pixel", teacher: dict | None = None, grad_checkpointing: bool = False):
+                 target: str = "pixel", teacher: dict | None = None, grad_checkpointing: bool = False,
+                 float8: bool = False):
         super().__init__()
         decoder_depth = depth if decoder_depth is None else decoder_depth
         # the authors take the order's similarity from the teacher whenever the target is a teacher's
@@ -143,6 +144,10 @@ class SemAIM(nn.Module):
             raise ValueError(f"decoder_depth ({decoder_depth}) must divide the encoder depth ({depth})")
         if similarity_source == "teacher" and target == "pixel":
             raise ValueError("similarity_source='teacher' needs a feature target (target='dino' or 'clip')")
+        if float8 and similarity_source == "online" and similarity_precision == "fp32":
+            raise ValueError("float8 computes the encoder blocks' matmuls in FP8, and the online similarity pass "
+                             "runs through those blocks, so it cannot stay fp32: add similarity_precision="
+                             "'autocast' (--similarity-precision autocast), or use similarity_source='ema'")
         self.patch_size, self.order, self.attention = patch_size, order, attention
         self.similarity_source, self.similarity_precision = similarity_source, similarity_precision
         self.order_lambda, self.order_smooth, self.num_centers = order_lambda, order_smooth, num_centers
@@ -179,6 +184,8 @@ class SemAIM(nn.Module):
         # For similarity_source="ema": an EMA of the whole encoder (patch embedding, [CLS], blocks,
         # final norm), as the authors' ModelEma. A submodule, so checkpoints carry it; never trained.
         self.ema_encoder = EncoderCopy(self) if similarity_source == "ema" else None
+        if float8:
+            self._convert_to_float8()
 
     # ------------------------------------------------------------------ init and helpers
     def _init_weights(self):
@@ -294,6 +301,24 @@ class SemAIM(nn.Module):
         """Recompute each block's activations in the backward pass instead of keeping them (timm's
         switch): less memory for a larger batch or ViT-L, about a third more compute, the same result."""
         self.grad_checkpointing = enable
+
+    def _convert_to_float8(self):
+        """Opt-in FP8 training (torchao float8, dynamic tensorwise scales): every Linear layer of the
+        encoder and decoder blocks multiplies in float8 (e4m3 inputs and weights, e5m2 gradients) and
+        keeps its fp32 master weights and parameter names, so checkpoints and exports do not change.
+        The patch embedding, the prediction head, the teacher and the EMA copy keep their precision.
+        Fast only on GPUs with FP8 tensor cores (compute capability 8.9+) and under torch.compile."""
+        try:
+            from torchao.float8 import convert_to_float8_training
+        except ImportError as e:
+            raise ImportError("float8 training needs torchao: pip install torchao==0.18.0 "
+                              "(pinned in requirements/base.txt)") from e
+
+        def in_blocks(module: nn.Module, name: str) -> bool:  # torchao's FP8 matmul needs multiples of 16
+            fits = isinstance(module, nn.Linear) and module.in_features % 16 == 0 and module.out_features % 16 == 0
+            return fits and name.startswith(("blocks.", "decoder_blocks."))
+
+        convert_to_float8_training(self, module_filter_fn=in_blocks)
 
     def _run(self, block: nn.Module, *args, **kwargs) -> torch.Tensor:
         if self.grad_checkpointing and torch.is_grad_enabled():  # the RNG (drop path) is replayed exactly

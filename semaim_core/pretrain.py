@@ -86,6 +86,7 @@ class Config:
     dtype: str = "bf16"                # bf16 | fp16 | fp32 (autocast)
     compile: bool = False
     grad_checkpointing: bool = False   # recompute block activations in backward: less memory, same result
+    float8: bool = False               # FP8 matmuls in the blocks (torchao; opt-in, not exact, part of the recipe)
     device: str = "cuda"
     num_workers: int = 8
     seed: int = 0
@@ -102,7 +103,7 @@ class Config:
                  order=self.order, attention=self.attention, similarity_source=self.similarity_source,
                  similarity_precision=self.similarity_precision,
                  order_lambda=self.order_lambda, order_smooth=self.order_smooth, num_centers=self.num_centers,
-                 target=self.target, grad_checkpointing=self.grad_checkpointing)
+                 target=self.target, grad_checkpointing=self.grad_checkpointing, float8=self.float8)
         if self.depth is not None:
             o["depth"] = self.depth
         if self.target != "pixel":
@@ -407,7 +408,10 @@ HELP = dict(
     betas="AdamW betas", clip_grad="gradient-norm clip (0 or unset: none)", dtype="autocast dtype of the step",
     compile="torch.compile the model",
     grad_checkpointing="recompute each block's activations in the backward pass (less memory, ~1/3 more compute, "
-    "the same result)", device="cuda or cpu", num_workers="data-loading processes per process",
+    "the same result)",
+    float8="FP8 matmuls in the encoder and decoder blocks (torchao float8; H100-class GPUs, with --compile): "
+    "faster, not exact; needs --similarity-precision autocast with the online similarity source",
+    device="cuda or cpu", num_workers="data-loading processes per process",
     seed="seeds initialization, data order, augmentation and tie-breaks",
     save_every="optimizer steps between checkpoints (also at every epoch end)", keep="checkpoints kept",
     log_every="steps between metrics rows", resume="auto (the newest checkpoint here), none (a new run) or a PATH",

@@ -123,6 +123,7 @@ def test_similarity_pass_has_no_drop_path_and_no_grad():
     (dict(attention="flash"), "unknown attention"),
     (dict(similarity_precision="fp8"), "unknown similarity_precision"),
     (dict(similarity_source="teacher"), "needs a feature target"),
+    (dict(float8=True), "cannot stay fp32: add similarity_precision='autocast'"),
 ])
 def test_bad_settings_are_named(settings, message):
     with pytest.raises(ValueError, match=message):
@@ -150,3 +151,34 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients(attention):
     assert torch.equal(loss, loss_ckpt) and grads.keys() == grads_ckpt.keys()
     for name in grads:
         torch.testing.assert_close(grads_ckpt[name], grads[name], rtol=1e-12, atol=1e-12, msg=name)
+
+
+def test_float8_puts_only_the_block_matmuls_in_fp8():
+    """--float8 swaps the blocks' Linear layers for torchao's Float8Linear; the weights, their names
+    (checkpoints, exports) and everything outside the blocks stay as they are."""
+    kw = dict(img_size=64, depth=2, decoder_depth=2, embed_dim=64, num_heads=2, similarity_precision="autocast")
+    torch.manual_seed(0)
+    plain = build_model("semaim_vit_tiny_patch16", **kw)
+    torch.manual_seed(0)
+    fp8 = build_model("semaim_vit_tiny_patch16", float8=True, **kw)
+    assert plain.state_dict().keys() == fp8.state_dict().keys()
+    assert all(torch.equal(v, fp8.state_dict()[k]) for k, v in plain.state_dict().items())
+    linears = {n: type(m).__name__ for n, m in fp8.named_modules() if isinstance(m, torch.nn.Linear)}
+    in_blocks = {n for n in linears if n.startswith(("blocks.", "decoder_blocks."))}
+    assert len(in_blocks) == 2 * 4 + 2 * 5  # qkv, proj, fc1, fc2; q, kv, proj, fc1, fc2
+    assert {n for n, kind in linears.items() if kind == "Float8Linear"} == in_blocks  # decoder_pred stays
+
+    images = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        order_scores, _ = plain.make_order(images)
+    losses = []
+    for model in (plain, fp8):
+        out = model(images, order_scores=order_scores)
+        out.loss.backward()
+        losses.append(out.loss.item())
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+    assert losses[1] != losses[0] and losses[1] == pytest.approx(losses[0], rel=2e-2)  # FP8 rounding, not a new model
+
+    kw.update(similarity_source="ema", similarity_precision="fp32")
+    ema = build_model("semaim_vit_tiny_patch16", float8=True, **kw)
+    assert not any(type(m).__name__ == "Float8Linear" for m in ema.ema_encoder.modules())  # its pass stays fp32

@@ -158,6 +158,33 @@ def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_p
     torch.testing.assert_close(model.eval().forward_features(images), t.model.norm(h), rtol=1e-5, atol=1e-5)
 
 
+def test_float8_pretraining_learns_and_tracks_the_same_recipe_without_it(tiny_coco, tmp_path, capsys):
+    """The opt-in FP8 mode trains the same model, within FP8 rounding: its loss curve follows the
+    run without it step by step, and tools/compare_loss_curves.py reports that and the one setting apart."""
+    from tools.compare_loss_curves import main as compare_curves
+
+    recipe = dict(img_size=64, depth=2, batch_size=10, epochs=8, warmup_epochs=1, blr=2e-2, drop_path=0.0,
+                  similarity_precision="autocast")
+    for name, extra in (("plain", {}), ("fp8", dict(float8=True))):
+        Trainer(cfg(tiny_coco, tmp_path / name, **recipe, **extra)).fit()
+    curves = {name: [json.loads(line)["loss"] for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+              for name in ("plain", "fp8")}
+    plain, fp8 = curves["plain"], curves["fp8"]
+    assert len(fp8) == 40 and sum(fp8[-5:]) < 0.95 * sum(fp8[:5])  # it learns
+    assert fp8 != plain and all(abs(b / a - 1) < 0.02 for a, b in zip(plain, fp8))
+    assert load_file(tmp_path / "fp8" / "encoder.pth")["model"].keys() == load_file(
+        tmp_path / "plain" / "encoder.pth")["model"].keys()
+
+    capsys.readouterr()
+    assert compare_curves([str(tmp_path / "plain"), str(tmp_path / "fp8"), "--window", "5",
+                           "--plot", str(tmp_path / "loss.png")]) == 0
+    out = capsys.readouterr().out
+    assert "differs from the reference in: float8 False -> True\n" in out and "at 40 shared steps" in out
+    assert (tmp_path / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert compare_curves([str(tmp_path / "plain"), str(tmp_path / "nowhere")]) == 1
+    assert "nowhere/metrics.jsonl does not exist" in capsys.readouterr().err
+
+
 def test_empty_data_folder_is_a_clear_error(tiny_coco, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no images"):

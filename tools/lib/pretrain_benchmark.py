@@ -4,6 +4,7 @@ backward + clip + AdamW), for several variants measured in the same run:
   sorted      the suite's default, exact recipe: sorted-causal attention, the similarity pass in
               fp32 outside autocast, TF32 off (as the official stack)
   fast        the same with the similarity pass in the step's autocast and TF32 on (opt-in)
+  fp8         fast, with the blocks' matmuls in FP8 (torchao float8, --float8 in pretraining; opt-in)
   dense       explicit boolean masks through SDPA (the paper's formulation; the same function)
   dense-math  the dense masks through SDPA's math backend, which materializes the N x N scores
               like the authors' explicit-mask attention
@@ -36,7 +37,8 @@ from semaim_core.pretrain import SeededSamples
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
 from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, time_steps
 
-VARIANTS = ("sorted", "fast", "dense", "dense-math", "official")
+VARIANTS = ("sorted", "fast", "fp8", "dense", "dense-math", "official")
+FAST = ("fast", "fp8")  # the similarity pass in the step's autocast, TF32 on: not exact
 CLIP = 3.0
 
 
@@ -115,7 +117,8 @@ def suite_step(variant: str, model_name: str, img_size: int, amp, device: torch.
                model_kwargs: dict):
     """(step(images) -> loss, model) for one of the suite's variants."""
     model = build_model(model_name, img_size=img_size, attention="dense" if variant.startswith("dense") else "sorted",
-                        similarity_precision="autocast" if variant == "fast" else "fp32", **model_kwargs)
+                        similarity_precision="autocast" if variant in FAST else "fp32", float8=variant == "fp8",
+                        **model_kwargs)
     model = model.to(device).train()
     optimizer = build_optimizer(model, lr=1e-4, weight_decay=0.05, betas=(0.9, 0.95))
     scaler = grad_scaler(device, amp)
@@ -161,10 +164,11 @@ def official_step(official: str, model_name: str, img_size: int, device: torch.d
     return step, model
 
 
-def measure(variant: str, args, device: torch.device) -> dict:
-    """One variant: build, warm up, time ``args.steps`` steps, report img/s, ms/step, memory, MFU."""
+def measure(variant: str, args, device: torch.device, data: str | None) -> dict:
+    """One variant fed from ``data`` (None: synthetic tensors): build, warm up, time ``args.steps``
+    steps, report img/s, ms/step, memory, MFU."""
     torch.manual_seed(0)
-    exact = variant != "fast"
+    exact = variant not in FAST
     if device.type == "cuda":  # the exact recipe keeps fp32 matmuls in fp32, as the official stack
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = not exact
     amp = AMP_DTYPES[args.dtype]
@@ -178,13 +182,13 @@ def measure(variant: str, args, device: torch.device) -> dict:
         dtype = "fp16"
     else:
         step, model = suite_step(variant, args.model, args.img_size, amp, device, args.compile, args.model_kwargs)
-        dtype = args.dtype
+        dtype = f"{args.dtype}+fp8" if variant == "fp8" else args.dtype
     cfg = dict(MODELS[args.model], patch_size=16, mlp_ratio=4.0, **args.model_kwargs)
     cfg.pop("grad_checkpointing", None)
     cfg.setdefault("decoder_depth", cfg["depth"])
     flops = train_step_flops(cfg, (args.img_size // 16,) * 2, 3 * 16 * 16)
     batches = args.warmup + args.steps + (3 if args.profile else 0)
-    next_images = image_source(args.data, args.batch, args.img_size, batches, args.workers, device)
+    next_images = image_source(data, args.batch, args.img_size, batches, args.workers, device)
     timed = time_steps(lambda: step(next_images()), args.steps, args.warmup, device)
     if args.profile and device.type == "cuda":
         print(f"--- profile: {variant}, compile={args.compile}\n{profile_step(lambda: step(next_images()))}")
@@ -195,7 +199,7 @@ def measure(variant: str, args, device: torch.device) -> dict:
         torch.cuda.empty_cache()
     return dict(variant=variant, exact=exact, compile=args.compile or "no", model=args.model, batch=args.batch,
                 grad_checkpointing=args.grad_checkpointing and variant != "official",
-                img_size=args.img_size, dtype=dtype, data=args.data or "synthetic", device=device_name(device),
+                img_size=args.img_size, dtype=dtype, data=data or "synthetic", device=device_name(device),
                 img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
                 peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
                 mfu=round(flops * ips / 1e12 / peak, 3) if peak else None,
@@ -233,6 +237,8 @@ def main(argv=None):
     ap.add_argument("--official", help="a checkout of the authors' SemAIM code, for the official variant")
     ap.add_argument("--data", help="a folder of JPEGs read through the pretraining loader (default: synthetic tensors)")
     ap.add_argument("--workers", type=int, default=8, help="data-loading processes for --data")
+    ap.add_argument("--compare-synthetic", action="store_true",
+                    help="with --data: measure each variant on synthetic tensors too, and print JPEG / synthetic")
     ap.add_argument("--grad-checkpointing", action="store_true",
                     help="recompute block activations in backward (the suite's variants; MFU still counts model FLOPs)")
     ap.add_argument("--depth", type=int, help="override the size's depth (encoder and decoder; CPU smoke runs)")
@@ -240,12 +246,18 @@ def main(argv=None):
                     help="torch.compile the model (optionally a mode: max-autotune-no-cudagraphs, reduce-overhead)")
     ap.add_argument("--json", help="also append one JSON record per variant here (JSON lines)")
     ap.add_argument("--plot", help="also draw img/s and memory per variant (PNG): every record in --json, if given")
+    ap.add_argument("--plot-only", action="store_true", help="draw --plot from the records in --json, measure nothing")
     ap.add_argument("--profile", action="store_true", help="print the top CUDA kernels of each variant")
     ap.add_argument("--check", action="store_true", help="first compare the fp32 loss of sorted and dense")
     ap.add_argument("--agreement-images", help="measure only the center agreement of the --dtype similarity pass with "
                     "the fp32 one, on the images of this folder (eval crops at --img-size)")
     ap.add_argument("--agreement-checkpoint", help="encoder weights for --agreement-images (default: random init)")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        if not (args.json and args.plot and Path(args.json).is_file()):
+            ap.error("--plot-only draws --plot PNG from the records of an existing --json file: pass both")
+        print(f"wrote {plot_records([json.loads(line) for line in open(args.json)], args.plot)}")
+        return []
     if args.agreement_images:
         from semaim_core.checkpoint import semaim_from_encoder
         from semaim_core.data import ImageDataset, eval_transform
@@ -266,18 +278,27 @@ def main(argv=None):
         rel = check_equivalence(args.model, min(args.batch, 16), args.img_size, args.device)
         print(f"sorted vs dense fp32 loss, relative difference: {rel:.2e}")
     device = torch.device(args.device)
-    results = [measure(variant, args, device) for variant in args.variants]
-    print(f"{'variant':<11} {'dtype':<5} {'compile':<9} {'img/s':>8} {'ms/step':>8} {'peak GiB':>9} {'TFLOP/s':>8} "
-          f"{'MFU':>6}")
+    feeds = [None, args.data] if args.data and args.compare_synthetic else [args.data]
+    results = [measure(variant, args, device, data) for variant in args.variants for data in feeds]
+    print(f"{'variant':<11} {'dtype':<8} {'compile':<9} {'data':<9} {'img/s':>8} {'ms/step':>8} {'peak GiB':>9} "
+          f"{'TFLOP/s':>8} {'MFU':>6}")
     for r in results:
         mfu = f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "n/a"
-        print(f"{r['variant']:<11} {r['dtype']:<5} {r['compile'][:9]:<9} {r['img_per_s']:>8} {r['step_ms']:>8} "
-              f"{r['peak_mem_gib'] if r['peak_mem_gib'] is not None else 'n/a':>9} {r['tflops']:>8} {mfu:>6}")
-    by = {r["variant"]: r for r in results}
-    for ours, ref in (("sorted", "official"), ("sorted", "dense"), ("sorted", "dense-math"), ("fast", "sorted")):
-        if {ours, ref} <= set(by):
-            print(f"{ours} / {ref} throughput: {by[ours]['img_per_s'] / by[ref]['img_per_s']:.2f}x "
-                  f"({results[0]['device']}, {args.model}, batch {args.batch}, {args.data or 'synthetic images'})")
+        feed = "synthetic" if r["data"] == "synthetic" else "JPEG"
+        memory = r["peak_mem_gib"] if r["peak_mem_gib"] is not None else "n/a"
+        print(f"{r['variant']:<11} {r['dtype']:<8} {r['compile'][:9]:<9} {feed:<9} {r['img_per_s']:>8} "
+              f"{r['step_ms']:>8} {memory:>9} {r['tflops']:>8} {mfu:>6}")
+    by = {(r["variant"], r["data"]): r["img_per_s"] for r in results}
+    context = f"{results[0]['device']}, {args.model}, batch {args.batch}"
+    pairs = (("sorted", "official"), ("sorted", "dense"), ("sorted", "dense-math"), ("fast", "sorted"), ("fp8", "fast"))
+    for data in dict.fromkeys(r["data"] for r in results):
+        for ours, ref in pairs:
+            if (ours, data) in by and (ref, data) in by:
+                print(f"{ours} / {ref} throughput: {by[ours, data] / by[ref, data]:.2f}x ({context}, {data} images)")
+    for variant in args.variants:
+        if len(feeds) == 2:
+            print(f"{variant}: JPEG / synthetic throughput: {by[variant, args.data] / by[variant, 'synthetic']:.3f} "
+                  f"({context}, {args.workers} loader processes; target >= 0.95)")
     append_records(args.json, results)
     if args.plot:
         records = [json.loads(line) for line in open(args.json)] if args.json else results
