@@ -59,10 +59,9 @@ curve_images() {
   echo "$dir"
 }
 
-pretrain() {  # NAME FLAGS...: CURVE_STEPS steps, 10 per epoch, a fresh run directory each time
-  local name=$1 data
-  shift
-  data=$(curve_images)
+pretrain() {  # IMAGES NAME FLAGS...: CURVE_STEPS steps, 10 per epoch, a fresh run directory each time
+  local data=$1 name=$2
+  shift 2
   "$PY" -m semaim_core.pretrain --model "$MODEL" --data "$data" --output-dir "$OUT/$name" --device "$DEVICE" \
     --batch-size "$BATCH" --accum-iter 1 --epochs $(( (CURVE_STEPS + 9) / 10 )) --warmup-epochs 1 \
     --max-steps "$CURVE_STEPS" --similarity-precision autocast --num-workers "$WORKERS" --log-every 1 \
@@ -80,8 +79,9 @@ for stage in "${STAGES[@]}"; do
       bench --model "$LARGE_MODEL" --batch "$LARGE_BATCH" --variants sorted $COMPILE
       bench --model "$LARGE_MODEL" --batch $((2 * LARGE_BATCH)) --variants sorted $COMPILE --grad-checkpointing ;;
     curve)
-      pretrain curve-bf16
-      pretrain curve-fp8 --float8
+      images=$(curve_images)
+      pretrain "$images" curve-bf16
+      pretrain "$images" curve-fp8 --float8
       "$PY" tools/compare_loss_curves.py "$OUT/curve-bf16" "$OUT/curve-fp8" --plot "$OUT/loss.png" ;;
     agreement)
       "$PY" tools/benchmark_pretrain.py --agreement-images data/tiny_coco/val2017 --device "$DEVICE" --dtype bf16 \

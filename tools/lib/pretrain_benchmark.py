@@ -295,8 +295,8 @@ def main(argv=None):
         for ours, ref in pairs:
             if (ours, data) in by and (ref, data) in by:
                 print(f"{ours} / {ref} throughput: {by[ours, data] / by[ref, data]:.2f}x ({context}, {data} images)")
-    for variant in args.variants:
-        if len(feeds) == 2:
+    if len(feeds) == 2:
+        for variant in args.variants:
             print(f"{variant}: JPEG / synthetic throughput: {by[variant, args.data] / by[variant, 'synthetic']:.3f} "
                   f"({context}, {args.workers} loader processes; target >= 0.95)")
     append_records(args.json, results)
