@@ -7,7 +7,8 @@ from pathlib import Path
 import timm
 import torch
 
-from semaim_core.checkpoint import load_verified, read_encoder, resize_pos_embed, timm_model_args
+from semaim_core.checkpoint import read_encoder, timm_model_args
+from semaim_core.weights import load_verified, resize_pos_embed
 
 
 def timm_vit_from_encoder(path: str | Path, img_size: int | None = None, **overrides) -> torch.nn.Module:

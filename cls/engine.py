@@ -19,8 +19,8 @@ from tqdm import tqdm
 
 from cls.data import loader
 from semaim_core import rundir
-from semaim_core.checkpoint import load_file, save_atomic
 from semaim_core.distributed import all_reduce_mean, init_distributed
+from semaim_core.files import load_file, save_atomic
 from semaim_core.rundir import open_run, provenance, release_lock
 from semaim_core.training import (
     AMP_DTYPES,

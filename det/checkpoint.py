@@ -8,16 +8,9 @@ import os
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from semaim_core.checkpoint import (
-    CheckpointError,
-    atomic_write,
-    commit,
-    detectron2_keys,
-    load_file,
-    load_verified,
-    read_encoder,
-    resize_pos_embed,
-)
+from semaim_core.checkpoint import detectron2_keys, read_encoder
+from semaim_core.files import CheckpointError, atomic_write, commit, load_file
+from semaim_core.weights import load_verified, resize_pos_embed
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
 # token and final norm have no place in the detector (dropped by detectron2_keys).
@@ -75,6 +68,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if not os.path.isfile(path):
             raise CheckpointError(f"{tag} names {name}, which does not exist in {self.save_dir}")
         return path
+
+    def _load_file(self, filename):
+        """The suite's safe loader instead of fvcore's torch.load and detectron2's pickle.load (.pkl):
+        a resume never runs pickled code."""
+        ckpt = load_file(filename)
+        return ckpt if "model" in ckpt else {"model": ckpt}
 
     def _load_model(self, checkpoint):
         incompatible = super()._load_model(checkpoint)

@@ -5,16 +5,14 @@ from __future__ import annotations
 import os
 import re
 
-import numpy as np
-import torch
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.optim import DefaultOptimWrapperConstructor
-from mmengine.runner import Runner
+from mmengine.runner import CheckpointLoader, Runner
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
-from semaim_core.checkpoint import commit
+from semaim_core.files import allow_globals, commit, load_file
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -105,9 +103,14 @@ def _history_buffer_reduce(buffer: HistoryBuffer):
 
 
 # mmengine checkpoints hold the message hub's HistoryBuffers, which pickle references to their
-# statistics methods through `getattr`; torch's weights_only loader (the default) rightly refuses
-# that, so `--resume` failed. Pickled as plain numbers instead, they need exactly this allow-list.
+# statistics methods through `getattr`, which no safe loader accepts. Pickled as plain numbers
+# instead, they are plain data, added to the suite's allow-list.
 HistoryBuffer.__reduce__ = _history_buffer_reduce
-torch.serialization.add_safe_globals(
-    [HistoryBuffer, np._core.multiarray.scalar, np.dtype]
-    + [type(np.dtype(t)) for t in (np.float64, np.float32, np.float16, np.int64, np.int32, np.bool_)])
+allow_globals(HistoryBuffer)
+
+
+@CheckpointLoader.register_scheme(prefixes="", force=True)
+def _load_local_checkpoint(filename, map_location):
+    """Every local file mmengine reads (resume, ``load_from``, ``init_cfg`` Pretrained) goes through
+    the suite's safe loader: no pickled code runs, and a refused file says why and what to do."""
+    return load_file(filename)

@@ -23,9 +23,11 @@ from timm.utils import random_seed
 from tqdm import tqdm
 
 from . import MODEL_SIZES, MODELS, build_model
-from .checkpoint import FORMAT_TRAIN, CheckpointError, export_encoder, load_file, save_atomic, save_encoder
+from .checkpoint import FORMAT_TRAIN
 from .data import ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
+from .export import export_encoder, save_encoder
+from .files import CheckpointError, load_file, save_atomic
 from .optim import build_optimizer, build_scheduler
 from .rundir import open_run, release_lock, write_json_atomic
 from .training import (

@@ -23,7 +23,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from .checkpoint import atomic_write
+from .files import atomic_write
 
 LOCK, RECIPE = ".lock", "run.json"
 REPO = Path(__file__).resolve().parents[1]

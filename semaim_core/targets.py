@@ -9,6 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .files import CheckpointError, load_file
+from .weights import load_verified
+
 # Teacher architectures (timm names) and the normalization their weights were trained with. The
 # CLIP target is the authors': OpenAI CLIP ViT-B/16 (QuickGELU), ln_post(x) @ proj on every token.
 TEACHERS = {
@@ -70,14 +73,13 @@ class TeacherWeightsError(FileNotFoundError):
 
 
 def read_teacher_state_dict(path: Path) -> dict:
-    """The weights in a teacher file: a state dict (possibly wrapped, as DINO and MAE save them) or
-    OpenAI's TorchScript archive, returned with OpenAI CLIP keys under ``visual.``."""
+    """The weights in a teacher file: a state dict (possibly wrapped, as DINO and MAE save them), with
+    OpenAI CLIP keys under ``visual.``. Read without running code (``files.load_file``): OpenAI's
+    TorchScript ``ViT-B-16.pt`` is extracted to safetensors once with the converter's --state-dict."""
     try:
-        sd = torch.load(path, map_location="cpu", weights_only=False)
-    except RuntimeError as e:
-        if "TorchScript" not in str(e) and "constants.pkl" not in str(e):
-            raise TeacherWeightsError(f"cannot read teacher weights {path}: {e}") from e
-        sd = torch.jit.load(path, map_location="cpu").state_dict()  # OpenAI's released ViT-B-16.pt
+        sd = load_file(path)
+    except CheckpointError as e:
+        raise TeacherWeightsError(f"cannot read teacher weights: {e}") from None
     for key in ("teacher", "model", "state_dict"):  # DINO, MAE-style and Lightning-style wrappers
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]
@@ -97,8 +99,6 @@ def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None,
     archive). The CLIP projection ``proj`` becomes the timm head, applied to every token."""
     import timm
     from timm.models.vision_transformer import checkpoint_filter_fn
-
-    from .checkpoint import CheckpointError, load_verified
 
     if kind not in TEACHERS:
         raise ValueError(f"unknown feature target '{kind}': choose 'pixel', {', '.join(repr(k) for k in TEACHERS)}")

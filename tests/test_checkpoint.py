@@ -5,16 +5,15 @@ import torch
 from cls.backbone import timm_vit_from_encoder
 from semaim_core import build_model
 from semaim_core.checkpoint import (
-    CheckpointError,
     detect_kind,
     detectron2_keys,
     encoder_from_checkpoint,
-    load_verified,
     mmseg_keys,
     read_encoder,
-    save_atomic,
     to_encoder,
 )
+from semaim_core.files import CheckpointError, save_atomic
+from semaim_core.weights import load_verified
 from tools.convert_checkpoint import WRITERS
 
 DEPTH, DIM, HEADS, SIZE = 2, 192, 3, 32  # ViT-Tiny width: bare checkpoints get their heads from the size table

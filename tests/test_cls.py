@@ -8,6 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from semaim_core.files import load_file
+
 
 @pytest.fixture
 def encoder(demo_encoder):
@@ -25,12 +27,12 @@ def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path)
     args = common(derived, encoder, tmp_path / "a") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"]
     first = main(args + ["--stop-after-epochs", "1"])  # interrupted after one epoch
     assert first["mode"] == "finetune" and first["epochs"] == 1 and 0 <= first["top1"] <= 100
-    before = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
+    before = load_file(tmp_path / "a" / "checkpoint.pth")["model"]["blocks.0.attn.qkv.weight"]
     second = main(args)  # resumes at epoch 1
     assert second["epochs"] == 2
     rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
-    after = torch.load(tmp_path / "a" / "checkpoint.pth", weights_only=False)["model"]["blocks.0.attn.qkv.weight"]
+    after = load_file(tmp_path / "a" / "checkpoint.pth")["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(before, after)
     metrics = json.loads((tmp_path / "a" / "cls_metrics.json").read_text())
     assert metrics["top1"] == second["top1"] and metrics["provenance"]["epoch"] == 2
@@ -67,7 +69,7 @@ def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
 
     result = main(common(derived, encoder, tmp_path) + ["--epochs", "1", "--warmup-epochs", "0", "--dtype", "fp32"])
     assert result["mode"] == "linprobe"
-    sd = torch.load(tmp_path / "checkpoint.pth", weights_only=False)["model"]
+    sd = load_file(tmp_path / "checkpoint.pth")["model"]
     from semaim_core.checkpoint import read_encoder
     enc, _ = read_encoder(encoder)
     assert torch.equal(sd["blocks.1.mlp.fc2.weight"], enc["blocks.1.mlp.fc2.weight"])  # frozen

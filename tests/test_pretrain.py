@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from semaim_core import pretrain
-from semaim_core.checkpoint import CheckpointError, load_file, save_atomic
 from semaim_core.data import UnreadableImageError
+from semaim_core.files import CheckpointError, load_file, save_atomic
 from semaim_core.pretrain import Config, Trainer, checkpoint_paths, parse_args
 from semaim_core.training import NonFiniteError
 

@@ -11,7 +11,9 @@ from mmseg.utils import register_all_modules
 
 import seg  # noqa: F401
 from semaim_core import build_model
-from semaim_core.checkpoint import CheckpointError, export_encoder, mmseg_keys, save_atomic
+from semaim_core.checkpoint import mmseg_keys
+from semaim_core.export import export_encoder
+from semaim_core.files import CheckpointError, load_file, save_atomic
 from tools.convert_checkpoint import WRITERS
 
 MAIN = "seg/configs/upernet_semaim.py"
@@ -150,21 +152,21 @@ def test_resume_continues_at_the_next_iteration_and_refuses_another_recipe(tiny_
             "default_hooks.logger.interval=1",
             "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
     run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=2", *opts)
-    before = torch.load(work / "iter_2.pth", weights_only=True)["state_dict"]  # weights_only: the default
+    before = load_file(work / "iter_2.pth")["state_dict"]  # the safe loader reads what mmengine wrote
     with pytest.raises(RunDirError, match=r"(?s)another recipe.*optim_wrapper.optimizer.lr: 0.0002 -> 0.001"):
         run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3",
                  "optim_wrapper.optimizer.lr=1e-3", *opts)
     with pytest.raises(RunDirError, match="already holds a run.*--overwrite"):
         run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=3", *opts)
     run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3", *opts)
-    after = torch.load(work / "iter_3.pth", weights_only=True)
+    after = load_file(work / "iter_3.pth")
     assert after["meta"]["iter"] == 3 and not (work / "iter_4.pth").exists()
     assert not torch.equal(after["state_dict"]["decode_head.conv_seg.weight"], before["decode_head.conv_seg.weight"])
     losses = after["message_hub"]["log_scalars"]["train/loss"]
     assert len(losses._log_history) == 3  # iterations 1-2 restored, then 3: resumed, not restarted
 
     # a checkpoint that does not fit the model is not loaded "as far as it fits"
-    ckpt = torch.load(work / "iter_3.pth", weights_only=True)
+    ckpt = load_file(work / "iter_3.pth")
     del ckpt["state_dict"]["decode_head.conv_seg.weight"]
     torch.save(ckpt, work / "iter_3.pth")
     with pytest.raises(RuntimeError, match="decode_head.conv_seg.weight"):

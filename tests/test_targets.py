@@ -1,10 +1,20 @@
 """Prediction targets: blurred normalized pixels, and frozen DINO / CLIP teachers from local files."""
+from pathlib import Path
+
 import pytest
 import timm
 import torch
 
 from semaim_core import build_model
-from semaim_core.targets import PixelTarget, TeacherWeightsError, gaussian_kernel, patchify, unpatchify
+from semaim_core.targets import (
+    PixelTarget,
+    TeacherWeightsError,
+    gaussian_kernel,
+    load_teacher,
+    patchify,
+    unpatchify,
+)
+from tools import convert_checkpoint
 
 
 def test_patchify_round_trip_and_layout():
@@ -163,3 +173,39 @@ def test_clip_weights_without_projection_are_refused(tmp_path, teacher_file):
     path, _ = teacher_file
     with pytest.raises(TeacherWeightsError, match="no CLIP projection"):
         build_model("semaim_vit_tiny_patch16", img_size=64, target="clip", teacher=dict(weights=str(path)))
+
+
+class Holder(torch.nn.Module):
+    def forward(self) -> int:
+        return 0
+
+
+def torchscript_archive(sd: dict, path: Path):
+    """A TorchScript archive whose state dict is ``sd`` (as OpenAI's ViT-B-16.pt holds the CLIP model)."""
+    root = Holder()
+    for key, value in sd.items():
+        *parents, leaf = key.split(".")
+        module = root
+        for name in parents:
+            if not hasattr(module, name):
+                module.add_module(name, Holder())
+            module = getattr(module, name)
+        module.register_parameter(leaf, torch.nn.Parameter(value))
+    torch.jit.script(root).save(str(path))
+
+
+def test_torchscript_teacher_is_refused_until_extracted(tmp_path):
+    sd = openai_clip_visual()
+    archive = tmp_path / "ViT-B-16.pt"
+    torchscript_archive(sd, archive)
+    kw = dict(img_size=32, embed_dim=64, depth=2, num_heads=2)
+    with pytest.raises(TeacherWeightsError, match="TorchScript archive.*--state-dict --trust-pickle"):
+        load_teacher("clip", archive, **kw)
+    out = tmp_path / "clip.safetensors"
+    with pytest.raises(SystemExit, match="TorchScript"):
+        convert_checkpoint.main([str(archive), str(out), "--state-dict"])
+    convert_checkpoint.main([str(archive), str(out), "--state-dict", "--trust-pickle"])
+    torch.save(sd, tmp_path / "clip.pth")  # the same weights as a plain state dict
+    images = torch.randn(2, 3, 32, 32)
+    extracted, plain = load_teacher("clip", out, **kw), load_teacher("clip", tmp_path / "clip.pth", **kw)
+    torch.testing.assert_close(extracted(images), plain(images), rtol=0, atol=0)

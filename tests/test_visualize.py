@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from semaim_core import build_model
-from semaim_core.checkpoint import export_encoder, save_atomic, semaim_from_encoder
+from semaim_core.export import export_encoder, semaim_from_encoder
+from semaim_core.files import save_atomic
 from semaim_core.orders import ORDERS
 from tools.lib.visualize import order_maps, visualize
 

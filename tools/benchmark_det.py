@@ -16,7 +16,8 @@ from detectron2.utils.events import EventStorage
 from det.checkpoint import load_backbone
 from det.data import register_tiny_coco
 from semaim_core import build_model
-from semaim_core.checkpoint import export_encoder, save_atomic
+from semaim_core.export import export_encoder
+from semaim_core.files import save_atomic
 from tools.lib.benchmark import time_steps
 
 

@@ -12,20 +12,23 @@ SAIM checkpoints (split q/k/v) and MAE releases. Writes one of:
 
     python tools/convert_checkpoint.py runs/semaim_b/checkpoint-00100000.pth runs/semaim_b/encoder.pth
     python tools/convert_checkpoint.py semaim_authors.pth encoder_d2.pth --to detectron2
+
+Files are read without running code: a pickle that imports anything but plain data, or a
+TorchScript archive, is refused. For a file you trust, convert it once with --trust-pickle (it may
+run code; a warning says so) to safetensors and use that from then on:
+
+    python tools/convert_checkpoint.py old_release.pth encoder.safetensors --trust-pickle
+    python tools/convert_checkpoint.py ViT-B-16.pt clip_vit_b16.safetensors --state-dict --trust-pickle
 """
 import argparse
 import sys
 
+import torch
+
 from semaim_core import MODEL_SIZES
-from semaim_core.checkpoint import (
-    CheckpointError,
-    detectron2_keys,
-    mmseg_keys,
-    read_encoder,
-    save_atomic,
-    save_encoder,
-    to_encoder,
-)
+from semaim_core.checkpoint import detectron2_keys, mmseg_keys, read_encoder, to_encoder
+from semaim_core.export import save_encoder
+from semaim_core.files import CheckpointError, load_file, save_atomic, save_safetensors
 
 # The file each framework's own loader reads (the encoder layout is written by save_encoder).
 WRITERS = {
@@ -36,6 +39,18 @@ WRITERS = {
 }
 
 
+def tensors_of(ckpt: dict) -> dict:
+    """The state dict in a checkpoint as it is (under teacher / model / state_dict, or the file itself)."""
+    for key in ("teacher", "model", "state_dict"):
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+            break
+    sd = {k: v for k, v in ckpt.items() if isinstance(v, torch.Tensor)}
+    if not sd:
+        raise CheckpointError("the file holds no tensors")
+    return sd
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("input", help="the checkpoint to read (any kind listed above)")
@@ -44,9 +59,24 @@ def main(argv=None):
     standard = ", ".join(f"{c['embed_dim']}: {c['num_heads']}" for c in MODEL_SIZES.values())
     ap.add_argument("--num-heads", type=int, help="attention heads, for a checkpoint whose width is not a standard "
                     f"ViT width (width: heads {standard}) and that does not record them")
+    ap.add_argument("--trust-pickle", action="store_true",
+                    help="read a pickle outside the allow-list, or a TorchScript archive, with full unpickling: "
+                         "THIS MAY RUN CODE THE FILE HOLDS. Only for a file you trust; write safetensors and use "
+                         "that from then on")
+    ap.add_argument("--state-dict", action="store_true",
+                    help="write the file's tensors as they are, to OUT.safetensors, with no encoder conversion "
+                         "(e.g. a teacher's weights: OpenAI's TorchScript CLIP archive)")
     args = ap.parse_args(argv)
     try:
-        sd, meta = read_encoder(args.input, args.num_heads)
+        if args.state_dict:
+            if not args.output.endswith(".safetensors") or args.to != "encoder":
+                raise CheckpointError("--state-dict writes the tensors as they are: name an OUT.safetensors and "
+                                      "leave out --to")
+            sd = tensors_of(load_file(args.input, trust_pickle=args.trust_pickle))
+            save_safetensors(sd, args.output)
+            print(f"{args.input}: {len(sd)} tensors -> {args.output} (as they are)")
+            return
+        sd, meta = read_encoder(args.input, args.num_heads, trust_pickle=args.trust_pickle)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if args.to == "encoder":  # .pth or .safetensors (by the output's suffix), with a model card beside it

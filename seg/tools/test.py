@@ -10,7 +10,8 @@
 import torch
 
 from seg.tools.common import build_runner, load_config, parser
-from semaim_core.checkpoint import CheckpointError, load_file, load_verified
+from semaim_core.files import CheckpointError, load_file
+from semaim_core.weights import load_verified
 
 
 def load_segmentor(model, path: str):

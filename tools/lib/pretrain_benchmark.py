@@ -259,8 +259,8 @@ def main(argv=None):
         print(f"wrote {plot_records([json.loads(line) for line in open(args.json)], args.plot)}")
         return []
     if args.agreement_images:
-        from semaim_core.checkpoint import semaim_from_encoder
         from semaim_core.data import ImageDataset, eval_transform
+        from semaim_core.export import semaim_from_encoder
 
         ds = ImageDataset(args.agreement_images, eval_transform(args.img_size))
         images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))]).to(args.device)

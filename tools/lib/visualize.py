@@ -9,8 +9,8 @@ import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from semaim_core import orders as O
-from semaim_core.checkpoint import semaim_from_encoder
 from semaim_core.data import ImageDataset, eval_transform, find_images
+from semaim_core.export import semaim_from_encoder
 from semaim_core.orders import ORDERS
 from tools.lib.figures import pyplot, save_figure
 

@@ -1,0 +1,248 @@
+"""Checkpoint files are untrusted input: no reader of the suite runs code from a file unless the user
+passes --trust-pickle, and every genuine layout (MAE, the authors', SAIM, timm, detectron2, mmengine,
+the suite's own) still loads."""
+import argparse
+import json
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from cls.backbone import timm_vit_from_encoder
+from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
+from seg.backbone import SemAIMViT
+from seg.tools.test import load_segmentor
+from semaim_core import build_model
+from semaim_core.checkpoint import encoder_from_checkpoint, read_encoder
+from semaim_core.export import semaim_from_encoder
+from semaim_core.files import CheckpointError, UnsafeCheckpointError, load_file
+from semaim_core.targets import TeacherWeightsError, load_teacher
+from tools import convert_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+SIZE = 32
+
+
+class Payload:
+    """What a malicious checkpoint holds: unpickling it calls ``call(*args)``."""
+
+    def __init__(self, call, *args):
+        self.call, self.args = call, args
+
+    def __reduce__(self):
+        return self.call, self.args
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("semaim_vit_tiny_patch16", img_size=SIZE, depth=2)
+
+
+@pytest.fixture(scope="module")
+def encoder(model):
+    return model.encoder_state_dict()
+
+
+@pytest.fixture(params=["os.system", "builtins.exec"])
+def evil(request, tmp_path, encoder):
+    """(path, marker): an MAE-layout checkpoint with real encoder weights whose ``args`` entry, once
+    unpickled, creates ``marker``."""
+    marker = tmp_path / "MARKER"
+    if request.param == "os.system":
+        payload = Payload(os.system, f"touch {marker}")
+    else:
+        payload = Payload(exec, f"open({str(marker)!r}, 'w').close()")
+    path = tmp_path / "evil.pth"
+    torch.save({"model": encoder, "args": payload, "epoch": 1}, path)
+    return path, marker, request.param
+
+
+def call_det_backbone(path):
+    load_backbone(SimpleNamespace(backbone=SimpleNamespace(net=None)), path)  # the file is read before the model
+
+
+def call_det_resume(path):
+    AtomicCheckpointer(torch.nn.Linear(1, 1), str(path.parent))._load_file(str(path))
+
+
+def call_mmengine(path):
+    from mmengine.runner.checkpoint import _load_checkpoint  # what Runner.resume / load_from call
+
+    _load_checkpoint(str(path), map_location="cpu")
+
+
+READERS = {
+    "converter": lambda p: convert_checkpoint.main([str(p), str(p.with_name("out.safetensors"))]),
+    "det init_checkpoint": call_det_backbone,
+    "det --eval-only": lambda p: load_detector(torch.nn.Linear(1, 1), str(p)),
+    "det resume": call_det_resume,
+    "seg backbone.checkpoint": lambda p: SemAIMViT(img_size=SIZE, embed_dims=192, num_layers=2,
+                                                   num_heads=3).load_encoder(str(p)),
+    "seg test": lambda p: load_segmentor(torch.nn.Linear(1, 1), str(p)),
+    "seg resume (mmengine)": call_mmengine,
+    "cls --encoder / k-NN": lambda p: timm_vit_from_encoder(p, num_classes=3),
+    "order pictures": lambda p: semaim_from_encoder(p, SIZE, "semaim_vit_tiny_patch16"),
+    "teacher": lambda p: load_teacher("dino", p, img_size=SIZE, embed_dim=192, depth=2, num_heads=3),
+    "training resume": load_file,
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_payload_pickle_runs_nothing_and_says_what_to_do(reader, evil):
+    path, marker, name = evil
+    with pytest.raises((UnsafeCheckpointError, TeacherWeightsError, SystemExit)) as err:
+        READERS[reader](path)
+    assert not marker.exists(), f"{reader} ran the file's code"
+    message = str(err.value)
+    shown = "posix.system (= os.system)" if name == "os.system" else "builtins.exec"
+    assert shown in message and "--trust-pickle" in message and str(path) in message, message
+
+
+def test_trust_pickle_converts_a_payload_file_only_when_given(evil, encoder, capfd):
+    path, marker, _ = evil
+    out = path.with_name("enc.safetensors")
+    with pytest.raises(SystemExit):
+        convert_checkpoint.main([str(path), str(out)])
+    assert not marker.exists() and not out.exists()
+    convert_checkpoint.main([str(path), str(out), "--trust-pickle"])
+    assert marker.exists()  # the flag did unpickle everything, as it warns
+    assert "WARNING: --trust-pickle" in capfd.readouterr().err
+    sd, meta = read_encoder(out)  # and from then on the safetensors file needs no flag
+    assert meta["source_kind"] == "mae" and sd.keys() == encoder.keys()
+    assert all(torch.equal(sd[k], encoder[k]) for k in sd)
+
+
+def saim_split(encoder):
+    sd = {}
+    for k, v in encoder.items():
+        if k.endswith("attn.qkv.weight"):
+            sd |= {k.replace("qkv", x): part for x, part in zip("qkv", v.chunk(3))}
+        elif k.endswith("attn.qkv.bias"):
+            q, _, v_ = v.chunk(3)
+            sd |= {k.replace("qkv.bias", "q_bias"): q, k.replace("qkv.bias", "v_bias"): v_}
+        else:
+            sd[k] = v
+    return sd
+
+
+def mae_args(**kw):
+    """``args`` as MAE's main_pretrain.py parses them (what util/misc.py save_model stores)."""
+    return argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_base_patch16", input_size=224,
+                              mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
+                              min_lr=0.0, warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/",
+                              output_dir=Path("./output_dir"), device="cuda", seed=0, resume="", start_epoch=0,
+                              num_workers=10, pin_mem=True, world_size=64, local_rank=-1, dist_on_itp=False,
+                              dist_url="env://", rank=0, gpu=0, distributed=True, dist_backend="nccl", **kw)
+
+
+def optimizer_state(params):
+    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.95))
+    sum(p.sum() for p in params).backward()
+    opt.step()
+    return opt.state_dict()
+
+
+GENUINE = {
+    # MAE / the authors (util/misc.py save_model): weights, optimizer, epoch, scaler, args
+    "mae save_model": lambda enc, params: {"model": enc, "optimizer": optimizer_state(params), "epoch": 799,
+                                           "scaler": torch.amp.GradScaler("cpu").state_dict(), "args": mae_args()},
+    "authors save_model": lambda enc, params: {
+        "model": enc, "optimizer": optimizer_state(params), "epoch": 399,
+        "loss_scaler": torch.amp.GradScaler("cpu").state_dict(),
+        "args": mae_args(permutation_type="stochastic", target="pixel", similarity_temp=0.07)},
+    "authors release": lambda enc, params: {"state_dict": {f"module.{k}": v for k, v in enc.items()},
+                                            "model": "semaim_vit_tiny", "epoch": np.int64(399)},
+    "saim": lambda enc, params: {"model": {f"module.{k}": v for k, v in saim_split(enc).items()},
+                                 "optimizer": optimizer_state(params), "epoch": 799, "args": mae_args()},
+    # timm's train.py: arch, state_dict, optimizer, version, args, metric (+ EMA)
+    "timm train.py": lambda enc, params: {"epoch": 299, "arch": "vit_tiny_patch16_224", "state_dict": enc,
+                                          "state_dict_ema": enc, "optimizer": optimizer_state(params), "version": 2,
+                                          "args": mae_args(), "metric": np.float64(72.5)},
+    "timm bare state dict": lambda enc, params: dict(enc),
+}
+
+
+@pytest.mark.parametrize("layout", GENUINE)
+def test_genuine_layouts_still_load(layout, encoder, tmp_path):
+    params = [torch.nn.Parameter(torch.randn(3)) for _ in range(2)]
+    ckpt = GENUINE[layout](encoder, params)
+    path = tmp_path / "release.pth"
+    torch.save(ckpt, path)
+    assert torch.serialization.get_unsafe_globals_in_checkpoint(path) or layout == "timm bare state dict"
+    sd, meta = read_encoder(path)
+    if layout != "saim":  # SAIM has no k bias: checked in test_checkpoint
+        assert all(torch.equal(sd[k], encoder[k]) for k in encoder)
+    assert meta["depth"] == 2 and meta["embed_dim"] == 192
+
+
+def test_detectron2_and_mmengine_checkpoints_load(tmp_path):
+    """The non-tensor objects of detectron2's and mmengine's own checkpoints (written by their writers)."""
+    from detectron2.solver import LRMultiplier, WarmupParamScheduler
+    from fvcore.common.checkpoint import Checkpointer
+    from fvcore.common.param_scheduler import CosineParamScheduler
+    from mmengine.logging import MessageHub
+
+    net = torch.nn.Linear(3, 2)
+    opt = torch.optim.SGD(net.parameters(), lr=0.1)
+    sched = LRMultiplier(opt, WarmupParamScheduler(CosineParamScheduler(1, 0), 0.001, 0.1), max_iter=10)
+    Checkpointer(net, str(tmp_path), optimizer=opt, scheduler=sched).save("model_final", iteration=9)
+    ckpt = AtomicCheckpointer(net, str(tmp_path))._load_file(str(tmp_path / "model_final.pth"))
+    assert ckpt["iteration"] == 9 and "scheduler" in ckpt
+    load_detector(torch.nn.Linear(3, 2), str(tmp_path / "model_final.pth"))
+
+    hub = MessageHub.get_instance("untrusted-test")
+    hub.update_scalar("train/loss", np.float64(0.5))
+    hub.update_info("iter", 7)
+    mm = {"meta": {"epoch": 0, "iter": 7, "seed": np.int64(0), "dataset_meta": {"classes": ("a", "b")}},
+          "state_dict": net.state_dict(), "message_hub": hub.state_dict(), "optimizer": opt.state_dict(),
+          "param_schedulers": [{"last_step": 7, "base_values": [0.1]}]}
+    torch.save(mm, tmp_path / "iter_7.pth")
+    got = load_file(tmp_path / "iter_7.pth")
+    assert got["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
+    load_segmentor(torch.nn.Linear(3, 2), str(tmp_path / "iter_7.pth"))
+
+
+def test_tampered_safetensors_are_named(encoder, tmp_path):
+    bad_json = tmp_path / "bad_meta.safetensors"
+    save_file(dict(encoder), bad_json, metadata={"format": "semaim-encoder", "meta": "{not json"})
+    with pytest.raises(CheckpointError, match=f"{bad_json}.*not valid JSON"):
+        read_encoder(bad_json)
+    lacking = tmp_path / "lacking.safetensors"
+    partial = {k: v for k, v in encoder.items() if not k.startswith("blocks.1.mlp")}
+    save_file(partial, lacking, metadata={"format": "semaim-encoder", "meta": json.dumps({"depth": 2})})
+    with pytest.raises(CheckpointError, match=f"{lacking}.*lacks 4 encoder weights"):
+        read_encoder(lacking)
+    torn = tmp_path / "torn.safetensors"
+    torn.write_bytes(lacking.read_bytes()[:200])
+    with pytest.raises(CheckpointError, match=f"cannot read safetensors file {torn}"):
+        read_encoder(torn)
+
+
+def test_the_suite_reads_nothing_with_full_unpickling():
+    """Only the explicit --trust-pickle path of files.load_file may unpickle fully."""
+    pattern = r"weights_only=False|jit\.load\(|pickle\.loads?\("
+    found = subprocess.run(["grep", "-rnE", pattern, "semaim_core", "det", "seg", "cls", "tools"],
+                           cwd=REPO, capture_output=True, text=True).stdout.splitlines()
+    assert found and {line.split(":")[0] for line in found} == {"semaim_core/files.py"}, found
+
+
+def test_the_suites_own_checkpoints_need_nothing_else(model, tmp_path):
+    """A training checkpoint (RNG states, config) and an export load with the allow-list alone."""
+    from semaim_core.export import export_encoder
+    from semaim_core.files import save_atomic
+    from semaim_core.training import grad_scaler, training_state
+
+    opt = torch.optim.AdamW(model.parameters())
+    save_atomic(training_state("semaim-train", model, opt, grad_scaler(torch.device("cpu"), None), step=3,
+                               config={"model_config": model.config}), tmp_path / "ckpt.pth")
+    ckpt = load_file(tmp_path / "ckpt.pth")
+    assert ckpt["step"] == 3 and ckpt["rng"]["numpy"][0] == "MT19937"
+    assert encoder_from_checkpoint(ckpt)[1]["depth"] == 2
+    save_atomic(export_encoder(model), tmp_path / "enc.pth")
+    assert load_file(tmp_path / "enc.pth")["format"] == "semaim-encoder"
