@@ -26,6 +26,7 @@ from semaim_core.training import (
     AMP_DTYPES,
     MetricsLog,
     NonFiniteError,
+    all_rng_states,
     autocast,
     grad_scaler,
     optimizer_step,
@@ -129,8 +130,8 @@ class EpochTrainer:
         self.epoch, self.best = 0, dict(top1=-1.0, top5=-1.0)
         self.resume()
 
-    def state(self):
-        return training_state(FORMAT, self.model, self.optimizer, self.scaler, epoch=self.epoch, best=self.best,
+    def state(self, rng: list[dict] | None = None):
+        return training_state(FORMAT, self.model, self.optimizer, self.scaler, rng, epoch=self.epoch, best=self.best,
                               ema=self.ema.state_dict() if self.ema else None)
 
     def resume(self):
@@ -186,10 +187,11 @@ class EpochTrainer:
             self.epoch += 1
             if metrics["top1"] > self.best["top1"]:
                 self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
+            rng = all_rng_states()  # every rank takes part; rank 0 writes them all
             if self.rank == 0:
                 rec = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
                 log.write(rec)
-                save_atomic(self.state(), self.out / "checkpoint.pth")
+                save_atomic(self.state(rng), self.out / "checkpoint.pth")
                 print(json.dumps(rec))
         if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)

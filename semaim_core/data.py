@@ -10,6 +10,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# PIL's own refusal threshold (2 x Image.MAX_IMAGE_PIXELS): past it an image may be a decompression bomb
+MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
 class UnreadableImageError(OSError):
@@ -50,14 +52,16 @@ def find_images(root: str | Path) -> list[Path]:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Images found under a folder (or an explicit list of files). An unreadable image raises an
-    error naming the file, unless ``skip_unreadable`` is set: then the next readable image stands
-    in and the file is counted."""
+    """Images found under a folder (or an explicit list of files). An unreadable image, or one of
+    more than ``max_image_pixels`` pixels (0: no limit), raises an error naming the file, unless
+    ``skip_unreadable`` is set: then the next readable image stands in and the file is counted."""
 
-    def __init__(self, source: str | Path | list, transform, skip_unreadable: bool = False):
+    def __init__(self, source: str | Path | list, transform, skip_unreadable: bool = False,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS):
         self.files = [Path(f) for f in source] if isinstance(source, list) else find_images(source)
         self.transform = transform
         self.skip_unreadable = skip_unreadable
+        self.max_image_pixels = max_image_pixels
         self.skipped: set[str] = set()  # per worker process; the trainer reports the total it sees
 
     def __len__(self) -> int:
@@ -65,12 +69,24 @@ class ImageDataset(torch.utils.data.Dataset):
 
     def load(self, index: int) -> Image.Image:
         path = self.files[index]
+        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead, with a message
         try:
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # reads the header only
+                pixels = im.width * im.height
+                if self.max_image_pixels and pixels > self.max_image_pixels:
+                    raise UnreadableImageError(
+                        f"image {path} is {im.width} x {im.height} = {pixels:,} pixels, more than the limit of "
+                        f"{self.max_image_pixels:,} (PIL's guard against decompression bombs). If it is a real "
+                        f"image, pass --max-image-pixels {pixels} (0: no limit); or --skip-unreadable to skip "
+                        "such files (they are counted).")
                 return im.convert("RGB")
         except (OSError, SyntaxError, ValueError) as e:
+            if isinstance(e, UnreadableImageError):
+                raise
             raise UnreadableImageError(f"cannot read image {path}: {e}. Remove or replace it, or pass "
                                        "--skip-unreadable to skip such files (they are counted).") from e
+        finally:
+            Image.MAX_IMAGE_PIXELS = pil_limit
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.files)):

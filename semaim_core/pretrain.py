@@ -24,16 +24,17 @@ from tqdm import tqdm
 
 from . import MODEL_SIZES, MODELS, build_model
 from .checkpoint import FORMAT_TRAIN
-from .data import ImageDataset, pretrain_transform
+from .data import MAX_IMAGE_PIXELS, ImageDataset, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .export import export_encoder, save_encoder
 from .files import CheckpointError, load_file, save_atomic
 from .optim import build_optimizer, build_scheduler
-from .rundir import open_run, release_lock, write_json_atomic
+from .rundir import drop_text_lines_after, open_run, release_lock, write_json_atomic
 from .training import (
     AMP_DTYPES,
     MetricsLog,
     NonFiniteError,
+    all_rng_states,
     autocast,
     grad_scaler,
     optimizer_step,
@@ -98,6 +99,7 @@ class Config:
     resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any; None: a new run
     overwrite: bool = False            # a new run may clear an output_dir that holds another run
     skip_unreadable: bool = False
+    max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are unreadable (decompression-bomb guard; 0: none)
     max_steps: int | None = None       # stop early (tests, smoke runs); the schedule stays the full one
 
     def model_overrides(self) -> dict:
@@ -115,7 +117,7 @@ class Config:
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
-               "grad_checkpointing", "device")
+               "grad_checkpointing", "device", "max_image_pixels")
 STOPPING = ("max_steps",)
 
 
@@ -205,7 +207,8 @@ class Trainer:
             dist.barrier()
         random_seed(cfg.seed, self.rank)  # torch, numpy and random
 
-        self.dataset = ImageDataset(cfg.data, pretrain_transform(cfg.img_size), cfg.skip_unreadable)
+        self.dataset = ImageDataset(cfg.data, pretrain_transform(cfg.img_size), cfg.skip_unreadable,
+                                    cfg.max_image_pixels)
         self.sampler = ResumableSampler(len(self.dataset), self.rank, self.world, cfg.seed, cfg.batch_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.accum_iter
         if self.steps_per_epoch == 0:
@@ -232,8 +235,8 @@ class Trainer:
         self.net = torch.compile(net) if cfg.compile else net
 
     # -------------------------------------------------------------- checkpoints
-    def state(self) -> dict:
-        return training_state(FORMAT_TRAIN, self.model, self.optimizer, self.scaler, step=self.step,
+    def state(self, rng: list[dict] | None = None) -> dict:
+        return training_state(FORMAT_TRAIN, self.model, self.optimizer, self.scaler, rng, step=self.step,
                               config=dict(asdict(self.cfg), model_config=self.model.config))
 
     def last_good(self) -> str:
@@ -241,9 +244,10 @@ class Trainer:
         return str(found[-1]) if found else "none written yet"
 
     def save(self):
+        rng = all_rng_states()  # every rank takes part; rank 0 writes them all
         if not self.is_main:
             return
-        state = self.state()
+        state = self.state(rng)
         bad = non_finite(state["model"]) + non_finite({"optimizer": state["optimizer"]["state"]})
         if bad:  # never write (or name as good) weights a diverged step produced
             raise NonFiniteError(f"non-finite values in {len(bad)} tensors at step {self.step} ({bad[:4]}): "
@@ -338,6 +342,7 @@ class Trainer:
             write_json_atomic(self.out / "config.json", dict(asdict(cfg), world_size=self.world,
                                                              effective_batch=self.eff_batch, lr=self.lr))
             metrics = MetricsLog(self.out, "metrics", "step", self.step, "train")
+            drop_text_lines_after(self.out / "log.txt", self.step)  # what a killed run logged past its checkpoint
             text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
             text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")
             bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
@@ -418,8 +423,9 @@ HELP = dict(
     save_every="optimizer steps between checkpoints (also at every epoch end)", keep="checkpoints kept",
     log_every="steps between metrics rows", resume="auto (the newest checkpoint here), none (a new run) or a PATH",
     overwrite="a new run may clear an output dir that holds another run",
-    skip_unreadable="skip unreadable images (counted) instead of stopping", max_steps="stop after this many steps "
-    "(the schedule stays the full one; a later start with a larger value resumes)")
+    skip_unreadable="skip unreadable images (counted) instead of stopping",
+    max_image_pixels="images with more pixels are unreadable (PIL's decompression-bomb limit; 0: no limit)",
+    max_steps="stop after this many steps (the schedule stays the full one; a later start with a larger value resumes)")
 
 
 def choices() -> dict:

@@ -19,6 +19,7 @@ import atexit
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -86,12 +87,35 @@ def remove_temp_files(folder: Path) -> list[str]:
 
 def drop_rows_after(path: Path, key: str, last: int):
     """Remove JSON-lines rows whose ``key`` exceeds ``last``: rows a killed run logged after its last
-    checkpoint, which the resumed run is about to log again."""
-    if path.is_file():
-        rows = [line for line in path.read_text().splitlines() if line.strip()]
-        kept = [line for line in rows if json.loads(line)[key] <= last]
-        if len(kept) != len(rows):
-            atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+    checkpoint, which the resumed run is about to log again. A torn last row (the run was killed
+    while writing it) is dropped with a message; a torn row elsewhere is an error naming the line."""
+    if not path.is_file():
+        return
+    rows = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for n, line in enumerate(rows, 1):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if n < len(rows):
+                raise RunDirError(f"{path}, line {n}, is not JSON ({line[:60]!r}): the metrics log was edited or "
+                                  "damaged; repair or remove that line, then resume") from None
+            print(f"{path}: dropping a torn last row (the run was stopped while writing it): {line[:60]!r}")
+            continue
+        if row[key] <= last:
+            kept.append(line)
+    if len(kept) != len(rows):
+        atomic_write(path, lambda f: f.write("".join(line + "\n" for line in kept).encode()))
+
+
+def drop_text_lines_after(path: Path, last: int):
+    """The same for a plain-text log whose progress lines start ``step N/``: lines past step ``last``."""
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines(keepends=True)
+    kept = [line for line in lines if not ((m := re.match(r"step (\d+)/", line)) and int(m.group(1)) > last)]
+    if len(kept) != len(lines):
+        atomic_write(path, lambda f: f.write("".join(kept).encode()))
 
 
 def recipe_differences(old: dict, new: dict, ignore=()) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from .files import CheckpointError
 from .rundir import drop_rows_after
@@ -60,10 +61,22 @@ def set_rng_state(state: dict):
     random.setstate(state["python"])
 
 
-def training_state(fmt: str, model, optimizer, scaler, **extra) -> dict:
-    """A training checkpoint: weights, optimizer, loss scaler and every RNG, tagged ``fmt``."""
+def all_rng_states() -> list[dict]:
+    """Every process's RNG state, in rank order (one process: a list of one). A collective under
+    DDP: every rank must call it, since each rank draws its own drop path, orders and noise."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [rng_state()]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def training_state(fmt: str, model, optimizer, scaler, rng: list[dict] | None = None, **extra) -> dict:
+    """A training checkpoint: weights, optimizer, loss scaler and every rank's RNG (``rng``, from
+    ``all_rng_states``; default: this process's), tagged ``fmt``."""
+    rng = rng or [rng_state()]
     return dict(format=fmt, model=model.state_dict(), optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                rng=rng_state(), **extra)
+                rng=rng[0], rng_per_rank=rng, **extra)
 
 
 def require_format(ckpt: dict, path: str | Path, fmt: str, what: str, hint: str) -> dict:
@@ -75,11 +88,18 @@ def require_format(ckpt: dict, path: str | Path, fmt: str, what: str, hint: str)
 
 
 def restore(ckpt: dict, model, optimizer, scaler):
-    """Continue exactly where ``ckpt`` (``training_state``) stopped: strict weights, optimizer, scaler, RNG."""
+    """Continue exactly where ``ckpt`` (``training_state``) stopped: strict weights, optimizer, scaler,
+    and this rank's own RNG state."""
     model.load_state_dict(ckpt["model"])  # strict: a training checkpoint must match exactly
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
-    set_rng_state(ckpt["rng"])
+    distributed = dist.is_available() and dist.is_initialized()
+    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
+    if len(per_rank) != world:
+        raise CheckpointError(f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
+                              f"{world}: resume with the number of processes that wrote it")
+    set_rng_state(per_rank[rank])
 
 
 class MetricsLog:

@@ -10,6 +10,7 @@ from semaim_core import pretrain
 from semaim_core.data import UnreadableImageError
 from semaim_core.files import CheckpointError, load_file, save_atomic
 from semaim_core.pretrain import Config, Trainer, checkpoint_paths, parse_args
+from semaim_core.rundir import RunDirError
 from semaim_core.training import NonFiniteError
 
 
@@ -38,9 +39,25 @@ def test_resume_is_exact(tiny_coco, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert [json.loads(r)["step"] for r in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3,
+                                                                                                          4, 5, 6]
     # and the resumed optimizer state too
     sa, sb = straight.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     assert all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
+
+
+def test_a_torn_last_metrics_row_is_dropped_not_fatal(tiny_coco, tmp_path, capsys):
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=2, depth=1, decoder_depth=1)).fit()
+    log = tmp_path / "metrics.jsonl"
+    with open(log, "a") as f:
+        f.write('{"step": 3, "epoch": 0, "lo')  # killed while writing row 3
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=3, depth=1, decoder_depth=1)).fit()
+    assert "dropping a torn last row" in capsys.readouterr().out
+    assert [json.loads(r)["step"] for r in log.read_text().splitlines()] == [1, 2, 3]
+    rows = log.read_text().splitlines()
+    log.write_text("\n".join([rows[0], "{torn", *rows[1:]]) + "\n")  # damage elsewhere is not guessed at
+    with pytest.raises(RunDirError, match="metrics.jsonl, line 2, is not JSON"):
+        Trainer(cfg(tiny_coco, tmp_path, max_steps=4, depth=1, decoder_depth=1)).fit()
 
 
 def test_resume_crosses_epoch_boundaries(tiny_coco, tmp_path):
@@ -207,6 +224,27 @@ def test_corrupt_image_is_named_or_skipped_on_request(tiny_coco, tmp_path):
     assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["skipped_images"] == 1
 
 
+def test_oversized_image_is_named_with_its_limit_or_skipped(tiny_coco, tmp_path):
+    """A 14000 x 14000 image (past PIL's decompression-bomb limit), read in a loader worker."""
+    from PIL import Image
+
+    data = tmp_path / "images"
+    shutil.copytree(tiny_coco / "train2017", data)
+    victim = sorted(data.glob("*.jpg"))[0]
+    victim.unlink()
+    huge = victim.with_suffix(".png")
+    Image.new("1", (14000, 14000)).save(huge)  # 196 M pixels, a few hundred kB as a 1-bit PNG
+    settings = dict(data=str(data), batch_size=50, max_steps=1, depth=1, decoder_depth=1, num_workers=1)
+    with pytest.raises(UnreadableImageError, match=rf"(?s){huge.name} is 14000 x 14000 = 196,000,000 pixels, more "
+                                                   r"than the limit of 178,956,970.*--max-image-pixels 196000000"):
+        Trainer(cfg(tiny_coco, tmp_path / "a", **settings)).fit()
+    Trainer(cfg(tiny_coco, tmp_path / "b", skip_unreadable=True, **settings)).fit()
+    assert json.loads((tmp_path / "b" / "metrics.jsonl").read_text())["skipped_images"] == 1
+    with pytest.raises(UnreadableImageError, match=r"is \d+ x \d+ = .* pixels, more than the limit of 1,000"):
+        Trainer(cfg(tiny_coco, tmp_path / "c", **dict(settings, data=str(tiny_coco / "train2017")),
+                    max_image_pixels=1000)).fit()
+
+
 def test_resume_refuses_the_wrong_kind_of_checkpoint(tiny_coco, tmp_path):
     torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(1)}}, tmp_path / "mae.pth")
     with pytest.raises(CheckpointError, match="not a SemAIM training checkpoint"):
@@ -276,6 +314,42 @@ def test_torchrun_two_processes(tiny_coco, tmp_path):
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(rows) == 3  # rank 0 alone logs
     assert load_file(checkpoint_paths(tmp_path)[-1])["step"] == 3
+
+
+def test_two_process_resume_is_exact_and_logs_each_step_once(tiny_coco, tmp_path):
+    """A 2-process run (gloo) stopped after step 3 whose step-3 checkpoint was lost (killed between
+    logging and saving), resumed from step 2, equals the uninterrupted 2-process run bit for bit.
+    Drop path makes every step draw from each rank's own RNG."""
+    import os
+    import subprocess
+    import sys
+
+    def torchrun(out, max_steps, port):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "semaim_core.pretrain", "--data", str(tiny_coco / "train2017"), "--output-dir", str(out),
+               "--model", "semaim_vit_tiny_patch16", "--img-size", "32", "--depth", "2", "--drop-path", "0.2",
+               "--batch-size", "4", "--accum-iter", "1", "--epochs", "1", "--warmup-epochs", "0", "--dtype", "fp32",
+               "--device", "cpu", "--num-workers", "1", "--max-steps", str(max_steps), "--log-every", "1",
+               "--save-every", "2"]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    torchrun(tmp_path / "straight", 5, 29541)
+    torchrun(tmp_path / "resumed", 3, 29542)
+    checkpoint_paths(tmp_path / "resumed")[-1].unlink()  # lost: the log has step 3, the newest checkpoint is 2
+    torchrun(tmp_path / "resumed", 5, 29543)
+    a, b = (load_file(d / "encoder.pth")["model"] for d in (tmp_path / "straight", tmp_path / "resumed"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[json.loads(r)["loss"] for r in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (tmp_path / "straight", tmp_path / "resumed")]
+    assert losses[0] == losses[1] and len(losses[0]) == 5
+    steps = [line.split("/")[0] for line in (tmp_path / "resumed" / "log.txt").read_text().splitlines()
+             if line.startswith("step ")]
+    assert steps == [f"step {i}" for i in range(1, 6)]  # step 3 once, though it ran twice
+    two = load_file(checkpoint_paths(tmp_path / "resumed")[-1])
+    assert len(two["rng_per_rank"]) == 2 and not torch.equal(two["rng_per_rank"][0]["torch"],
+                                                             two["rng_per_rank"][1]["torch"])
 
 
 # ---------------------------------------------------------------------------- one run per directory
