@@ -1,10 +1,15 @@
 """Training machinery for mmseg: a layer-decay constructor that provably covers the SemAIM
-backbone, and a runner whose checkpoints are written atomically."""
+backbone, and a runner whose checkpoints are written atomically and whose resumes are exact."""
 from __future__ import annotations
 
+import logging
 import os
 import re
+from pathlib import Path
 
+import torch
+from mmengine.dist import get_rank, get_world_size, is_main_process
+from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.optim import DefaultOptimWrapperConstructor
@@ -12,7 +17,9 @@ from mmengine.runner import CheckpointLoader, Runner
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
-from semaim_core.files import allow_globals, commit, load_file
+from semaim_core.files import CheckpointError, allow_globals, commit, load_file
+from semaim_core.rundir import RunDirError, drop_rows_after
+from semaim_core.training import all_rng_states, rng_state, set_rng_state
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -70,32 +77,115 @@ class SemAIMLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         params.extend(groups.values())
 
 
+class ExactResumeHook(Hook):
+    """What mmengine's resume leaves out, so that a resumed run continues exactly as the
+    uninterrupted one: every rank's RNG state is saved in each checkpoint, and this rank's torch
+    (and CUDA) generator, which drop path and dropout draw from, is restored at the first iteration
+    after the resume. numpy's and Python's generators are left to mmengine: they drive the data
+    augmentation, which mmengine replays when it advances the loader past the trained iterations
+    (in the loader workers, seeded per worker, or in this process with num_workers=0).
+    Validation runs on a copy of the RNG, so when and how often it runs does not change training."""
+
+    priority = "NORMAL"  # after_train_iter runs before the CheckpointHook (VERY_LOW) saves
+
+    def __init__(self):
+        self.states, self.pending, self.train_rng = None, None, None
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.states = all_rng_states()  # a collective under DDP; the master's checkpoint hook saves them
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        checkpoint["rng_per_rank"] = self.states or all_rng_states()
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        if getattr(runner, "_resuming", False):  # load_from (weights only) keeps the fresh seed
+            states = checkpoint.get("rng_per_rank")
+            if states is None:
+                print_log("the checkpoint holds no RNG states (written before they were saved): the resumed run "
+                          "draws other random numbers than the uninterrupted one would", logger="current",
+                          level=logging.WARNING)
+            elif len(states) != get_world_size():
+                raise CheckpointError(f"the checkpoint holds the RNG states of {len(states)} processes, this run has "
+                                      f"{get_world_size()}: resume with the number of processes that wrote it")
+            self.pending = states
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None):
+        if self.pending:
+            state = self.pending[get_rank()]
+            torch.set_rng_state(state["torch"])
+            if state["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(state["cuda"])
+            self.pending = None
+
+    def before_val(self, runner):
+        self.train_rng = rng_state()
+
+    def after_val(self, runner):
+        set_rng_state(self.train_rng)
+
+
 @RUNNERS.register_module()
 class SemAIMRunner(Runner):
-    """mmengine's Runner, writing each checkpoint under a temporary name and committing it (fsync,
-    rename), so an interrupted save never replaces a good checkpoint with a torn one."""
+    """mmengine's Runner, with resumes that are exact (``ExactResumeHook``), strict, confined to
+    the work dir and free of repeated log rows, and checkpoints written under a temporary name and
+    committed (fsync, rename), so an interrupted save never replaces a good checkpoint with a torn one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_hook(ExactResumeHook())
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):
         tmp = f".{filename}.tmp-{os.getpid()}"
         try:
-            super().save_checkpoint(out_dir, tmp, *args, **kwargs)
-            commit(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
+            super().save_checkpoint(out_dir, tmp, *args, **kwargs)  # master only
+            if is_main_process():
+                commit(os.path.join(out_dir, tmp), os.path.join(out_dir, filename))
         finally:
             if os.path.exists(os.path.join(out_dir, tmp)):
                 os.remove(os.path.join(out_dir, tmp))
 
+    def load_or_resume(self):
+        """A resume reads ``last_checkpoint`` of this work dir; a name in it is taken inside the work
+        dir, and a path outside it (a copied work dir) is refused."""
+        if self._resume and self._load_from is None and not self._has_loaded:
+            self._load_from = own_last_checkpoint(self.work_dir)
+        return super().load_or_resume()
+
     def resume(self, *args, **kwargs):
         """mmengine's resume, but the model must match the checkpoint exactly: a resume after a
-        config change fails instead of loading what fits."""
+        config change fails instead of loading what fits. Rows that earlier sessions of this run
+        logged past the checkpoint are dropped from their ``vis_data/scalars.json``."""
         self._resuming = True
         try:
-            return super().resume(*args, **kwargs)
+            out = super().resume(*args, **kwargs)
         finally:
             self._resuming = False
+        if is_main_process():
+            for older in sorted(Path(self.work_dir).glob("*/vis_data/scalars.json")):
+                if older.parent.parent.name != self.timestamp:
+                    drop_rows_after(older, "step", self.iter)
+        return out
 
     def load_checkpoint(self, filename, map_location="cpu", strict=False, *args, **kwargs):
         return super().load_checkpoint(filename, map_location, strict or getattr(self, "_resuming", False),
                                        *args, **kwargs)
+
+
+def own_last_checkpoint(work_dir: str) -> str | None:
+    """The checkpoint ``work_dir/last_checkpoint`` names, which must lie in ``work_dir``."""
+    tag = Path(work_dir) / "last_checkpoint"
+    if not tag.is_file():
+        return None
+    name = tag.read_text().strip()
+    path = (Path(work_dir) / name).resolve()  # a bare name is taken inside the work dir
+    if path.parent != Path(work_dir).resolve():
+        raise RunDirError(f"{tag} names {name}, outside this work dir {Path(work_dir).resolve()} (was the work dir "
+                          f"copied?): a run resumes only from its own checkpoints. Write the name of one of them "
+                          f"(e.g. {Path(name).name}) into {tag}, or start without --resume")
+    if not path.is_file():
+        raise RunDirError(f"{tag} names {name}, which does not exist: write the name of an existing checkpoint of "
+                          "this run into it, or start without --resume")
+    return str(path)
 
 
 def _history_buffer_reduce(buffer: HistoryBuffer):

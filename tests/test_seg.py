@@ -143,34 +143,61 @@ def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
                  "train_dataloader.dataset.data_root=/nonexistent/ade")
 
 
-def test_resume_continues_at_the_next_iteration_and_refuses_another_recipe(tiny_encoder, derived, tmp_path):
+def train_rows(work):
+    """(iteration, loss) of every training row in all of a work dir's vis_data/scalars.json (one per start)."""
+    return [(r["step"], r["loss"]) for f in sorted(work.glob("*/vis_data/scalars.json"))
+            for r in map(json.loads, f.read_text().splitlines()) if "loss" in r]
+
+
+def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, derived, tmp_path):
+    """Killed after logging iteration 3 but before its checkpoint was written, then resumed from
+    iteration 2: the weights at iteration 4 equal those of an uninterrupted run bit for bit (drop
+    path draws from the RNG at every step), and every iteration is logged once."""
+    import shutil
+
     from semaim_core.rundir import RunDirError
 
     path, _ = tiny_encoder
-    work = tmp_path / "work"
     opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1",
             "default_hooks.logger.interval=1",
             "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
-    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=2", *opts)
-    before = load_file(work / "iter_2.pth")["state_dict"]  # the safe loader reads what mmengine wrote
+    straight, work = tmp_path / "straight", tmp_path / "work"
+    run_tool("train", TINY, "--work-dir", str(straight), "--cfg-options", "train_cfg.max_iters=4", *opts)
+    run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=3", *opts)
+    before = load_file(work / "iter_2.pth")  # the safe loader reads what mmengine wrote
+    assert all(torch.equal(v, load_file(straight / "iter_2.pth")["state_dict"][k])  # two runs, the same weights
+               for k, v in before["state_dict"].items())
+    (work / "iter_3.pth").unlink()  # "killed" before iteration 3's checkpoint
+    (work / "last_checkpoint").write_text(str(work / "iter_2.pth"))
     with pytest.raises(RunDirError, match=r"(?s)another recipe.*optim_wrapper.optimizer.lr: 0.0002 -> 0.001"):
-        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3",
+        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=4",
                  "optim_wrapper.optimizer.lr=1e-3", *opts)
     with pytest.raises(RunDirError, match="already holds a run.*--overwrite"):
-        run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=3", *opts)
-    run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=3", *opts)
-    after = load_file(work / "iter_3.pth")
-    assert after["meta"]["iter"] == 3 and not (work / "iter_4.pth").exists()
-    assert not torch.equal(after["state_dict"]["decode_head.conv_seg.weight"], before["decode_head.conv_seg.weight"])
+        run_tool("train", TINY, "--work-dir", str(work), "--cfg-options", "train_cfg.max_iters=4", *opts)
+    copy = tmp_path / "copy"
+    shutil.copytree(work, copy)
+    run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=4", *opts)
+    after, expected = load_file(work / "iter_4.pth"), load_file(straight / "iter_4.pth")
+    assert after["meta"]["iter"] == 4 and not (work / "iter_5.pth").exists()
+    assert all(torch.equal(v, expected["state_dict"][k]) for k, v in after["state_dict"].items())
     losses = after["message_hub"]["log_scalars"]["train/loss"]
-    assert len(losses._log_history) == 3  # iterations 1-2 restored, then 3: resumed, not restarted
+    assert len(losses._log_history) == 4  # iterations 1-2 restored, then 3-4: resumed, not restarted
+    assert train_rows(work) == train_rows(straight) and [i for i, _ in train_rows(work)] == [1, 2, 3, 4]
+
+    # a copied work dir does not resume from the original's checkpoint (last_checkpoint is absolute)
+    with pytest.raises(RunDirError, match=f"names {work / 'iter_2.pth'}, outside this work dir {copy}"):
+        run_tool("train", TINY, "--work-dir", str(copy), "--resume", "--cfg-options", "train_cfg.max_iters=4", *opts)
+    (copy / "last_checkpoint").write_text("iter_2.pth")  # a name is taken inside the work dir
+    (copy / "seg_metrics.json").unlink()  # the original's result, which the copy's would replace
+    run_tool("train", TINY, "--work-dir", str(copy), "--resume", "--cfg-options", "train_cfg.max_iters=3", *opts)
+    assert load_file(copy / "iter_3.pth")["meta"]["iter"] == 3
 
     # a checkpoint that does not fit the model is not loaded "as far as it fits"
-    ckpt = load_file(work / "iter_3.pth")
+    ckpt = load_file(work / "iter_4.pth")
     del ckpt["state_dict"]["decode_head.conv_seg.weight"]
-    torch.save(ckpt, work / "iter_3.pth")
+    torch.save(ckpt, work / "iter_4.pth")
     with pytest.raises(RuntimeError, match="decode_head.conv_seg.weight"):
-        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=4", *opts)
+        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=5", *opts)
 
 
 def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, derived, tmp_path):
