@@ -72,7 +72,7 @@ def start(args) -> bool:
     if rank != 0:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()
     recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
-    return open_run(args.output_dir, recipe, overwrite=args.overwrite)
+    return open_run(args.output_dir, rundir.with_input_digests(recipe, ["encoder"]), overwrite=args.overwrite)
 
 
 @torch.no_grad()

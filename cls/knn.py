@@ -23,7 +23,11 @@ def features(model, dataset, batch_size, workers, device):
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
     feats, labels = [], []
     for images, target in tqdm(loader, desc="features", dynamic_ncols=True):
-        feats.append(F.normalize(model(images.to(device)).float(), dim=1))  # num_classes=0: the pooled feature
+        out = model(images.to(device)).float()  # num_classes=0: the pooled feature
+        if not torch.isfinite(out).all():  # NaN similarities would silently vote for one class
+            raise FloatingPointError(f"the encoder gives non-finite features for {dataset.root}: its weights hold a "
+                                     "NaN or inf (a diverged run?); use an earlier checkpoint's export")
+        feats.append(F.normalize(out, dim=1))
         labels.append(target.to(device))
     return torch.cat(feats), torch.cat(labels)
 

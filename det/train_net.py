@@ -34,14 +34,14 @@ from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
 from det.data import check_datasets, register_tiny_coco
 from det.evaluation import write_metrics
 from semaim_core.configs import resolve_config
-from semaim_core.rundir import flatten, open_run, release_lock
+from semaim_core.rundir import flatten, open_run, release_lock, with_input_digests
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("train.output_dir", "train.eval_period", "train.log_period", "train.checkpointer", "train.device",
                "train.ddp", "dataloader.evaluator")
-STOPPING = ("train.max_iter",)
+STOPPING = ("train.stop_after_iter",)  # train.max_iter sets the lr schedule: part of the recipe
 
 logger = logging.getLogger("det")
 _MISSING = object()
@@ -60,6 +60,15 @@ def recipe(cfg) -> dict:
     """The LazyConfig, setting by setting, without the operational ones (see ``OPERATIONAL``)."""
     flat = flatten(OmegaConf.to_container(cfg, resolve=False))
     return {k: v for k, v in flat.items() if not k.startswith(OPERATIONAL) and not k.endswith("num_workers")}
+
+
+def stop_iter(cfg) -> int:
+    """Where this start stops: ``train.stop_after_iter`` if set (the schedule stays ``train.max_iter``'s;
+    detectron2 writes model_final.pth there too, which the resumed run replaces), else the end."""
+    stop = cfg.train.get("stop_after_iter") or cfg.train.max_iter
+    if not 0 < stop <= cfg.train.max_iter:
+        raise ValueError(f"train.stop_after_iter={stop} must lie in 1..train.max_iter ({cfg.train.max_iter})")
+    return stop
 
 
 def check_overrides(cfg, opts):
@@ -105,7 +114,7 @@ def do_train(args, cfg):
         hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
         # iterations done: trainer.iter + 1 during training, trainer.iter (= max_iter) once it ended
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, cfg.train.max_iter),
+        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, trainer.max_iter),
                                                               overwrite=args.overwrite)),
         hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
         if comm.is_main_process() else None,
@@ -121,7 +130,7 @@ def do_train(args, cfg):
         if cfg.train.init_checkpoint != "none":
             load_backbone(model, cfg.train.init_checkpoint)
         start_iter = 0
-    trainer.train(start_iter, cfg.train.max_iter)
+    trainer.train(start_iter, stop_iter(cfg))
     if comm.is_main_process():
         release_lock(cfg.train.output_dir)
 
@@ -133,7 +142,8 @@ def main(args):
     check_overrides(cfg, args.opts)
     cfg = LazyConfig.apply_overrides(cfg, args.opts)
     if not args.eval_only and comm.is_main_process():  # one run per output dir; a resume keeps the recipe
-        open_run(cfg.train.output_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
+        open_run(cfg.train.output_dir, with_input_digests(recipe(cfg), ["train.init_checkpoint"]),
+                 overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
     comm.synchronize()  # the other ranks write their logs only once rank 0 has claimed the directory
     cfg._config_file = args.config_file
     default_setup(cfg, args)

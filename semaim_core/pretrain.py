@@ -24,12 +24,19 @@ from tqdm import tqdm
 
 from . import MODEL_SIZES, MODELS, build_model
 from .checkpoint import FORMAT_TRAIN
-from .data import MAX_IMAGE_PIXELS, ImageDataset, pretrain_transform
+from .data import MAX_IMAGE_PIXELS, ImageDataset, find_images, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .export import export_encoder, save_encoder
 from .files import CheckpointError, load_file, save_atomic
 from .optim import build_optimizer, build_scheduler
-from .rundir import drop_text_lines_after, open_run, release_lock, write_json_atomic
+from .rundir import (
+    drop_text_lines_after,
+    file_list_digest,
+    open_run,
+    release_lock,
+    with_input_digests,
+    write_json_atomic,
+)
 from .training import (
     AMP_DTYPES,
     MetricsLog,
@@ -199,15 +206,18 @@ class Trainer:
         self.rank, self.world, self.device = init_distributed(cfg.device)
         self.out = Path(cfg.output_dir)
         self.is_main = self.rank == 0
+        files = find_images(cfg.data)
         if self.is_main:  # before anything is read or written: one run per directory
             recipe = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}
-            recipe.update(world_size=self.world, model_overrides=model_overrides or {})
-            open_run(self.out, recipe, overwrite=cfg.overwrite, fresh=cfg.resume is None, stopping=STOPPING)
+            recipe.update(world_size=self.world, model_overrides=model_overrides or {},
+                          data_files=file_list_digest(files, Path(cfg.data)))
+            open_run(self.out, with_input_digests(recipe, ["teacher_weights"]), overwrite=cfg.overwrite,
+                     fresh=cfg.resume is None, stopping=STOPPING)
         if self.world > 1:
             dist.barrier()
         random_seed(cfg.seed, self.rank)  # torch, numpy and random
 
-        self.dataset = ImageDataset(cfg.data, pretrain_transform(cfg.img_size), cfg.skip_unreadable,
+        self.dataset = ImageDataset(files, pretrain_transform(cfg.img_size), cfg.skip_unreadable,
                                     cfg.max_image_pixels)
         self.sampler = ResumableSampler(len(self.dataset), self.rank, self.world, cfg.seed, cfg.batch_size)
         self.steps_per_epoch = self.sampler.batches_per_epoch // cfg.accum_iter

@@ -187,6 +187,25 @@ def file_digest(path: str | Path) -> str:
     return _DIGESTS[key]
 
 
+def with_input_digests(recipe: dict, keys) -> dict:
+    """``recipe`` plus the sha256 of each input file it names under ``keys`` (as ``<key>.sha256``):
+    a run is tied to the content of its encoder, init checkpoint or teacher, so another file copied
+    over the same path is a recipe change, not a silent continuation."""
+    out = dict(recipe)
+    for key in keys:
+        value = recipe.get(key)
+        if isinstance(value, str) and value != "none" and Path(value).is_file():
+            out[f"{key}.sha256"] = file_digest(value)
+    return out
+
+
+def file_list_digest(files: list[Path], root: Path) -> dict:
+    """How many files, and a sha256 of their sorted names relative to ``root``: cheap, and any image
+    added, removed or renamed between two starts changes it."""
+    names = "\n".join(sorted(str(Path(f).relative_to(root)) for f in files))
+    return dict(count=len(files), names_sha256=hashlib.sha256(names.encode()).hexdigest())
+
+
 def suite_commit() -> str:
     """The suite's git commit (with "+dirty" for uncommitted changes), or "unknown" outside a checkout."""
     try:

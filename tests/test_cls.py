@@ -77,10 +77,27 @@ def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
 
 
 def test_knn(derived, encoder, tmp_path):
-    from cls.knn import knn_classify, main
+    import shutil
 
-    result = main(common(derived, encoder, tmp_path))
+    from cls.knn import knn_classify, main
+    from semaim_core.files import save_atomic
+    from semaim_core.rundir import RunDirError
+
+    copy = tmp_path / "encoder.pth"
+    shutil.copy(encoder, copy)
+    result = main(common(derived, copy, tmp_path / "run"))
     assert result["mode"] == "knn" and 0 <= result["top1"] <= 100
+    # another encoder copied over the same path is another recipe: the result is never credited to it
+    other = load_file(copy)
+    other["model"] = {k: v + 0.01 for k, v in other["model"].items()}
+    save_atomic(other, copy)
+    with pytest.raises(RunDirError, match=r"encoder.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        main(common(derived, copy, tmp_path / "run"))
+    # a diverged encoder is an error, not the majority class's top-1
+    other["model"]["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
+    save_atomic(other, copy)
+    with pytest.raises(FloatingPointError, match="non-finite features"):
+        main(common(derived, copy, tmp_path / "nan"))
     # the vote: nearest neighbours of a point that is itself in the training set
     train = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
     labels = torch.arange(10) % 3

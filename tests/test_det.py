@@ -1,5 +1,6 @@
 """det/: the ViTDet LazyConfigs, the verified backbone load and a real train + COCO evaluation."""
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -108,7 +109,8 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
     out = tmp_path / "run"
     config = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py"]
     common = [f"train.output_dir={out}", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
-    run_main(*config, *common, f"train.init_checkpoint={path}", "train.max_iter=3", "train.eval_period=3")
+    run_main(*config, *common, f"train.init_checkpoint={path}", "train.max_iter=5", "train.stop_after_iter=3",
+             "train.eval_period=3")
     metrics = json.loads((out / "det_metrics.json").read_text())
     assert metrics["task"] == "det" and metrics["dataset"] == "tiny_coco_val" and metrics["iteration"] == 3
     for kind in ("bbox", "segm"):
@@ -133,19 +135,29 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
 
 
 def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
-    path, _ = tiny_encoder
+    path = tmp_path / "encoder.pth"
+    shutil.copy(tiny_encoder[0], path)
     out = tmp_path / "run"
     args = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}",
             f"train.init_checkpoint={path}",
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
             "train.checkpointer.period=1"]
-    run_main(*args, "train.max_iter=2")
+    run_main(*args, "train.max_iter=3", "train.stop_after_iter=2")
     with pytest.raises(RunDirError, match=r"(?s)another recipe.*optimizer.lr: 0.0002 -> 0.001"):
         run_main("--resume", *args, "train.max_iter=3", "optimizer.lr=0.001")
     with pytest.raises(RunDirError, match="already holds a run"):
         run_main(*args, "train.max_iter=3")
     with pytest.raises(KeyError, match="unknown config key 'train.max_iters'.*did you mean 'train.max_iter'"):
         run_main("--resume", *args, "train.max_iters=3")
+    # train.max_iter sets the lr schedule: a longer run is another recipe, not a later stopping point
+    with pytest.raises(RunDirError, match=r"(?s)another recipe.*train.max_iter: 3 -> 40"):
+        run_main("--resume", *args, "train.max_iter=40")
+    # the encoder the run started from is part of the recipe by content, not by path
+    torch.manual_seed(1)
+    save_atomic(export_encoder(build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)), path)
+    with pytest.raises(RunDirError, match=r"train.init_checkpoint.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run_main("--resume", *args, "train.max_iter=3")
+    shutil.copy(tiny_encoder[0], path)
     run_main("--resume", *args, "train.max_iter=3")
     iters = [json.loads(x)["iteration"] for x in (out / "metrics.json").read_text().splitlines() if "total_loss" in x]
     assert iters[-1] == 2 and "Starting training from iteration 2" in (out / "log.txt").read_text()  # 0-based: 3rd
@@ -154,10 +166,10 @@ def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
     del ckpt["model"]["roi_heads.box_predictor.cls_score.weight"]
     torch.save(ckpt, out / "model_final.pth")
     with pytest.raises(CheckpointError, match="does not fit the model.*cls_score.weight"):
-        run_main("--resume", *args, "train.max_iter=4")
+        run_main("--resume", *args, "train.max_iter=3")
     (out / "last_checkpoint").write_text("")
     with pytest.raises(CheckpointError, match="last_checkpoint is empty"):
-        run_main("--resume", *args, "train.max_iter=4")
+        run_main("--resume", *args, "train.max_iter=3")
 
 
 def test_bad_inputs_are_named(tiny_encoder, tmp_path):

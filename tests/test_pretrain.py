@@ -368,6 +368,21 @@ def test_resume_with_another_recipe_is_refused_before_touching_anything(tiny_coc
     assert t.step == 2
 
 
+def test_images_added_between_starts_are_a_recipe_change(tiny_coco, tmp_path):
+    data = tmp_path / "images"
+    shutil.copytree(tiny_coco / "train2017", data)
+    settings = dict(data=str(data), max_steps=1, depth=1, decoder_depth=1)
+    Trainer(cfg(tiny_coco, tmp_path / "run", **settings)).fit()
+    first = sorted(data.glob("*.jpg"))[0]
+    shutil.copy(first, data / "added.jpg")  # the epoch's data mapping would change mid-run
+    with pytest.raises(RunDirError, match=r"data_files: \{'count': 50, .*\} -> \{'count': 51, "):
+        Trainer(cfg(tiny_coco, tmp_path / "run", **dict(settings, max_steps=2)))
+    (data / "added.jpg").rename(data / "renamed.jpg")  # the same count, another name
+    first.unlink()
+    with pytest.raises(RunDirError, match=r"data_files: .*'names_sha256'"):
+        Trainer(cfg(tiny_coco, tmp_path / "run", **dict(settings, max_steps=2)))
+
+
 def test_a_new_run_refuses_a_used_directory_unless_told_to_overwrite(tiny_coco, tmp_path):
     from semaim_core.rundir import RunDirError
 

@@ -157,7 +157,8 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
 
     from semaim_core.rundir import RunDirError
 
-    path, _ = tiny_encoder
+    path = tmp_path / "encoder.pth"
+    shutil.copy(tiny_encoder[0], path)
     opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1",
             "default_hooks.logger.interval=1",
             "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
@@ -191,6 +192,13 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
     (copy / "seg_metrics.json").unlink()  # the original's result, which the copy's would replace
     run_tool("train", TINY, "--work-dir", str(copy), "--resume", "--cfg-options", "train_cfg.max_iters=3", *opts)
     assert load_file(copy / "iter_3.pth")["meta"]["iter"] == 3
+
+    # the encoder is part of the recipe by content: another file over the same path is refused
+    other = load_file(path)
+    save_atomic(dict(other, model={k: v + 0.01 for k, v in other["model"].items()}), path)
+    with pytest.raises(RunDirError, match=r"model.backbone.checkpoint.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
+        run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=5", *opts)
+    shutil.copy(tiny_encoder[0], path)
 
     # a checkpoint that does not fit the model is not loaded "as far as it fits"
     ckpt = load_file(work / "iter_4.pth")

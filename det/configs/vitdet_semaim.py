@@ -18,6 +18,9 @@ train.output_dir = "output/vitdet_semaim_b"
 dataloader.train.total_batch_size = 64
 train.max_iter = epochs_to_iters(100, dataloader.train.total_batch_size)
 train.eval_period = train.checkpointer.period = epochs_to_iters(10, dataloader.train.total_batch_size)
+# stop early (with a checkpoint) at this iteration; a later --resume continues. train.max_iter sets the
+# lr schedule, so changing it is a recipe change; this does not
+train.stop_after_iter = None
 # milestones follow train.max_iter, the 0.25-epoch warm-up the batch size: a config sets max_iter only
 lr_multiplier = L(vitdet_lr_schedule)(
     max_iter="${train.max_iter}",

@@ -8,7 +8,7 @@
 import os
 
 from seg.tools.common import STOPPING, build_runner, load_config, parser, recipe
-from semaim_core.rundir import open_run, release_lock
+from semaim_core.rundir import open_run, release_lock, with_input_digests
 
 
 def main(argv=None):
@@ -23,7 +23,8 @@ def main(argv=None):
     cfg.resume = args.resume
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))  # torchrun or srun (--launcher slurm)
     if rank == 0:  # one run per work dir; a resume must keep the recipe
-        open_run(cfg.work_dir, recipe(cfg), overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
+        open_run(cfg.work_dir, with_input_digests(recipe(cfg), ["model.backbone.checkpoint"]),
+                 overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
     runner = build_runner(cfg)
     runner.train()
     release_lock(cfg.work_dir)
