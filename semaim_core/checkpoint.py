@@ -91,16 +91,19 @@ def heads_for_width(width: int) -> int | None:
 
 
 def declared_architecture(ckpt: dict, kind: str) -> dict:
-    """What a checkpoint says it is (depth, width, heads), from its metadata or, for the authors'
-    checkpoints, their model name (aim_base / aim_large / aim_huge); {} when it says nothing."""
+    """What a checkpoint says it is (depth, width, heads): the suite's metadata, or the model name
+    a release records (the authors' ``model`` = "aim_base", MAE's / SAIM's ``args.model`` =
+    "mae_vit_base_patch16", timm's ``arch`` = "vit_base_patch16_224"); {} when it says nothing."""
     if kind == FORMAT_ENCODER:
         meta = ckpt.get("meta") or {}
     elif kind == FORMAT_TRAIN:
         meta = (ckpt.get("config") or {}).get("model_config") or {}
-    elif kind == "semaim-authors":
-        meta = MODEL_SIZES.get(str(ckpt.get("model", "")).removeprefix("aim_").removeprefix("saim_"), {})
     else:
-        meta = {}
+        args = ckpt.get("args")
+        name = ckpt.get("model") if kind == "semaim-authors" else (
+            getattr(args, "model", None) or (args.get("model") if isinstance(args, dict) else None) or ckpt.get("arch"))
+        m = re.search(r"(?:vit|aim)_(tiny|small|base|large|huge)(?:_|$)", str(name or ""))
+        meta = MODEL_SIZES[m.group(1)] if m else {}
     return {k: meta[k] for k in ("depth", "embed_dim", "num_heads") if meta.get(k) is not None}
 
 

@@ -44,7 +44,7 @@ def test_training_checkpoint_gives_the_encoder(model, encoder):
 
 
 def test_authors_checkpoint(model, encoder):
-    ckpt = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "model": "semaim_vit_base",
+    ckpt = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "model": "aim_custom",
             "epoch": 399}
     assert detect_kind(ckpt) == "semaim-authors"
     assert_same(encoder_from_checkpoint(ckpt)[0], encoder)
@@ -210,3 +210,29 @@ def test_safetensors_export_keeps_metadata_and_loads_everywhere(encoder, tmp_pat
     (tmp_path / "torn.safetensors").write_bytes(b"\x08\x00\x00")
     with pytest.raises(CheckpointError, match="cannot read safetensors file"):
         read_encoder(tmp_path / "torn.safetensors")
+
+
+def test_a_release_missing_its_last_block_is_refused(tmp_path):
+    """MAE's save_model records args.model: a ViT-Tiny release must hold 12 blocks, and a file that
+    lost its last one (or one in the middle) is refused, not exported as a shallower encoder."""
+    import argparse
+
+    torch.manual_seed(0)
+    full = build_model("semaim_vit_tiny_patch16", img_size=SIZE).encoder_state_dict()
+    args = argparse.Namespace(model="mae_vit_tiny_patch16", epochs=800)
+    save_atomic({"model": full, "args": args}, tmp_path / "full.pth")
+    assert read_encoder(tmp_path / "full.pth")[1]["depth"] == 12
+    save_atomic({"model": {k: v for k, v in full.items() if not k.startswith("blocks.11.")}, "args": args},
+                tmp_path / "short.pth")
+    with pytest.raises(CheckpointError, match=r"short.pth: the mae checkpoint does not hold the encoder it declares "
+                                              r"\(depth 12 declared, 11 found\)"):
+        read_encoder(tmp_path / "short.pth")
+    save_atomic({"model": {k: v for k, v in full.items() if not k.startswith("blocks.5.")}}, tmp_path / "gap.pth")
+    with pytest.raises(CheckpointError, match=r"lacks 12 encoder weights: \['blocks.5.norm1.weight'"):
+        read_encoder(tmp_path / "gap.pth")
+    timm_layout = {"arch": "vit_tiny_patch16_224", "state_dict": {k: v for k, v in full.items()
+                                                                  if not k.startswith("blocks.11.")}}
+    save_atomic(timm_layout, tmp_path / "timm.pth")
+    with pytest.raises(CheckpointError, match="depth 12 declared, 11 found"):
+        read_encoder(tmp_path / "timm.pth")
+

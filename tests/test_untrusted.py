@@ -132,8 +132,9 @@ def saim_split(encoder):
 
 
 def mae_args(**kw):
-    """``args`` as MAE's main_pretrain.py parses them (what util/misc.py save_model stores)."""
-    return argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_base_patch16", input_size=224,
+    """``args`` as MAE's main_pretrain.py parses them (what util/misc.py save_model stores); the
+    model name is a custom one, as the test encoders have 2 blocks (a standard name declares its depth)."""
+    return argparse.Namespace(batch_size=64, epochs=800, accum_iter=1, model="mae_vit_depth2_patch16", input_size=224,
                               mask_ratio=0.75, norm_pix_loss=True, weight_decay=0.05, lr=None, blr=1.5e-4,
                               min_lr=0.0, warmup_epochs=40, data_path="/datasets01/imagenet_full_size/061417/",
                               output_dir=Path("./output_dir"), device="cuda", seed=0, resume="", start_epoch=0,
@@ -157,11 +158,11 @@ GENUINE = {
         "loss_scaler": torch.amp.GradScaler("cpu").state_dict(),
         "args": mae_args(permutation_type="stochastic", target="pixel", similarity_temp=0.07)},
     "authors release": lambda enc, params: {"state_dict": {f"module.{k}": v for k, v in enc.items()},
-                                            "model": "semaim_vit_tiny", "epoch": np.int64(399)},
+                                            "model": "aim_custom", "epoch": np.int64(399)},
     "saim": lambda enc, params: {"model": {f"module.{k}": v for k, v in saim_split(enc).items()},
                                  "optimizer": optimizer_state(params), "epoch": 799, "args": mae_args()},
     # timm's train.py: arch, state_dict, optimizer, version, args, metric (+ EMA)
-    "timm train.py": lambda enc, params: {"epoch": 299, "arch": "vit_tiny_patch16_224", "state_dict": enc,
+    "timm train.py": lambda enc, params: {"epoch": 299, "arch": "vit_depth2_patch16_32", "state_dict": enc,
                                           "state_dict_ema": enc, "optimizer": optimizer_state(params), "version": 2,
                                           "args": mae_args(), "metric": np.float64(72.5)},
     "timm bare state dict": lambda enc, params: dict(enc),
