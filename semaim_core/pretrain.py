@@ -201,6 +201,8 @@ class Trainer:
             raise ValueError("--data is required: an ImageNet-style folder or a folder of images")
         if not cfg.output_dir:
             raise ValueError("--output-dir is required")
+        if cfg.keep < 1:  # 0 would keep every checkpoint, -1 delete all but the oldest
+            raise ValueError(f"--keep {cfg.keep}: keep at least the newest checkpoint (--keep 1 or more)")
         cfg.data = str(Path(cfg.data).resolve())  # the recipe names the folder, wherever the run starts from
         self.cfg = cfg
         self.rank, self.world, self.device = init_distributed(cfg.device)

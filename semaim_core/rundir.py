@@ -21,6 +21,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from pathlib import Path
 
@@ -45,21 +46,28 @@ def _alive(pid: int) -> bool:
 
 
 def acquire_lock(folder: Path) -> Path:
-    """Create ``folder/.lock`` with this pid; a lock of a live process is an error, a stale one is taken over."""
+    """Create ``folder/.lock`` holding this pid and host; a lock of a live process is an error, a
+    stale one (its process on this host is gone) is taken over, and one from another host (another
+    node or container, whose pids mean nothing here) is never taken."""
     path = folder / LOCK
+    host = socket.gethostname()
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            text = path.read_text().strip() if path.exists() else ""
-            owner = int(text) if text.isdigit() else None
+            text = path.read_text().split() if path.exists() else []
+            owner = int(text[0]) if text and text[0].isdigit() else None
+            owner_host = text[1] if len(text) > 1 else host  # a lock of an older version: this host
+            if owner_host != host:
+                raise RunDirError(f"{folder} is in use by process {owner} on host {owner_host} (lock file {path}): "
+                                  "wait for it to end; if that run is gone, delete the lock file") from None
             if owner is not None and owner != os.getpid() and _alive(owner):
                 raise RunDirError(f"{folder} is in use by process {owner} (lock file {path}): wait for it to end, "
                                   "or write to another directory") from None
             path.unlink(missing_ok=True)  # stale: its owner is gone
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(str(os.getpid()))
+            f.write(f"{os.getpid()} {host}")
         atexit.register(release_lock, folder)
         return path
 
@@ -67,7 +75,7 @@ def acquire_lock(folder: Path) -> Path:
 def release_lock(folder: Path):
     path = Path(folder) / LOCK
     try:
-        if path.read_text().strip() == str(os.getpid()):
+        if path.read_text().split()[:1] == [str(os.getpid())]:
             path.unlink()
     except FileNotFoundError:
         pass

@@ -113,3 +113,35 @@ def test_annotation_for_missing_file_is_named(source_copy, tmp_path):
     victim.unlink()
     with pytest.raises(DatasetError, match=f"lists image {victim.name}"):
         derive(source_copy, tmp_path / "out")
+
+
+@pytest.mark.parametrize("kind,field", [("annotations", "category_id"), ("images", "height"),
+                                        ("annotations", "image_id")])
+def test_a_record_missing_a_field_is_named(source_copy, tmp_path, kind, field):
+    ann_file = source_copy / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    victim = data[kind][3]
+    del victim[field]
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=rf"instances_train2017.json: {kind[:-1]} id {victim['id']} lacks the "
+                                           rf"field '{field}'"):
+        derive(source_copy, tmp_path / "out")
+
+
+def test_an_exif_rotated_image_gets_its_labels_rotated_as_the_loader_reads_it(derived, source_copy, tmp_path):
+    """mmseg reads images with OpenCV, which applies the EXIF orientation; COCO annotates the stored pixels."""
+    import cv2
+
+    victim = sorted((source_copy / "train2017").glob("*.jpg"))[0]
+    with Image.open(victim) as im:
+        exif = im.getexif()
+        exif[0x0112] = 6  # stored sideways: shown rotated 90 degrees clockwise
+        im.save(victim, exif=exif, quality=95)
+    out = tmp_path / "out"
+    derive(source_copy, out)
+    name = f"{victim.stem}_labelTrainIds.png"
+    upright = np.array(Image.open(derived / "coco_stuff" / "annotations" / "train2017" / name))
+    rotated = np.array(Image.open(out / "coco_stuff" / "annotations" / "train2017" / name))
+    assert np.array_equal(rotated, np.rot90(upright, k=-1))  # the same labels, turned as the image is shown
+    image = cv2.imread(str(out / "coco_stuff" / "images" / "train2017" / victim.name))
+    assert image.shape[:2] == rotated.shape

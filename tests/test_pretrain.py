@@ -410,6 +410,13 @@ def test_a_second_process_is_locked_out(tiny_coco, tmp_path):
         other.kill()
         other.wait()
     Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1))  # a stale lock is taken over
+    # a lock written on another host (node, container): its pid says nothing here, it is never taken
+    (tmp_path / ".lock").write_text("1 gpu-node-17")
+    with pytest.raises(RunDirError, match="in use by process 1 on host gpu-node-17.*delete the lock file"):
+        Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1))
+    (tmp_path / ".lock").unlink()
+    with pytest.raises(ValueError, match="--keep 0: keep at least the newest checkpoint"):
+        Trainer(cfg(tiny_coco, tmp_path, max_steps=1, depth=1, decoder_depth=1, keep=0))
 
 
 def test_leftovers_of_a_killed_run_are_cleaned_and_not_repeated(tiny_coco, tmp_path, capsys):

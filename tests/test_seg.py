@@ -122,6 +122,12 @@ def test_tiny_config_trains_tests_and_writes_miou(tiny_encoder, derived, tmp_pat
 
 def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
     path, sd = tiny_encoder
+    for typo, hint in (("trian_cfg.max_iters=3", "the config has no 'trian_cfg'; did you mean 'train_cfg'"),
+                       ("train_cfg.max_iter=3", "train_cfg has no 'max_iter'; did you mean 'train_cfg.max_iters'"),
+                       ("model.bakbone.checkpoint=x", "model has no 'bakbone'; did you mean 'model.backbone'")):
+        with pytest.raises(KeyError, match=re.escape(hint)):
+            run_tool("train", TINY, "--work-dir", str(tmp_path / "typo"), "--cfg-options", typo)
+    assert not (tmp_path / "typo").exists()
     cfg = Config.fromfile(TINY)
     cfg.model.backbone.checkpoint = str(tmp_path / "missing.pth")
     model = MODELS.build(cfg.model)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import os.path as osp
 import time
@@ -42,10 +43,33 @@ def recipe(cfg: Config) -> dict:
             if not k.startswith(OPERATIONAL) and not k.endswith(("num_workers", "persistent_workers"))}
 
 
+def check_overrides(cfg: Config, options: dict):
+    """mmengine adds any key given to --cfg-options (``train_cfg.max_iter=3`` trains the default
+    length): every key's parents must exist, and a new last key must not be a near miss of an
+    existing one; otherwise an error names the closest key."""
+    for key in options:
+        node, path = cfg, []
+        for part in key.split("."):
+            children = [str(i) for i in range(len(node))] if isinstance(node, (list, tuple)) else list(node)
+            last = len(path) == key.count(".")
+            close = difflib.get_close_matches(part, children, n=1, cutoff=0.8 if last else 0.6)
+            if part not in children and (not last or close):
+                where = ".".join(path) or "the config"
+                hint = f"; did you mean '{'.'.join([*path, close[0]])}'?" if close else ""
+                raise KeyError(f"unknown key '{key}' in --cfg-options: {where} has no '{part}'{hint}")
+            if part not in children:
+                break  # a new leaf under an existing parent (e.g. dataset.indices)
+            node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
+            path.append(part)
+            if not isinstance(node, (dict, list, tuple)) and not last:
+                raise KeyError(f"unknown key '{key}' in --cfg-options: {'.'.join(path)} is a value, not a section")
+
+
 def load_config(args) -> Config:
     args.config = resolve_config(args.config, Path(__file__).resolve().parents[1] / "configs")
     cfg = Config.fromfile(args.config)
     if args.cfg_options:
+        check_overrides(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(

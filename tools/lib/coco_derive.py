@@ -64,8 +64,15 @@ def load_split(source: Path, split: str):
             f"COCO split '{split}' not found under {source}: expected {ann_file} and {img_dir}/ "
             "(the layout of COCO 2017 and of data/tiny_coco)."
         )
+    try:
+        dataset = json.loads(ann_file.read_text())
+    except ValueError as e:
+        raise DatasetError(f"{ann_file} is not valid JSON ({e})") from None
+    check_records(ann_file, dataset)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        coco = COCO(str(ann_file))
+        coco = COCO()
+        coco.dataset = dataset
+        coco.createIndex()
     for img in coco.imgs.values():
         if not (img_dir / img["file_name"]).is_file():
             raise DatasetError(
@@ -73,6 +80,36 @@ def load_split(source: Path, split: str):
                 "does not exist: restore the image or remove its record from the annotation file."
             )
     return coco, img_dir
+
+
+# the fields this tool reads from each kind of record
+REQUIRED = dict(images=("id", "file_name", "height", "width"), categories=("id", "name"),
+                annotations=("id", "image_id", "category_id", "bbox", "area", "iscrowd", "segmentation"))
+
+
+def check_records(ann_file: Path, dataset: dict):
+    """Every record has the fields the derivation reads; else an error naming the file, the record and the field."""
+    for kind, fields in REQUIRED.items():
+        if not isinstance(dataset.get(kind), list):
+            raise DatasetError(f"{ann_file} has no '{kind}' list: not a COCO instances file")
+        for n, record in enumerate(dataset[kind]):
+            missing = [f for f in fields if f not in record]
+            if missing:
+                which = f"id {record['id']}" if "id" in record else f"entry {n}"
+                raise DatasetError(f"{ann_file}: {kind[:-1]} {which} lacks the field '{missing[0]}' "
+                                   f"(each needs {', '.join(fields)}): repair or remove that record")
+
+
+# EXIF orientation -> the PIL transpose that shows the image upright. COCO's annotations are in the
+# stored pixel frame, but mmseg's loader (OpenCV) applies the orientation: the label map must follow.
+EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                  5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                  8: Image.Transpose.ROTATE_90}
+
+
+def exif_orientation(path: Path) -> int:
+    with Image.open(path) as im:
+        return im.getexif().get(0x0112, 1)
 
 
 def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> Image.Image:
@@ -112,7 +149,10 @@ def _write_semantic(source: Path, out: Path) -> dict:
             read_image(src, (info["height"], info["width"]))
             shutil.copyfile(src, out / "images" / split / info["file_name"])
             stem = Path(info["file_name"]).stem
-            Image.fromarray(semantic_map(coco, img_id)).save(out / "annotations" / split / f"{stem}_labelTrainIds.png")
+            label = Image.fromarray(semantic_map(coco, img_id))
+            if exif_orientation(src) in EXIF_TRANSPOSE:  # as the image will be read for training
+                label = label.transpose(EXIF_TRANSPOSE[exif_orientation(src)])
+            label.save(out / "annotations" / split / f"{stem}_labelTrainIds.png")
         counts[split] = len(coco.imgs)
     return counts
 
