@@ -105,6 +105,7 @@ class Config:
     log_every: int = 20
     resume: str | None = "auto"        # "auto": the newest checkpoint in output_dir, if any; None: a new run
     overwrite: bool = False            # a new run may clear an output_dir that holds another run
+    allow_recipe_change: bool = False  # resume with a changed recipe, recorded in recipe_changes.jsonl
     skip_unreadable: bool = False
     max_image_pixels: int = MAX_IMAGE_PIXELS  # larger images are unreadable (decompression-bomb guard; 0: none)
     max_steps: int | None = None       # stop early (tests, smoke runs); the schedule stays the full one
@@ -123,8 +124,8 @@ class Config:
 
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
-OPERATIONAL = ("output_dir", "resume", "overwrite", "num_workers", "log_every", "save_every", "keep", "compile",
-               "grad_checkpointing", "device", "max_image_pixels")
+OPERATIONAL = ("output_dir", "resume", "overwrite", "allow_recipe_change", "num_workers", "log_every", "save_every",
+               "keep", "compile", "grad_checkpointing", "device", "max_image_pixels")
 STOPPING = ("max_steps",)
 
 
@@ -214,7 +215,8 @@ class Trainer:
             recipe.update(world_size=self.world, model_overrides=model_overrides or {},
                           data_files=file_list_digest(files, Path(cfg.data)))
             open_run(self.out, with_input_digests(recipe, ["teacher_weights"]), overwrite=cfg.overwrite,
-                     fresh=cfg.resume is None, stopping=STOPPING)
+                     fresh=cfg.resume is None, stopping=STOPPING, allow_change=cfg.allow_recipe_change,
+                     change_flag="--allow-recipe-change")
         if self.world > 1:
             dist.barrier()
         random_seed(cfg.seed, self.rank)  # torch, numpy and random
@@ -335,8 +337,9 @@ class Trainer:
             self.scaler.scale(loss / len(micro_batches)).backward()
             total += loss.detach() / len(micro_batches)
         total = all_reduce_mean(total, self.world)
-        advice = (f"The last good checkpoint is kept ({self.last_good()}); lower the lr, raise warm-up or use "
-                  "--dtype bf16, then resume.")
+        advice = (f"The last good checkpoint is kept ({self.last_good()}); lower the lr (--blr), raise the warm-up "
+                  "(--warmup-epochs) or use --dtype bf16, then resume with the same command plus the change and "
+                  "--allow-recipe-change (the change is recorded in the run's recipe_changes.jsonl).")
         if not torch.isfinite(total):
             raise NonFiniteError(f"loss is {total.item()} at step {self.step}: stopping. {advice}")
         params = [p for p in self.model.parameters() if p.grad is not None]
@@ -435,6 +438,8 @@ HELP = dict(
     save_every="optimizer steps between checkpoints (also at every epoch end)", keep="checkpoints kept",
     log_every="steps between metrics rows", resume="auto (the newest checkpoint here), none (a new run) or a PATH",
     overwrite="a new run may clear an output dir that holds another run",
+    allow_recipe_change="resume although the recipe changed (e.g. a lower lr after a NaN); the changes are recorded "
+    "in recipe_changes.jsonl",
     skip_unreadable="skip unreadable images (counted) instead of stopping",
     max_image_pixels="images with more pixels are unreadable (PIL's decompression-bomb limit; 0: no limit)",
     max_steps="stop after this many steps (the schedule stays the full one; a later start with a larger value resumes)")

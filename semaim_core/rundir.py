@@ -23,11 +23,12 @@ import re
 import shutil
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 from .files import atomic_write
 
-LOCK, RECIPE = ".lock", "run.json"
+LOCK, RECIPE, CHANGES = ".lock", "run.json", "recipe_changes.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -138,12 +139,15 @@ def canonical(recipe: dict) -> dict:
 
 
 def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh: bool = False,
-             stopping: tuple = (), flag: str = "--overwrite") -> bool:
+             stopping: tuple = (), flag: str = "--overwrite", allow_change: bool = False,
+             change_flag: str | None = None) -> bool:
     """Claim ``folder`` for the run described by ``recipe``; returns True when it continues a run
     with the same recipe (resume or re-score), False when it starts anew.
 
     ``fresh``: the caller asked for a new run (e.g. ``--resume none``): a non-empty directory is
-    then refused unless ``overwrite``. ``stopping``: recipe keys that may change between starts."""
+    then refused unless ``overwrite``. ``stopping``: recipe keys that may change between starts.
+    ``allow_change``: continue with a changed recipe (e.g. a lower lr after a NaN), appending the
+    changes to ``recipe_changes.jsonl`` so the run's history says what it trained with when."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     acquire_lock(folder)
@@ -165,10 +169,16 @@ def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh
             raise RunDirError(f"{folder} holds files ({', '.join(sorted(content)[:5])}) but no {RECIPE}: it is not a "
                               f"run of this version of the suite. Choose another directory, or pass {flag}")
         diffs = recipe_differences(json.loads(recorded.read_text()), recipe, ignore=stopping)
-        if diffs:
+        if diffs and allow_change:
+            with open(folder / CHANGES, "a") as f:
+                f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), changes=diffs)) + "\n")
+            print(f"{folder}: continuing with a changed recipe (recorded in {CHANGES}):\n  " + "\n  ".join(diffs))
+        elif diffs:
             raise RunDirError(f"{folder} holds a run with another recipe; continuing it would mix two experiments:\n  "
                               + "\n  ".join(diffs) + f"\nUse a new directory for the new recipe, or pass {flag} to "
-                              "discard the old run")
+                              "discard the old run" + (f"; to continue this run with the change on purpose (e.g. a "
+                              f"lower lr after a NaN), pass {change_flag}: it is recorded in {CHANGES}"
+                              if change_flag else ""))
     write_json_atomic(recorded, recipe)
     return bool(content) and not overwrite
 

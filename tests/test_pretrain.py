@@ -114,6 +114,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monk
         t.fit()
     last = load_file(checkpoint_paths(tmp_path)[-1])
     assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
+    # each remedy the message names is a recipe change: refused, unless asked for, then recorded
+    lower = dict(max_steps=8, save_every=2, depth=1, decoder_depth=1, blr=5e-4)
+    with pytest.raises(RunDirError, match=r"(?s)blr: 0.001 -> 0.0005.*pass --allow-recipe-change"):
+        Trainer(cfg(tiny_coco, tmp_path, **lower))
+    t = Trainer(cfg(tiny_coco, tmp_path, allow_recipe_change=True, **lower))
+    assert t.step == 4
+    t.fit()
+    changes = [json.loads(line) for line in (tmp_path / "recipe_changes.jsonl").read_text().splitlines()]
+    assert changes[0]["changes"] == ["blr: 0.001 -> 0.0005"]
 
 
 @pytest.mark.parametrize("clip_grad", [None, 3.0])
