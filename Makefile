@@ -5,7 +5,7 @@ MMCV   ?= lite
 TORCH_CUDA ?=
 DATA   ?= data/derived
 
-.PHONY: help setup data test demo clean-data
+.PHONY: help setup data test test-fast demo clean-data
 
 help:                 ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -22,6 +22,10 @@ demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_Q
 test: setup           ## set up if needed, lint (ruff), then run the test suite on the CPU
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests
+
+test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests -m "not slow" -q
 
 clean-data:           ## remove the derived datasets
 	rm -rf $(DATA)

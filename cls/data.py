@@ -44,7 +44,7 @@ def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
     else:
         sampler = EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                                       drop_last=drop_last, pin_memory=True)
+                                       drop_last=drop_last, pin_memory=torch.cuda.is_available())
 
 
 class EpochSampler(torch.utils.data.RandomSampler):

@@ -1,5 +1,5 @@
 """Loading weights into the detector: a pretrained SemAIM encoder into the ViT backbone (verified),
-a trained detector for evaluation (strict), and atomic checkpoint writes."""
+a trained detector for evaluation (strict), atomic checkpoint writes, and exact resumes."""
 from __future__ import annotations
 
 import logging
@@ -7,9 +7,12 @@ import os
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import HookBase
+from detectron2.utils import comm
 
 from semaim_core.checkpoint import detectron2_keys, read_encoder
 from semaim_core.files import CheckpointError, atomic_write, commit, load_file
+from semaim_core.training import all_rng_states
 from semaim_core.weights import load_verified, resize_pos_embed
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
@@ -101,3 +104,43 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if getattr(self, "_tagging", True):
             atomic_write(f"{self.save_dir}/last_checkpoint", lambda f: f.write(last_filename_basename.encode()))
+
+
+class ExactResumeHook(HookBase):
+    """What detectron2's resume leaves out, so that a resumed run continues exactly as the
+    uninterrupted one: every rank's RNG state goes into each checkpoint (the trainer saves its
+    hooks' states); on resume the data loader is advanced past the trained iterations (its
+    augmentation draws replay as they were: in the loader workers, or in this process with
+    num_workers=0) and then this rank's torch (and CUDA) generator, which drop path and the ROI
+    sampling draw from, is restored. Register it before the PeriodicCheckpointer."""
+
+    def __init__(self):
+        self.states, self.pending = None, None
+
+    def after_step(self):
+        self.states = all_rng_states()  # a collective under DDP; rank 0's checkpointer saves them
+
+    def state_dict(self):
+        return {"rng_per_rank": self.states} if self.states else {}
+
+    def load_state_dict(self, state):
+        states = state["rng_per_rank"]
+        if len(states) != comm.get_world_size():
+            raise CheckpointError(f"the checkpoint holds the RNG states of {len(states)} processes, this run has "
+                                  f"{comm.get_world_size()}: resume with the number of processes that wrote it")
+        self.pending = states
+
+    def before_train(self):
+        if not self.pending:
+            return
+        start = self.trainer.start_iter
+        logging.getLogger("detectron2").info(f"advancing the data loader by {start} iterations to resume exactly")
+        batches = self.trainer._data_loader_iter
+        for _ in range(start):
+            next(batches)
+        state = self.pending[comm.get_rank()]
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+        self.pending = None
+

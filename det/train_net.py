@@ -27,14 +27,16 @@ from detectron2.engine import (
 )
 from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
 from omegaconf import OmegaConf
 
-from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
+from det.checkpoint import AtomicCheckpointer, ExactResumeHook, load_backbone, load_detector
 from det.data import check_datasets, register_tiny_coco
 from det.evaluation import write_metrics
 from semaim_core.configs import resolve_config
-from semaim_core.rundir import flatten, open_run, release_lock, with_input_digests
+from semaim_core.rundir import drop_rows_after, flatten, open_run, release_lock, with_input_digests
+from semaim_core.training import rng_state, set_rng_state
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -109,18 +111,24 @@ def do_train(args, cfg):
     model = create_ddp_model(model, **ddp_options(cfg))
     trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
+
+    def evaluate():  # on a copy of the RNG: when and how often it runs does not change training
+        state = rng_state()
+        try:  # iterations done: trainer.iter + 1 during training, trainer.iter (= the stop) once it ended
+            return do_test(cfg, model, min(trainer.iter + 1, trainer.max_iter), overwrite=args.overwrite)
+        finally:
+            set_rng_state(state)
+
     trainer.register_hooks([
         hooks.IterationTimer(),
-        hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
+        # the schedule spans train.max_iter, wherever this start stops (detectron2 would use the stop)
+        hooks.LRScheduler(scheduler=LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)),
+        ExactResumeHook(),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        # iterations done: trainer.iter + 1 during training, trainer.iter (= max_iter) once it ended
-        hooks.EvalHook(cfg.train.eval_period, lambda: do_test(cfg, model, min(trainer.iter + 1, trainer.max_iter),
-                                                              overwrite=args.overwrite)),
-        hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter), period=cfg.train.log_period)
-        if comm.is_main_process() else None,
+        hooks.EvalHook(cfg.train.eval_period, evaluate),
     ])
     if args.resume and checkpointer.has_checkpoint():
-        # a full training checkpoint of this run: model, optimizer, scheduler and iteration (strict)
+        # a full training checkpoint of this run: model, optimizer, scheduler, iteration and RNG (strict)
         checkpointer.resume_or_load(checkpointer.last_checkpoint(), resume=True)
         start_iter = trainer.iter + 1
     else:
@@ -130,6 +138,10 @@ def do_train(args, cfg):
         if cfg.train.init_checkpoint != "none":
             load_backbone(model, cfg.train.init_checkpoint)
         start_iter = 0
+    if comm.is_main_process():  # rows a killed run logged past its checkpoint, before the writer opens the file
+        drop_rows_after(Path(cfg.train.output_dir) / "metrics.json", "iteration", start_iter - 1)
+        trainer.register_hooks([hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                                                     period=cfg.train.log_period)])
     trainer.train(start_iter, stop_iter(cfg))
     if comm.is_main_process():
         release_lock(cfg.train.output_dir)

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("SEMAIM_OFFICIAL", REPO.parent / "shared" / "reference" / "semaim_official"))
 
 
+@pytest.mark.slow
 def test_every_variant_runs_from_jpegs_and_the_exact_ones_agree(tiny_coco, tmp_path):
     variants = ["sorted", "fast", "fp8", "dense", "dense-math"]
     if (OFFICIAL / "models" / "models_semaim.py").is_file():
@@ -55,6 +56,7 @@ def test_the_jpeg_feed_is_compared_with_synthetic_tensors_in_the_same_run(tiny_c
     assert f"sorted: JPEG / synthetic throughput: {ratio:.3f}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_the_gpu_benchmark_script_runs_every_stage(tiny_coco, tmp_path):
     """tools/benchmark_gpu.sh, shrunk to a CPU smoke run, so that a GPU session only has to call it."""
     stages = ["fast", "jpeg", "large", "curve", "agreement", "plot"]

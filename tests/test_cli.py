@@ -24,6 +24,7 @@ def test_bare_config_names_resolve_in_the_framework_folders():
 DET_ARGS = ["--config", "vitdet_semaim.py", "--eval-only", "train.init_checkpoint=nothing.pth", "train.device=cpu"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", [["det/train_net.py", *DET_ARGS], ["-m", "det.train_net", *DET_ARGS],
                                      ["seg/tools/train.py", "upernet_semaim.py"],
                                      ["-m", "seg.tools.train", "upernet_semaim.py"]])
@@ -38,6 +39,7 @@ def test_the_briefs_literal_commands_find_their_config(command, tmp_path):
     assert re.search(r"ADEChallengeData2016|coco/\{annotations|nothing.pth", err), err
 
 
+@pytest.mark.slow
 def test_every_pretraining_flag_has_help_and_enumerations_are_checked():
     from semaim_core.pretrain import parse_args
 
@@ -54,6 +56,7 @@ def test_every_pretraining_flag_has_help_and_enumerations_are_checked():
             parse_args(["--data", "x", "--output-dir", "y", *bad])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script,expected", [("tools/setup_env.sh", "bash tools/setup_env.sh"),
                                              ("tools/demo.sh", "make demo"),
                                              ("tools/pretrain.sh", "--similarity-precision")])
@@ -66,10 +69,11 @@ def test_shell_scripts_print_usage_instead_of_starting(script, expected):
 def test_make_help_lists_the_targets():
     proc = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
-    assert [line.split()[0] for line in proc.stdout.splitlines()] == ["help", "setup", "data", "demo", "test",
-                                                                     "clean-data"]
+    targets = [line.split()[0] for line in proc.stdout.splitlines()]
+    assert targets == ["help", "setup", "data", "demo", "test", "test-fast", "clean-data"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["semaim-pretrain", "semaim-convert", "semaim-tables", "semaim-orders",
                                      "semaim-benchmark", "semaim-parity"])
 def test_installed_commands_run_from_any_directory(command, tmp_path):

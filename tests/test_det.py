@@ -104,6 +104,7 @@ def run_main(*argv):
     return main(parse_args(list(argv)))
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
     path, _ = tiny_encoder
     out = tmp_path / "run"
@@ -134,6 +135,7 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
     assert source["images"] == 50 and source["config"].endswith("vitdet_semaim_tiny_coco.py")
 
 
+@pytest.mark.slow
 def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
     path = tmp_path / "encoder.pth"
     shutil.copy(tiny_encoder[0], path)
@@ -172,6 +174,30 @@ def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
         run_main("--resume", *args, "train.max_iter=3")
 
 
+@pytest.mark.slow
+def test_a_killed_run_resumes_exactly_and_logs_each_iteration_once(tiny_encoder, tmp_path):
+    """Killed after iteration 3 ran (and was logged) but before its checkpoint was written, resumed
+    from iteration 2: the final weights equal an uninterrupted run's bit for bit (drop path, ROI
+    sampling and LSJ all draw random numbers at every iteration)."""
+    path, _ = tiny_encoder
+    common = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.init_checkpoint={path}",
+              "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
+              "train.checkpointer.period=1", "train.log_period=1", "train.max_iter=4",
+              "dataloader.train.total_batch_size=2"]
+    straight, run = tmp_path / "straight", tmp_path / "run"
+    run_main(*common, f"train.output_dir={straight}", "train.eval_period=2")  # validation runs on an RNG copy
+    run_main(*common, f"train.output_dir={run}", "train.stop_after_iter=3")
+    for name in ("model_final.pth", "model_0000002.pth"):
+        (run / name).unlink()
+    (run / "last_checkpoint").write_text("model_0000001.pth")
+    run_main("--resume", *common, f"train.output_dir={run}")
+    a, b = load_file(straight / "model_final.pth")["model"], load_file(run / "model_final.pth")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    rows = [[json.loads(x) for x in (d / "metrics.json").read_text().splitlines()] for d in (straight, run)]
+    assert [r["iteration"] for r in rows[1] if "total_loss" in r] == [0, 1, 2, 3]
+    assert [r["lr"] for r in rows[0] if "lr" in r] == [r["lr"] for r in rows[1] if "lr" in r]  # one schedule
+
+
 def test_bad_inputs_are_named(tiny_encoder, tmp_path):
     from det.checkpoint import load_backbone, load_detector
     from det.data import check_datasets
@@ -197,6 +223,7 @@ def test_bad_inputs_are_named(tiny_encoder, tmp_path):
         check_datasets("my_coco")
 
 
+@pytest.mark.slow
 def test_demo_draws_a_detectors_predictions(tmp_path):
     from PIL import Image
 
@@ -216,6 +243,7 @@ def test_demo_draws_a_detectors_predictions(tmp_path):
         assert np.abs(np.asarray(drawn, dtype=np.int16) - np.asarray(original, dtype=np.int16)).mean() > 1  # drawn on
 
 
+@pytest.mark.slow
 def test_two_processes_on_the_cpu(tiny_encoder, tmp_path):
     """--num-gpus 2 without GPUs: detectron2's launcher on gloo, DDP without device ids."""
     import subprocess

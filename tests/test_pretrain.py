@@ -153,6 +153,7 @@ def test_non_finite_state_is_never_saved(tiny_coco, tmp_path):
     assert [p.name for p in checkpoint_paths(tmp_path)] == ["checkpoint-00000001.pth"]
 
 
+@pytest.mark.slow
 def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_path):
     import timm
 
@@ -184,6 +185,7 @@ def test_short_pretraining_lowers_the_loss_and_exports_for_timm(tiny_coco, tmp_p
     torch.testing.assert_close(model.eval().forward_features(images), t.model.norm(h), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_float8_pretraining_learns_and_tracks_the_same_recipe_without_it(tiny_coco, tmp_path, capsys):
     """The opt-in FP8 mode trains the same model, within FP8 rounding: its loss curve follows the
     run without it step by step, and tools/compare_loss_curves.py reports that and the one setting apart."""
@@ -304,6 +306,7 @@ def test_ema_decay_ramps_as_the_authors(tiny_coco, tmp_path):
     assert [t.ema_decay(e) for e in (0, 50, 100, 400)] == pytest.approx([0.999, 0.99945, 0.9999, 0.9999])
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes(tiny_coco, tmp_path):
     """DDP on the CPU (gloo): two ranks train, rank 0 writes the outputs."""
     import os
@@ -325,6 +328,7 @@ def test_torchrun_two_processes(tiny_coco, tmp_path):
     assert load_file(checkpoint_paths(tmp_path)[-1])["step"] == 3
 
 
+@pytest.mark.slow
 def test_two_process_resume_is_exact_and_logs_each_step_once(tiny_coco, tmp_path):
     """A 2-process run (gloo) stopped after step 3 whose step-3 checkpoint was lost (killed between
     logging and saving), resumed from step 2, equals the uninterrupted 2-process run bit for bit.

@@ -98,6 +98,7 @@ def data_options(derived):
         f"{split}_dataloader.persistent_workers=False" for split in ("train", "val", "test")]
 
 
+@pytest.mark.slow
 def test_tiny_config_trains_tests_and_writes_miou(tiny_encoder, derived, tmp_path):
     path, _ = tiny_encoder
     work = tmp_path / "work"
@@ -120,6 +121,7 @@ def test_tiny_config_trains_tests_and_writes_miou(tiny_encoder, derived, tmp_pat
     assert json.loads((work / "seg_metrics.json").read_text())["mIoU"] == pytest.approx(result["mIoU"], abs=0.01)
 
 
+@pytest.mark.slow
 def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
     path, sd = tiny_encoder
     for typo, hint in (("trian_cfg.max_iters=3", "the config has no 'trian_cfg'; did you mean 'train_cfg'"),
@@ -155,6 +157,7 @@ def train_rows(work):
             for r in map(json.loads, f.read_text().splitlines()) if "loss" in r]
 
 
+@pytest.mark.slow
 def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, derived, tmp_path):
     """Killed after logging iteration 3 but before its checkpoint was written, then resumed from
     iteration 2: the weights at iteration 4 equal those of an uninterrupted run bit for bit (drop
@@ -214,6 +217,7 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
         run_tool("train", TINY, "--work-dir", str(work), "--resume", "--cfg-options", "train_cfg.max_iters=5", *opts)
 
 
+@pytest.mark.slow
 def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, derived, tmp_path):
     from semaim_core.rundir import RunDirError
 
@@ -269,6 +273,7 @@ def test_more_configs_build_and_take_a_step(name, depth, blocks, decay, classes)
     assert not torch.equal(before, model.backbone.layers[-1].ffn.layers[1].weight)
 
 
+@pytest.mark.slow
 def test_test_tool_tta_saves_predictions_and_pictures(tiny_encoder, derived, tmp_path, monkeypatch):
     from mmseg.models import SegTTAModel
     from PIL import Image

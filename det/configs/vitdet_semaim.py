@@ -21,6 +21,7 @@ train.eval_period = train.checkpointer.period = epochs_to_iters(10, dataloader.t
 # stop early (with a checkpoint) at this iteration; a later --resume continues. train.max_iter sets the
 # lr schedule, so changing it is a recipe change; this does not
 train.stop_after_iter = None
+train.seed = 0  # detectron2 draws a new seed at each start otherwise: no two runs, and no resume, would agree
 # milestones follow train.max_iter, the 0.25-epoch warm-up the batch size: a config sets max_iter only
 lr_multiplier = L(vitdet_lr_schedule)(
     max_iter="${train.max_iter}",
