@@ -21,6 +21,7 @@ def common(derived, encoder, out):
             "--img-size", "64", "--batch-size", "32", "--num-workers", "0", "--device", "cpu"]
 
 
+@pytest.mark.slow
 def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path):
     from cls.finetune import main
 

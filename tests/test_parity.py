@@ -14,6 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 OFFICIAL = Path(os.environ.get("SEMAIM_OFFICIAL", REPO.parent / "shared" / "reference" / "semaim_official"))
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not (OFFICIAL / "models" / "models_semaim.py").is_file(),
                     reason=f"no official SemAIM checkout at {OFFICIAL} (set SEMAIM_OFFICIAL to a clone to run this)")
 def test_parity_with_the_official_code(tmp_path):

@@ -256,6 +256,7 @@ def test_oversized_image_is_named_with_its_limit_or_skipped(tiny_coco, tmp_path)
                     max_image_pixels=1000)).fit()
 
 
+@pytest.mark.slow
 def test_resume_refuses_the_wrong_kind_of_checkpoint(tiny_coco, tmp_path):
     torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(1)}}, tmp_path / "mae.pth")
     with pytest.raises(CheckpointError, match="not a SemAIM training checkpoint"):
