@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
@@ -12,7 +13,7 @@ from detectron2.utils import comm
 
 from semaim_core.checkpoint import detectron2_keys, read_encoder
 from semaim_core.files import CheckpointError, atomic_write, commit, load_file
-from semaim_core.training import all_rng_states
+from semaim_core.training import all_rng_states, set_torch_rng_state
 from semaim_core.weights import load_verified, resize_pos_embed
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
@@ -63,7 +64,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
     def last_checkpoint(self) -> str:
         """The checkpoint named in ``last_checkpoint``; an empty or dangling entry is an error."""
         tag = f"{self.save_dir}/last_checkpoint"
-        name = open(tag).read().strip()
+        name = Path(tag).read_text().strip()
         if not name:
             raise CheckpointError(f"{tag} is empty: write the name of a checkpoint of this run into it "
                                   "(e.g. model_0000999.pth), or delete it and start without --resume")
@@ -138,9 +139,6 @@ class ExactResumeHook(HookBase):
         batches = self.trainer._data_loader_iter
         for _ in range(start):
             next(batches)
-        state = self.pending[comm.get_rank()]
-        torch.set_rng_state(state["torch"])
-        if state["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["cuda"])
+        set_torch_rng_state(self.pending[comm.get_rank()])
         self.pending = None
 

@@ -7,7 +7,6 @@ import os
 import re
 from pathlib import Path
 
-import torch
 from mmengine.dist import get_rank, get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -19,7 +18,7 @@ from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
 from semaim_core.files import CheckpointError, allow_globals, commit, load_file
 from semaim_core.rundir import RunDirError, drop_rows_after
-from semaim_core.training import all_rng_states, rng_state, set_rng_state
+from semaim_core.training import all_rng_states, rng_state, set_rng_state, set_torch_rng_state
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -111,10 +110,7 @@ class ExactResumeHook(Hook):
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if self.pending:
-            state = self.pending[get_rank()]
-            torch.set_rng_state(state["torch"])
-            if state["cuda"] and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(state["cuda"])
+            set_torch_rng_state(self.pending[get_rank()])
             self.pending = None
 
     def before_val(self, runner):

@@ -53,10 +53,16 @@ def rng_state() -> dict:
                 numpy=np.random.get_state(), python=random.getstate())
 
 
-def set_rng_state(state: dict):
+def set_torch_rng_state(state: dict):
+    """Only torch's generators (CPU and CUDA) from a ``rng_state``: what drop path, dropout and the
+    orders draw from, while numpy and Python drive data augmentation that a loader replay restores."""
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def set_rng_state(state: dict):
+    set_torch_rng_state(state)
     np.random.set_state(state["numpy"])
     random.setstate(state["python"])
 

@@ -256,7 +256,8 @@ def main(argv=None):
     if args.plot_only:
         if not (args.json and args.plot and Path(args.json).is_file()):
             ap.error("--plot-only draws --plot PNG from the records of an existing --json file: pass both")
-        print(f"wrote {plot_records([json.loads(line) for line in open(args.json)], args.plot)}")
+        records = [json.loads(line) for line in Path(args.json).read_text().splitlines()]
+        print(f"wrote {plot_records(records, args.plot)}")
         return []
     if args.agreement_images:
         from semaim_core.data import ImageDataset, eval_transform
@@ -301,7 +302,7 @@ def main(argv=None):
                   f"({context}, {args.workers} loader processes; target >= 0.95)")
     append_records(args.json, results)
     if args.plot:
-        records = [json.loads(line) for line in open(args.json)] if args.json else results
+        records = [json.loads(line) for line in Path(args.json).read_text().splitlines()] if args.json else results
         print(f"wrote {plot_records(records, args.plot)}")
     return results
 
