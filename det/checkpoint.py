@@ -13,7 +13,7 @@ from detectron2.utils import comm
 
 from semaim_core.checkpoint import detectron2_keys, read_encoder
 from semaim_core.files import CheckpointError, atomic_write, commit, load_file
-from semaim_core.training import all_rng_states, set_torch_rng_state
+from semaim_core.training import all_rng_states, own_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified, resize_pos_embed
 
 # A pretrained encoder has no relative-position tables (ViTDet starts them at zero); its [CLS]
@@ -119,17 +119,14 @@ class ExactResumeHook(HookBase):
         self.states, self.pending = None, None
 
     def after_step(self):
-        self.states = all_rng_states()  # a collective under DDP; rank 0's checkpointer saves them
+        if comm.get_world_size() > 1:  # a collective: every rank, every step; rank 0's checkpointer saves them
+            self.states = all_rng_states()
 
     def state_dict(self):
-        return {"rng_per_rank": self.states} if self.states else {}
+        return {"rng_per_rank": self.states or all_rng_states()}  # one process: its state, at the save
 
     def load_state_dict(self, state):
-        states = state["rng_per_rank"]
-        if len(states) != comm.get_world_size():
-            raise CheckpointError(f"the checkpoint holds the RNG states of {len(states)} processes, this run has "
-                                  f"{comm.get_world_size()}: resume with the number of processes that wrote it")
-        self.pending = states
+        self.pending = own_rng_state(state["rng_per_rank"])
 
     def before_train(self):
         if not self.pending:
@@ -139,6 +136,6 @@ class ExactResumeHook(HookBase):
         batches = self.trainer._data_loader_iter
         for _ in range(start):
             next(batches)
-        set_torch_rng_state(self.pending[comm.get_rank()])
+        set_torch_rng_state(self.pending)
         self.pending = None
 

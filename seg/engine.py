@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from mmengine.dist import get_rank, get_world_size, is_main_process
+from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
@@ -16,9 +16,9 @@ from mmengine.runner import CheckpointLoader, Runner
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
-from semaim_core.files import CheckpointError, allow_globals, commit, load_file
+from semaim_core.files import allow_globals, commit, load_file
 from semaim_core.rundir import RunDirError, drop_rows_after
-from semaim_core.training import all_rng_states, rng_state, set_rng_state, set_torch_rng_state
+from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -91,7 +91,8 @@ class ExactResumeHook(Hook):
         self.states, self.pending, self.train_rng = None, None, None
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self.states = all_rng_states()  # a collective under DDP; the master's checkpoint hook saves them
+        if get_world_size() > 1:  # a collective: every rank, every iteration; the master's checkpoint hook saves them
+            self.states = all_rng_states()
 
     def before_save_checkpoint(self, runner, checkpoint):
         checkpoint["rng_per_rank"] = self.states or all_rng_states()
@@ -103,14 +104,11 @@ class ExactResumeHook(Hook):
                 print_log("the checkpoint holds no RNG states (written before they were saved): the resumed run "
                           "draws other random numbers than the uninterrupted one would", logger="current",
                           level=logging.WARNING)
-            elif len(states) != get_world_size():
-                raise CheckpointError(f"the checkpoint holds the RNG states of {len(states)} processes, this run has "
-                                      f"{get_world_size()}: resume with the number of processes that wrote it")
-            self.pending = states
+            self.pending = states and own_rng_state(states)
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
         if self.pending:
-            set_torch_rng_state(self.pending[get_rank()])
+            set_torch_rng_state(self.pending)
             self.pending = None
 
     def before_val(self, runner):

@@ -80,9 +80,9 @@ class ImageDataset(torch.utils.data.Dataset):
                         f"image, pass --max-image-pixels {pixels} (0: no limit); or --skip-unreadable to skip "
                         "such files (they are counted).")
                 return im.convert("RGB")
+        except UnreadableImageError:
+            raise
         except (OSError, SyntaxError, ValueError) as e:
-            if isinstance(e, UnreadableImageError):
-                raise
             raise UnreadableImageError(f"cannot read image {path}: {e}. Remove or replace it, or pass "
                                        "--skip-unreadable to skip such files (they are counted).") from e
         finally:

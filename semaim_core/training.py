@@ -99,13 +99,17 @@ def restore(ckpt: dict, model, optimizer, scaler):
     model.load_state_dict(ckpt["model"])  # strict: a training checkpoint must match exactly
     optimizer.load_state_dict(ckpt["optimizer"])
     scaler.load_state_dict(ckpt["scaler"])
+    set_rng_state(own_rng_state(ckpt.get("rng_per_rank") or [ckpt["rng"]]))
+
+
+def own_rng_state(per_rank: list[dict]) -> dict:
+    """This process's entry of ``all_rng_states``; a checkpoint of another world size is an error."""
     distributed = dist.is_available() and dist.is_initialized()
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    per_rank = ckpt.get("rng_per_rank") or [ckpt["rng"]]
     if len(per_rank) != world:
         raise CheckpointError(f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
                               f"{world}: resume with the number of processes that wrote it")
-    set_rng_state(per_rank[rank])
+    return per_rank[rank]
 
 
 class MetricsLog:
