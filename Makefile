@@ -4,6 +4,7 @@ PY     := $(VENV)/bin/python
 MMCV   ?= lite
 TORCH_CUDA ?=
 DATA   ?= data/derived
+JOBS   ?= 2
 
 .PHONY: help setup data test test-fast demo clean-data
 
@@ -19,9 +20,9 @@ data: setup           ## derive the semantic-segmentation and crop sets from dat
 demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_QUICK=1: a few steps per stage)
 	PYTHON=$(abspath $(PY)) bash tools/demo.sh
 
-test: setup           ## set up if needed, lint (ruff), then run the test suite on the CPU
+test: setup           ## set up if needed, lint (ruff), then run the test suite on the CPU (JOBS=2 pytest workers)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -n $(JOBS) --dist loadgroup
 
 test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
 	$(PY) -m ruff check .

@@ -13,6 +13,12 @@ def _finite_or_none(d: dict) -> dict:
     return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in d.items()}
 
 
+def check_writable(output_dir: str, checkpoint: str | None = None, overwrite: bool = False):
+    """Before an evaluation: refuse now, not after inference, what ``write_metrics`` would refuse."""
+    source = {"provenance": provenance(checkpoint, run=os.path.abspath(output_dir))}
+    rundir.check_replaceable(os.path.join(output_dir, "det_metrics.json"), source, overwrite)
+
+
 def write_metrics(results: dict, output_dir: str, iteration: int, dataset: str, checkpoint: str | None = None,
                   images: int | None = None, config: str | None = None, overwrite: bool = False) -> str:
     """``det_metrics.json``: box and mask AP (AP, AP50, AP75, APs/m/l and AP-<class>) as

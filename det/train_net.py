@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 
 from det.checkpoint import AtomicCheckpointer, ExactResumeHook, load_backbone, load_detector
 from det.data import check_datasets, register_tiny_coco
-from det.evaluation import write_metrics
+from det.evaluation import check_writable, write_metrics
 from semaim_core.configs import resolve_config
 from semaim_core.rundir import drop_rows_after, flatten, open_run, release_lock, with_input_digests
 from semaim_core.training import rng_state, set_rng_state
@@ -89,6 +89,8 @@ def check_overrides(cfg, opts):
 
 def do_test(cfg, model, iteration: int = 0, checkpoint=None, overwrite: bool = False):
     check_datasets(cfg.dataloader.test.dataset.names)
+    if comm.is_main_process():
+        check_writable(cfg.train.output_dir, checkpoint, overwrite)
     loader = instantiate(cfg.dataloader.test)
     results = inference_on_dataset(model, loader, instantiate(cfg.dataloader.evaluator))
     if comm.is_main_process():

@@ -7,6 +7,7 @@ import os
 import re
 from pathlib import Path
 
+from mmengine.config import Config
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
@@ -16,6 +17,7 @@ from mmengine.runner import CheckpointLoader, Runner
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
+from seg.fast_config import FormattedOnceConfig
 from semaim_core.files import allow_globals, commit, load_file
 from semaim_core.rundir import RunDirError, drop_rows_after
 from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
@@ -124,8 +126,10 @@ class SemAIMRunner(Runner):
     the work dir and free of repeated log rows, and checkpoints written under a temporary name and
     committed (fsync, rename), so an interrupted save never replaces a good checkpoint with a torn one."""
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args, cfg=None, **kwargs):
+        if isinstance(cfg, Config):
+            cfg = FormattedOnceConfig.of(cfg)  # the log, the work dir's copy and each checkpoint format it
+        super().__init__(*args, cfg=cfg, **kwargs)
         self.register_hook(ExactResumeHook())
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):

@@ -254,9 +254,10 @@ def _source(record: dict):
     return ("checkpoint", ckpt["sha256"]) if ckpt.get("sha256") else ("run", p.get("run"))
 
 
-def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite") -> Path:
-    """Write a metrics record (with its ``provenance``) atomically. A file that holds the result of
-    another checkpoint or run is never replaced silently: that needs ``overwrite``."""
+def check_replaceable(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite"):
+    """Refuse to replace a metrics file that holds the result of another checkpoint or run than
+    ``record``'s, unless ``overwrite``. Evaluations call it before inference too, so that a refusal
+    does not come after the whole evaluation."""
     path = Path(path)
     if path.is_file() and not overwrite:
         try:
@@ -267,6 +268,12 @@ def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag:
             what = (old.get("provenance") or {}).get("checkpoint") or (old.get("provenance") or {}).get("run")
             raise RunDirError(f"{path} holds the result of another evaluation ({what or 'no provenance'}): "
                               f"write to another directory, or pass {flag} to replace it")
+
+
+def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite") -> Path:
+    """Write a metrics record (with its ``provenance``) atomically, never replacing another
+    evaluation's silently (``check_replaceable``)."""
+    check_replaceable(path, record, overwrite, flag)
     return write_json_atomic(path, record)
 
 

@@ -2,12 +2,22 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 
 # The mmcv-lite compatibility layer goes in before any test module imports mmseg (an import sorter
 # places `import seg` after the third-party mmseg imports inside each module).
 import seg  # noqa: F401
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")  # the CI machine has 2 cores
+# make test runs pytest-xdist workers (-n 2 on the 2-core CI machine): each takes its share of the
+# cores, and the training runs a test starts in a subprocess inherit that share
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER") or not getattr(config.option, "numprocesses", None):
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // WORKERS)))
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO / "data" / "tiny_coco"
@@ -47,5 +57,13 @@ def derived(tmp_path_factory) -> Path:
 
 
 def pytest_collection_modifyitems(config, items):
-    """Slow end-to-end tests (marked ``slow``) run after every fast one."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
+    """In one process the slow end-to-end tests (marked ``slow``) run after every fast one, for quick
+    feedback. Under xdist they go first, the longest (``slow(seconds=N)``, a rough single-core
+    time) first of all: the workers take tests from one queue, so both stay busy until the end."""
+    def order(item):
+        slow = item.get_closest_marker("slow")
+        if WORKERS == 1:
+            return slow is not None, 0
+        return slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0)  # slow(seconds=N): longest first
+
+    items.sort(key=order)

@@ -56,7 +56,7 @@ def test_the_jpeg_feed_is_compared_with_synthetic_tensors_in_the_same_run(tiny_c
     assert f"sorted: JPEG / synthetic throughput: {ratio:.3f}" in capsys.readouterr().out
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=100)
 def test_the_gpu_benchmark_script_runs_every_stage(tiny_coco, tmp_path):
     """tools/benchmark_gpu.sh, shrunk to a CPU smoke run, so that a GPU session only has to call it."""
     stages = ["fast", "jpeg", "large", "curve", "agreement", "plot"]

@@ -15,7 +15,7 @@ import pytest
 from tools.lib.results import ablation, collect, published_rows, table
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one worker runs the demo once
 
 
 @pytest.fixture(scope="module")

@@ -104,16 +104,17 @@ def run_main(*argv):
     return main(parse_args(list(argv)))
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=50)
 def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
     path, _ = tiny_encoder
     out = tmp_path / "run"
     config = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py"]
     common = [f"train.output_dir={out}", "dataloader.train.num_workers=0", "dataloader.test.num_workers=0"]
-    run_main(*config, *common, f"train.init_checkpoint={path}", "train.max_iter=5", "train.stop_after_iter=3",
+    fit = "dataloader.test.dataset.names=tiny_coco_fit"  # in-training evaluations on 4 images; --eval-only on 50
+    run_main(*config, *common, fit, f"train.init_checkpoint={path}", "train.max_iter=5", "train.stop_after_iter=3",
              "train.eval_period=3")
     metrics = json.loads((out / "det_metrics.json").read_text())
-    assert metrics["task"] == "det" and metrics["dataset"] == "tiny_coco_val" and metrics["iteration"] == 3
+    assert metrics["task"] == "det" and metrics["dataset"] == "tiny_coco_fit" and metrics["iteration"] == 3
     for kind in ("bbox", "segm"):
         assert isinstance(metrics[kind]["AP"], float) and 0 <= metrics[kind]["AP"] <= 100
         assert "AP-person" in metrics[kind]
@@ -123,16 +124,20 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
 
     # --resume (the same command) continues from the last checkpoint; --eval-only scores the trained
     # detector, replacing the run's own result only when asked
-    run_main("--resume", *config, *common, f"train.init_checkpoint={path}", "train.max_iter=5", "train.eval_period=100")
+    run_main("--resume", *config, *common, fit, f"train.init_checkpoint={path}", "train.max_iter=5",
+             "train.eval_period=100")
     assert "Starting training from iteration 3" in (out / "log.txt").read_text()
     final = f"train.init_checkpoint={out / 'model_final.pth'}"
+    inferences = (out / "log.txt").read_text().count("Start inference")
     with pytest.raises(RunDirError, match="holds the result of another evaluation.*--overwrite"):
         run_main("--eval-only", *config, *common, final)
+    assert (out / "log.txt").read_text().count("Start inference") == inferences  # refused before inference
     run_main("--eval-only", "--overwrite", *config, *common, final)
     metrics = json.loads((out / "det_metrics.json").read_text())
     source = metrics["provenance"]
     assert metrics["iteration"] == 0 and source["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
-    assert source["images"] == 50 and source["config"].endswith("vitdet_semaim_tiny_coco.py")
+    assert metrics["dataset"] == "tiny_coco_val" and source["images"] == 50
+    assert source["config"].endswith("vitdet_semaim_tiny_coco.py")
 
 
 @pytest.mark.slow
@@ -143,7 +148,7 @@ def test_resume_is_strict_and_keeps_the_recipe(tiny_encoder, tmp_path):
     args = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}",
             f"train.init_checkpoint={path}",
             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
-            "train.checkpointer.period=1"]
+            "train.checkpointer.period=1", "dataloader.test.dataset.names=tiny_coco_fit"]
     run_main(*args, "train.max_iter=3", "train.stop_after_iter=2")
     with pytest.raises(RunDirError, match=r"(?s)another recipe.*optimizer.lr: 0.0002 -> 0.001"):
         run_main("--resume", *args, "train.max_iter=3", "optimizer.lr=0.001")
@@ -183,7 +188,7 @@ def test_a_killed_run_resumes_exactly_and_logs_each_iteration_once(tiny_encoder,
     common = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.init_checkpoint={path}",
               "dataloader.train.num_workers=0", "dataloader.test.num_workers=0", "train.eval_period=100",
               "train.checkpointer.period=1", "train.log_period=1", "train.max_iter=4",
-              "dataloader.train.total_batch_size=2"]
+              "dataloader.train.total_batch_size=2", "dataloader.test.dataset.names=tiny_coco_fit"]
     straight, run = tmp_path / "straight", tmp_path / "run"
     run_main(*common, f"train.output_dir={straight}", "train.eval_period=2")  # validation runs on an RNG copy
     run_main(*common, f"train.output_dir={run}", "train.stop_after_iter=3")

@@ -26,10 +26,11 @@ def test_classifier_fits_a_few_images(derived, demo_encoder, tmp_path):
     assert result["majority_top1"] <= 25 and result["top1"] >= 75, result
 
 
+@pytest.mark.slow(seconds=60)
 def test_segmenter_fits_a_few_images(derived, demo_encoder, tmp_path):
     from seg.tools.train import main
 
-    main([str(REPO / "seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py"), "--work-dir",
+    main([str(REPO / "seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-128x128.py"), "--work-dir",
           str(tmp_path), "--cfg-options", f"model.backbone.checkpoint={demo_encoder[0]}",
           *[f"{s}_dataloader.dataset.data_root={derived / 'coco_stuff'}" for s in ("train", "val", "test")],
           *[f"{s}_dataloader.num_workers=0" for s in ("train", "val", "test")],
@@ -46,6 +47,7 @@ def test_segmenter_fits_a_few_images(derived, demo_encoder, tmp_path):
     assert metrics["aAcc"] >= majority_acc + 8 and metrics["mIoU"] >= 2 * majority_miou, scores
 
 
+@pytest.mark.slow(seconds=270)
 def test_detector_fits_a_few_images(demo_encoder, tmp_path):
     from det.train_net import main, parse_args
 

@@ -329,7 +329,7 @@ def test_torchrun_two_processes(tiny_coco, tmp_path):
     assert load_file(checkpoint_paths(tmp_path)[-1])["step"] == 3
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=60)
 def test_two_process_resume_is_exact_and_logs_each_step_once(tiny_coco, tmp_path):
     """A 2-process run (gloo) stopped after step 3 whose step-3 checkpoint was lost (killed between
     logging and saving), resumed from step 2, equals the uninterrupted 2-process run bit for bit.

@@ -157,7 +157,7 @@ def train_rows(work):
             for r in map(json.loads, f.read_text().splitlines()) if "loss" in r]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=70)
 def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, derived, tmp_path):
     """Killed after logging iteration 3 but before its checkpoint was written, then resumed from
     iteration 2: the weights at iteration 4 equal those of an uninterrupted run bit for bit (drop
@@ -169,7 +169,7 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
     path = tmp_path / "encoder.pth"
     shutil.copy(tiny_encoder[0], path)
     opts = [f"model.backbone.checkpoint={path}", "default_hooks.checkpoint.interval=1",
-            "default_hooks.logger.interval=1",
+            "default_hooks.logger.interval=1", "train_dataloader.batch_size=2",
             "train_cfg.val_interval=100", "val_dataloader.dataset.indices=2", *data_options(derived)]
     straight, work = tmp_path / "straight", tmp_path / "work"
     run_tool("train", TINY, "--work-dir", str(straight), "--cfg-options", "train_cfg.max_iters=4", *opts)
@@ -229,8 +229,10 @@ def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, d
     record = json.loads((work / "seg_metrics.json").read_text())["provenance"]
     assert record["iteration"] == 1 and record["run"] == str(work.resolve()) and record["images"] == 2
     assert record["checkpoint"] is None and "COCOStuffDataset" in record["dataset"] and record["suite_commit"]
+    before = set(work.iterdir())
     with pytest.raises(RunDirError, match="holds the result of another evaluation.*--overwrite"):
         run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--cfg-options", *opts)
+    assert set(work.iterdir()) == before  # refused before a runner (and its log folder) was built
     run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--overwrite", "--cfg-options", *opts)
     scored = json.loads((work / "seg_metrics.json").read_text())["provenance"]["checkpoint"]
     from semaim_core.rundir import file_digest
@@ -303,3 +305,18 @@ def test_test_tool_tta_saves_predictions_and_pictures(tiny_encoder, derived, tmp
     assert pred.size == Image.open(image).size and pred.mode in ("L", "P")  # a label map at the image's size
     drawn = list(show.rglob("*.png"))
     assert drawn and Image.open(drawn[0]).mode == "RGB"  # coloured predictions over the image
+
+
+def test_config_text_is_formatted_once_per_content(tmp_path):
+    from seg.fast_config import FormattedOnceConfig, _load_once
+
+    cfg = Config.fromfile(TINY)
+    fast = FormattedOnceConfig.of(cfg)
+    assert fast.pretty_text == Config.pretty_text.fget(cfg)
+    fast.train_cfg.max_iters = 7  # a changed setting is formatted anew
+    assert fast.pretty_text == Config.pretty_text.fget(fast) and "max_iters=7" in fast.pretty_text
+    index = tmp_path / "model-index.yml"  # mmseg's model index, parsed once while it is unchanged
+    index.write_text("Import: [a.yml]\n")
+    assert _load_once(str(index)) == {"Import": ["a.yml"]}
+    index.write_text("Import: [a.yml, b.yml]\n")
+    assert _load_once(str(index)) == {"Import": ["a.yml", "b.yml"]}

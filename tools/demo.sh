@@ -47,12 +47,13 @@ CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --
 
 stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"
 # a working pipeline fits a handful of images; a broken one cannot (tests/test_fit_checks.py)
-"$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --epochs 60 --warmup-epochs 2 \
+"$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --img-size "$(pick 96 64)" \
+  --epochs "$(pick 60 40)" --warmup-epochs 2 \
   --blr 5e-3 --mixup 0 --cutmix 0 --randaug "" --reprob 0 --smoothing 0 --drop-path 0 --layer-decay 1.0 --dtype fp32
 if [ "$QUICK" = 1 ]; then
   echo "(quick mode: the detection and segmentation fit checks are left to tests/test_fit_checks.py)"
 else
-  "$PY" -m seg.tools.train seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-256x256.py \
+  "$PY" -m seg.tools.train seg/configs/upernet_semaim-vit-tiny_1xb4-fit_tiny-coco-stuff-128x128.py \
     --work-dir "$OUT/fit_seg" --overwrite --cfg-options model.backbone.checkpoint="$ENC"
   "$PY" -m det.train_net --overwrite --config det/configs/vitdet_semaim_tiny_coco_fit.py train.init_checkpoint="$ENC" \
     train.output_dir="$OUT/fit_det"

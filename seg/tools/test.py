@@ -11,6 +11,7 @@ import torch
 
 from seg.tools.common import build_runner, load_config, parser
 from semaim_core.files import CheckpointError, load_file
+from semaim_core.rundir import check_replaceable, provenance
 from semaim_core.weights import load_verified
 
 
@@ -34,6 +35,9 @@ def main(argv=None):
     ap.add_argument("--show-dir", help="save coloured predictions drawn over the images in this folder")
     args = ap.parse_args(argv)
     cfg = load_config(args)
+    json_file = cfg.get("test_evaluator", {}).get("json_file")
+    if json_file:  # refused now, not after the evaluation
+        check_replaceable(json_file, {"provenance": provenance(args.checkpoint)}, args.overwrite)
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
             raise SystemExit(f"--tta: {args.config} defines no tta_pipeline / tta_model")
