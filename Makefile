@@ -26,7 +26,7 @@ test: setup           ## set up if needed, lint (ruff), then run the test suite 
 
 test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -m "not slow" -q
+	$(PY) -m pytest tests -m "not slow" -q -n $(JOBS) --dist loadgroup
 
 clean-data:           ## remove the derived datasets
 	rm -rf $(DATA)
