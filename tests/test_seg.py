@@ -233,6 +233,8 @@ def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, d
     with pytest.raises(RunDirError, match="holds the result of another evaluation.*--overwrite"):
         run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--cfg-options", *opts)
     assert set(work.iterdir()) == before  # refused before a runner (and its log folder) was built
+    with pytest.raises(CheckpointError, match="does not exist"):  # a missing file is named as such
+        run_tool("test", TINY, str(tmp_path / "missing.pth"), "--work-dir", str(work), "--cfg-options", *opts)
     run_tool("test", TINY, str(work / "iter_1.pth"), "--work-dir", str(work), "--overwrite", "--cfg-options", *opts)
     scored = json.loads((work / "seg_metrics.json").read_text())["provenance"]["checkpoint"]
     from semaim_core.rundir import file_digest

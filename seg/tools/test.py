@@ -7,6 +7,8 @@
 --tta: multi-scale + flip (the config's tta_pipeline and tta_model, as mmseg's tools/test.py);
 --out: the predicted label maps as PNGs; --show-dir: coloured predictions beside the images.
 """
+import os
+
 import torch
 
 from seg.tools.common import build_runner, load_config, parser
@@ -36,7 +38,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     cfg = load_config(args)
     json_file = cfg.get("test_evaluator", {}).get("json_file")
-    if json_file:  # refused now, not after the evaluation
+    # refused now, not after the evaluation; a missing checkpoint is left for the loader to name
+    if json_file and os.path.isfile(args.checkpoint):
         check_replaceable(json_file, {"provenance": provenance(args.checkpoint)}, args.overwrite)
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
