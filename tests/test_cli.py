@@ -25,6 +25,7 @@ DET_ARGS = ["--config", "vitdet_semaim.py", "--eval-only", "train.init_checkpoin
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("default_output_dirs")  # they share the repo's output/ and work_dirs/: one at a time
 @pytest.mark.parametrize("command", [["det/train_net.py", *DET_ARGS], ["-m", "det.train_net", *DET_ARGS],
                                      ["seg/tools/train.py", "upernet_semaim.py"],
                                      ["-m", "seg.tools.train", "upernet_semaim.py"]])
