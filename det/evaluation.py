@@ -15,7 +15,7 @@ def _finite_or_none(d: dict) -> dict:
 
 def check_writable(output_dir: str, checkpoint: str | None = None, overwrite: bool = False):
     """Before an evaluation: refuse now, not after inference, what ``write_metrics`` would refuse."""
-    source = {"provenance": provenance(checkpoint, run=os.path.abspath(output_dir))}
+    source = rundir.result_source(checkpoint, run=os.path.abspath(output_dir))
     rundir.check_replaceable(os.path.join(output_dir, "det_metrics.json"), source, overwrite)
 
 

@@ -254,17 +254,25 @@ def _source(record: dict):
     return ("checkpoint", ckpt["sha256"]) if ckpt.get("sha256") else ("run", p.get("run"))
 
 
-def check_replaceable(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite"):
+def result_source(checkpoint: str | Path | None = None, run: str | None = None) -> tuple:
+    """What a new result scores, as ``_source`` reads it back from its record: a checkpoint file
+    (by content), or else the run's in-training model."""
+    if checkpoint and Path(checkpoint).is_file():
+        return "checkpoint", file_digest(checkpoint)
+    return "run", run
+
+
+def check_replaceable(path: str | Path, source: tuple, overwrite: bool = False, flag: str = "--overwrite"):
     """Refuse to replace a metrics file that holds the result of another checkpoint or run than
-    ``record``'s, unless ``overwrite``. Evaluations call it before inference too, so that a refusal
-    does not come after the whole evaluation."""
+    ``source`` (``result_source``), unless ``overwrite``. Evaluations call it before inference too,
+    so that a refusal does not come after the whole evaluation."""
     path = Path(path)
     if path.is_file() and not overwrite:
         try:
             old = json.loads(path.read_text())
         except ValueError:
             old = {}
-        if _source(old) != _source(record):
+        if _source(old) != source:
             what = (old.get("provenance") or {}).get("checkpoint") or (old.get("provenance") or {}).get("run")
             raise RunDirError(f"{path} holds the result of another evaluation ({what or 'no provenance'}): "
                               f"write to another directory, or pass {flag} to replace it")
@@ -273,7 +281,7 @@ def check_replaceable(path: str | Path, record: dict, overwrite: bool = False, f
 def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite") -> Path:
     """Write a metrics record (with its ``provenance``) atomically, never replacing another
     evaluation's silently (``check_replaceable``)."""
-    check_replaceable(path, record, overwrite, flag)
+    check_replaceable(path, _source(record), overwrite, flag)
     return write_json_atomic(path, record)
 
 

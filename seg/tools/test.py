@@ -13,7 +13,7 @@ import torch
 
 from seg.tools.common import build_runner, load_config, parser
 from semaim_core.files import CheckpointError, load_file
-from semaim_core.rundir import check_replaceable, provenance
+from semaim_core.rundir import check_replaceable, result_source
 from semaim_core.weights import load_verified
 
 
@@ -40,7 +40,7 @@ def main(argv=None):
     json_file = cfg.get("test_evaluator", {}).get("json_file")
     # refused now, not after the evaluation; a missing checkpoint is left for the loader to name
     if json_file and os.path.isfile(args.checkpoint):
-        check_replaceable(json_file, {"provenance": provenance(args.checkpoint)}, args.overwrite)
+        check_replaceable(json_file, result_source(args.checkpoint), args.overwrite)
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
             raise SystemExit(f"--tta: {args.config} defines no tta_pipeline / tta_model")

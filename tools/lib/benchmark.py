@@ -56,6 +56,11 @@ def profile_step(step, steps: int = 3, rows: int = 25) -> str:
     return prof.key_averages().table(sort_by="cuda_time_total", row_limit=rows)
 
 
+def read_records(path: str | Path) -> list[dict]:
+    """The JSON-lines records of ``append_records``."""
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
 def append_records(path: str | Path | None, rows: list[dict]):
     """Append one JSON object per measured variant (JSON lines) to ``path``, if given."""
     if path:

@@ -150,8 +150,9 @@ def _write_semantic(source: Path, out: Path) -> dict:
             shutil.copyfile(src, out / "images" / split / info["file_name"])
             stem = Path(info["file_name"]).stem
             label = Image.fromarray(semantic_map(coco, img_id))
-            if exif_orientation(src) in EXIF_TRANSPOSE:  # as the image will be read for training
-                label = label.transpose(EXIF_TRANSPOSE[exif_orientation(src)])
+            orientation = exif_orientation(src)
+            if orientation in EXIF_TRANSPOSE:  # as the image will be read for training
+                label = label.transpose(EXIF_TRANSPOSE[orientation])
             label.save(out / "annotations" / split / f"{stem}_labelTrainIds.png")
         counts[split] = len(coco.imgs)
     return counts

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import math
 import shlex
 import sys
@@ -35,7 +34,7 @@ from semaim_core.data import ImageDataset, find_images, pretrain_transform
 from semaim_core.optim import build_optimizer
 from semaim_core.pretrain import SeededSamples
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
-from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, time_steps
+from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, read_records, time_steps
 
 VARIANTS = ("sorted", "fast", "fp8", "dense", "dense-math", "official")
 FAST = ("fast", "fp8")  # the similarity pass in the step's autocast, TF32 on: not exact
@@ -256,8 +255,7 @@ def main(argv=None):
     if args.plot_only:
         if not (args.json and args.plot and Path(args.json).is_file()):
             ap.error("--plot-only draws --plot PNG from the records of an existing --json file: pass both")
-        records = [json.loads(line) for line in Path(args.json).read_text().splitlines()]
-        print(f"wrote {plot_records(records, args.plot)}")
+        print(f"wrote {plot_records(read_records(args.json), args.plot)}")
         return []
     if args.agreement_images:
         from semaim_core.data import ImageDataset, eval_transform
@@ -302,7 +300,7 @@ def main(argv=None):
                   f"({context}, {args.workers} loader processes; target >= 0.95)")
     append_records(args.json, results)
     if args.plot:
-        records = [json.loads(line) for line in Path(args.json).read_text().splitlines()] if args.json else results
+        records = read_records(args.json) if args.json else results
         print(f"wrote {plot_records(records, args.plot)}")
     return results
 
