@@ -97,12 +97,18 @@ def majority_top1(train_set, val_set) -> float:
     return round(100 * sum(t == int(counts.argmax()) for t in val_set.targets) / len(val_set), 3)
 
 
+def scored_folder(args) -> str:
+    """The folder a run scores on: val/, or train/ for a fit check (it scores the images it trained on)."""
+    return f"{args.data}/{'train' if getattr(args, 'fit_images', None) else 'val'}"
+
+
 def write_metrics(args, record: dict, epoch: int | None, images: int) -> Path:
     """``cls_metrics.json`` with its provenance: the scored encoder (path and sha256), the epoch,
     the evaluation set and its size, the recipe and the suite's commit."""
     record["provenance"] = provenance(
-        args.encoder, run=str(Path(args.output_dir).resolve()), epoch=epoch, dataset=f"{Path(args.data).resolve()}/val",
-        images=images, config={k: v for k, v in vars(args).items() if k not in OPERATIONAL})
+        args.encoder, run=str(Path(args.output_dir).resolve()), epoch=epoch,
+        dataset=str(Path(scored_folder(args)).resolve()), images=images,
+        config={k: v for k, v in vars(args).items() if k not in OPERATIONAL})
     return rundir.write_metrics(Path(args.output_dir) / "cls_metrics.json", record, overwrite=True)
 
 
@@ -200,8 +206,9 @@ class EpochTrainer:
                       majority_top1=majority_top1(self.train_loader.dataset, self.val_loader.dataset),
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if self.rank == 0:
-            print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of {self.args.data}/val "
-                  f"(always answering the most frequent class: {result['majority_top1']:.2f})")
+            print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
+                  f"{scored_folder(self.args)} (always answering the most frequent class: "
+                  f"{result['majority_top1']:.2f})")
         if self.rank == 0:
             log.close()
             print(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")

@@ -238,13 +238,16 @@ def suite_commit() -> str:
 
 def provenance(checkpoint: str | Path | None, **facts) -> dict:
     """What a metrics file records about the number it holds: the scored checkpoint (path and
-    sha256), the suite's commit, and ``facts`` (iteration or epoch, dataset, images, config)."""
+    sha256), the suite's commit, torch's CPU thread count (a CPU run's numbers depend on it), and
+    ``facts`` (iteration or epoch, dataset, images, config)."""
+    import torch
+
     ckpt = None
     if checkpoint and Path(checkpoint).is_file():
         ckpt = dict(path=str(Path(checkpoint).resolve()), sha256=file_digest(checkpoint))
     elif checkpoint:
         ckpt = dict(path=str(checkpoint), sha256=None)
-    return dict(checkpoint=ckpt, suite_commit=suite_commit(), **facts)
+    return dict(checkpoint=ckpt, suite_commit=suite_commit(), torch_threads=torch.get_num_threads(), **facts)
 
 
 def _source(record: dict):

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from tools.lib.results import ablation, collect, published_rows, table
+from tools.learning_evidence import RECORD, readme_block
+from tools.lib.fit_checks import cls_failure, det_failure, seg_failure
+from tools.lib.results import ablation, bar_chart, chart_panels, collect, published_rows, table
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one worker runs the demo once
@@ -21,7 +23,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one worker r
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    env = dict(os.environ, DEMO_QUICK="1", DEMO_OUT=str(out), PYTHON=sys.executable)
+    env = dict(os.environ, DEMO_QUICK="1", DEMO_OUT=str(out), PYTHON=sys.executable,
+               DEMO_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))  # the worker's share of the cores
     proc = subprocess.run(["bash", "tools/demo.sh"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out, proc.stdout
@@ -50,6 +53,26 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
         assert 0 <= number(row[col]) <= 100, col
 
 
+def test_readme_shows_a_recorded_full_demo_that_passes_every_fit_check(demo):
+    out, _ = demo
+    record = json.loads((REPO / RECORD).read_text())  # written with README.md's block by DEMO_README=1
+    assert not record["quick"] and record["problems"] == [] and record["threads"] == [2]
+    assert readme_block(record) in (REPO / "README.md").read_text()
+    fit = record["fit_checks"]  # held to today's pass marks: raising a mark makes the README stale
+    assert cls_failure(fit["cls"]) is None and seg_failure(fit["seg"], fit["seg"]["majority"]) is None
+    assert det_failure(fit["det"]) is None
+    # the demo prints today what the README shows, up to the numbers (quick: no det and seg fit checks)
+    quick = json.loads((out / "evidence.json").read_text())
+    assert quick["quick"] and quick["problems"] == [] and quick["threads"] == [int(os.environ.get("OMP_NUM_THREADS",
+                                                                                                     "2"))]
+
+    def shape(line):
+        return re.sub(r"[-+]?\d+(\.\d+)?", "#", line)
+
+    full = [shape(x) for x in record["lines"] if not x.startswith(("fit check: UperNet", "fit check: Mask"))]
+    assert [shape(x) for x in quick["lines"]] == full
+
+
 def test_tables_from_real_runs(demo, tmp_path):
     out, _ = demo
     rows = collect([("ours", [str(out / d) for d in ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_knn")])])
@@ -64,6 +87,30 @@ def test_tables_from_real_runs(demo, tmp_path):
     assert parsed[0][:3] == ["method", "epochs", "top-1 (ft) [crops val]"] and parsed[1][0] == "ours"
     latex = table(rows, "latex")
     assert latex.startswith("\\begin{tabular}") and "ours &" in latex
+
+
+def test_results_chart_has_one_panel_per_task(demo, tmp_path):
+    from PIL import Image
+
+    out, _ = demo
+    rows = collect([("ours", [str(out / d) for d in ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_knn")])])
+    panels = dict(chart_panels(rows + published_rows()))
+    assert [t.split(":")[0] for t in panels] == ["classification", "detection and instance segmentation",
+                                                 "semantic segmentation"]
+    det = panels["detection and instance segmentation: AP (%)"]
+    ours = det[0]
+    assert ours[0] == "ours\nmeasured here, tiny_coco_val" and not ours[1]
+    assert ours[2] == {"AP box": rows[0].values[("ap_box", "tiny_coco_val")],
+                       "AP mask": rows[0].values[("ap_mask", "tiny_coco_val")]}
+    assert all(published and "published, COCO val2017" in label for label, published, _ in det[1:])
+    # a row without a task's numbers stays out of its panel: the CLIP-target row has a top-1 only
+    assert not any(label.startswith("SemAIM 800ep, CLIP") for label, _, _ in det)
+    top1 = panels["classification: top-1 (%)"]
+    assert set(top1[0][2]) == {"top-1 (ft)", "top-1 (lin)", "top-1 (k-NN)"}
+    with Image.open(bar_chart(rows + published_rows(), tmp_path / "results.png")) as im:
+        assert im.width == 1280  # a slide's width, at the size it is drawn
+    with Image.open(out / "results.png") as im:  # the demo drew the same panels
+        assert im.width == 1280 and im.height > 600
 
 
 def test_ablation_of_one_setting(demo, tmp_path):

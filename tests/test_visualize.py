@@ -7,7 +7,7 @@ from semaim_core import build_model
 from semaim_core.export import export_encoder, semaim_from_encoder
 from semaim_core.files import save_atomic
 from semaim_core.orders import ORDERS
-from tools.lib.visualize import order_maps, visualize
+from tools.lib.visualize import order_figure, order_maps, visualize
 
 
 def test_order_picture_from_an_exported_encoder(tiny_coco, tmp_path):
@@ -25,6 +25,15 @@ def test_order_picture_from_an_exported_encoder(tiny_coco, tmp_path):
     np.testing.assert_allclose(maps["S"].reshape(2, -1).sum(1), 1.0, rtol=1e-5)
     center = maps["S"].reshape(2, -1).argmax(1)
     assert (maps["semantic"].reshape(2, -1)[np.arange(2), center] == 0).all()  # the center comes first
+
+    fig = order_figure(images, maps)  # one scale for S over every image, one for the orders' ranks
+    bars = {ax.get_xlabel(): ax for ax in fig.axes if ax.get_xlabel()}
+    assert set(bars) == {"S x N (1 = the uniform share)", "position in the order (36 patches)"}
+    s_bar = bars["S x N (1 = the uniform share)"].get_xlim()
+    np.testing.assert_allclose(s_bar, (36 * maps["S"].min(), 36 * maps["S"].max()), rtol=1e-5)
+    ranks = bars["position in the order (36 patches)"]
+    assert [t.get_text() for t in ranks.get_xticklabels()] == ["predicted first", "predicted last"]
+    fig.clf()
 
     out = visualize([tiny_coco / "val2017"], tmp_path / "encoder.pth", tmp_path / "orders.png", img_size=64,
                     max_images=2)

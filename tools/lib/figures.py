@@ -16,8 +16,9 @@ def pyplot():
 
 
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
-    """Lay out ``fig``, write it to ``path`` (PNG by suffix) and close it."""
-    fig.tight_layout()
+    """Lay out ``fig`` (unless it has a layout engine), write it to ``path`` (PNG by suffix) and close it."""
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

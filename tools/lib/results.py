@@ -80,9 +80,10 @@ def _get(data: dict, key: str, path: Path):
 def _dataset(kind: str, data: dict) -> str:
     p = data.get("provenance") or {}
     if kind == "cls":
-        root = (p.get("dataset") or data.get("data") or "unknown").rstrip("/")
-        root = root.removesuffix("/val")
-        return f"{Path(root).name} val"
+        folder = Path((p.get("dataset") or data.get("data") or "unknown").rstrip("/"))
+        if folder.name not in ("val", "train"):  # files written before the folder named its split
+            folder = folder / "val"
+        return f"{folder.parent.name} {folder.name}"
     if kind == "det":
         return str(data.get("dataset") or p.get("dataset") or "unknown")
     return str(p.get("dataset") or "unknown").split(" ")[0].removesuffix("Dataset") or "unknown"
@@ -240,20 +241,59 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
     return table(shown, fmt, cols, first="run"), warnings
 
 
-def bar_chart(rows: list[Row], path: str | Path) -> Path:
-    """Grouped bars, one group per metric column; a missing value draws no bar (not a zero)."""
-    plt = pyplot()
-    import numpy as np
+TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "knn")),
+         ("detection and instance segmentation: AP (%)", ("ap_box", "ap_mask")),
+         ("semantic segmentation: mIoU (%)", ("miou",))]
 
-    cols = [(k, h) for k, h in columns(rows) if k[0] != "epochs"]
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cols) * max(1, len(rows)) / 3), 4.5))
-    width = 0.8 / max(1, len(rows))
-    for i, r in enumerate(rows):
-        xs = [j + i * width for j, (k, _) in enumerate(cols) if isinstance(r.values.get(k), (int, float))]
-        vals = [r.values[k] for k, _ in cols if isinstance(r.values.get(k), (int, float))]
-        ax.bar(xs, vals, width, label=r.method, hatch="//" if r.published else None)
-    ax.set_xticks(np.arange(len(cols)) + width * (len(rows) - 1) / 2, [h for _, h in cols], rotation=20, ha="right",
-                  fontsize=7)
-    ax.set_ylabel("%")
-    ax.legend(fontsize=6, ncols=2)
-    return save_figure(fig, path)
+
+def chart_panels(rows: list[Row]) -> list[tuple[str, list[tuple[str, bool, dict]]]]:
+    """(task title, entries) per task some row has a number for; an entry is one row on one
+    dataset: (label, published, {metric label: value}), only the rows that have that task."""
+    labels = dict(METRICS)
+    panels = []
+    for title, metrics in TASKS:
+        entries = []
+        for r in rows:
+            datasets = sorted({d for (m, d), v in r.values.items() if m in metrics and _is_score(v)})
+            for d in datasets:
+                where = f"published, {d}" if r.published else f"measured here, {d}"
+                values = {labels[m]: r.values[(m, d)] for m in metrics if _is_score(r.values.get((m, d)))}
+                entries.append((f"{r.method.removesuffix(' (published)')}\n{where}", r.published, values))
+        if entries:
+            panels.append((title, entries))
+    return panels
+
+
+def _is_score(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def bar_chart(rows: list[Row], path: str | Path) -> Path:
+    """One panel of horizontal bars per task, 1280 px wide; a published row is hatched and says so in
+    its label, and a missing value draws no bar (not a zero)."""
+    plt = pyplot()
+
+    panels = chart_panels(rows)
+    if not panels:
+        raise MetricsError("no row has a number to plot")
+    heights = [0.55 * len(entries) + 0.9 for _, entries in panels]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12.8, sum(heights)), squeeze=False, layout="constrained",
+                             gridspec_kw=dict(height_ratios=heights))
+    colours = dict(zip(dict(METRICS).values(), plt.get_cmap("tab10").colors))
+    for ax, (title, entries) in zip(axes[:, 0], panels):
+        metrics = list(dict.fromkeys(m for _, _, values in entries for m in values))
+        height = 0.8 / len(metrics)
+        for i, (_, published, values) in enumerate(entries):
+            shown = [m for m in metrics if m in values]  # an entry's bars sit together, centred on its label
+            for j, metric in enumerate(shown):
+                y = i + (j - (len(shown) - 1) / 2) * height
+                ax.barh(y, values[metric], height, color=colours[metric], alpha=0.55 if published else 1.0,
+                        hatch="//" if published else None, edgecolor="0.3",
+                        label=metric if i == next(k for k, e in enumerate(entries) if metric in e[2]) else None)
+                ax.text(values[metric] + 0.5, y, f"{values[metric]:.1f}", va="center", fontsize=9)
+        ax.set_yticks(range(len(entries)), [label for label, _, _ in entries], fontsize=9)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 105)
+        ax.set_title(title, fontsize=11, loc="left")
+        ax.legend(fontsize=9, loc="lower right")
+    return save_figure(fig, path, dpi=100)

@@ -29,24 +29,35 @@ def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0)
     return maps
 
 
-def render(images: torch.Tensor, maps: dict[str, np.ndarray], out: str | Path) -> Path:
+def order_figure(images: torch.Tensor, maps: dict[str, np.ndarray]):
+    """One row per image: the image, S, then each order's ranks; a colour bar under S (one scale for
+    every image) and one under the orders (first to last prediction)."""
     plt = pyplot()
 
     mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
     cols = ["image", *maps]
-    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.2 * len(images)), squeeze=False)
+    fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.2 * len(images) + 0.9),
+                             squeeze=False, layout="constrained")
+    # S sums to 1 over the N patches: S x N reads 1 where a patch gets the uniform share
+    s = maps["S"] * np.prod(maps["S"].shape[1:])
+    last = np.prod(maps["S"].shape[1:]) - 1
     for r, img in enumerate(images.cpu()):
         axes[r, 0].imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
-        for c, name in enumerate(maps, start=1):
-            cmap = "viridis" if name == "S" else "jet_r"  # warm = predicted early
-            axes[r, c].imshow(maps[name][r], cmap=cmap, interpolation="nearest")
+        s_image = axes[r, 1].imshow(s[r], cmap="viridis", vmin=s.min(), vmax=s.max(), interpolation="nearest")
+        for c, name in enumerate(cols[2:], start=2):  # warm = predicted early
+            ranks = axes[r, c].imshow(maps[name][r], cmap="jet_r", vmin=0, vmax=last, interpolation="nearest")
         for c, name in enumerate(cols):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
             if r == 0:
                 title = {"S": "similarity map S", "similarity": "similarity order"}.get(name, name.replace("_", "-"))
-                axes[r, c].set_title(title, fontsize=9)
-    return save_figure(fig, out)
+                axes[r, c].set_title(title, fontsize=10)
+    bar = fig.colorbar(s_image, ax=axes[:, 1], location="bottom", shrink=0.9)
+    bar.set_label("S x N (1 = the uniform share)", fontsize=9)
+    bar = fig.colorbar(ranks, ax=axes[:, 2:], location="bottom", shrink=0.5, ticks=[0, last])
+    bar.ax.set_xticklabels(["predicted first", "predicted last"])
+    bar.set_label(f"position in the order ({last + 1} patches)", fontsize=9)
+    return fig
 
 
 def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out: str | Path, img_size: int = 224,
@@ -57,4 +68,4 @@ def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out:
     ds = ImageDataset(files[:max_images], eval_transform(img_size))
     images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))])
     model = semaim_from_encoder(checkpoint, img_size)
-    return render(images, order_maps(model, images, num_centers), out)
+    return save_figure(order_figure(images, order_maps(model, images, num_centers)), out)
