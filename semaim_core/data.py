@@ -27,12 +27,16 @@ def pretrain_transform(img_size: int) -> transforms.Compose:
     ])
 
 
+def eval_crop_pct(img_size: int) -> float:
+    """The crop's share of the resized image: 0.875 (224 of 256, as MAE's and the authors'
+    evaluation), and no margin above 224 px."""
+    return 224 / 256 if img_size <= 224 else 1.0
+
+
 def eval_transform(img_size: int) -> transforms.Compose:
-    """Resize (bicubic) to img_size / 0.875 (256 for 224, as MAE's and the authors' evaluation;
-    no margin above 224 px), then CenterCrop img_size."""
-    crop_pct = 224 / 256 if img_size <= 224 else 1.0
+    """Resize (bicubic) to img_size / ``eval_crop_pct``, then CenterCrop img_size."""
     return transforms.Compose([
-        transforms.Resize(int(img_size / crop_pct), interpolation=transforms.InterpolationMode.BICUBIC),
+        transforms.Resize(int(img_size / eval_crop_pct(img_size)), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(img_size),
         transforms.ToTensor(),
         transforms.Normalize(IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),

@@ -125,7 +125,8 @@ class SemAIM(nn.Module):
                  drop_path_rate: float = 0.0, order: str = "semantic", attention: str = "sorted",
                  similarity_source: str | None = None, similarity_precision: str = "fp32",
                  order_lambda: float = 1e-3, order_smooth: bool = False, num_centers: int = 2,
-                 target: str = "pixel", teacher: dict | None = None, grad_checkpointing: bool = False,
+                 target: str = "pixel", pixel_blur: bool = True, teacher: dict | None = None,
+                 grad_checkpointing: bool = False,
                  float8: bool = False):
         super().__init__()
         decoder_depth = depth if decoder_depth is None else decoder_depth
@@ -174,7 +175,7 @@ class SemAIM(nn.Module):
             DecoderBlock(embed_dim, num_heads, mlp_ratio, dpr[k]) for k in range(decoder_depth))
 
         if target == "pixel":
-            self.target = PixelTarget(patch_size, in_chans)
+            self.target = PixelTarget(patch_size, in_chans, blur=pixel_blur)
         else:
             self.target = FeatureTarget(target, **(teacher or {}))
             if self.target.patch_size != patch_size:

@@ -45,12 +45,13 @@ def gaussian_kernel(size: int, sigma: float) -> torch.Tensor:
 
 
 class PixelTarget(nn.Module):
-    """Gaussian blur (depthwise, zero padding) of the normalized image, patchified, each patch
-    normalized to zero mean and unit variance."""
+    """Gaussian blur (depthwise, zero padding) of the normalized image, or none with ``blur=False``,
+    patchified, each patch normalized to zero mean and unit variance."""
 
-    def __init__(self, patch_size: int, in_chans: int = 3, kernel_size: int = 9, sigma: float = 1.0, eps: float = 1e-6):
+    def __init__(self, patch_size: int, in_chans: int = 3, kernel_size: int = 9, sigma: float = 1.0, eps: float = 1e-6,
+                 blur: bool = True):
         super().__init__()
-        self.patch_size, self.eps = patch_size, eps
+        self.patch_size, self.eps, self.blur = patch_size, eps, blur
         self.dim = patch_size * patch_size * in_chans
         k = gaussian_kernel(kernel_size, sigma)
         self.register_buffer("kernel", k.expand(in_chans, 1, -1, -1).clone(), persistent=False)
@@ -58,8 +59,9 @@ class PixelTarget(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.autocast(images.device.type, enabled=False):  # targets in full precision
             x = images.to(self.kernel.dtype)
-            blurred = F.conv2d(x, self.kernel, padding=self.kernel.shape[-1] // 2, groups=x.shape[1])
-            t = patchify(blurred, self.patch_size)
+            if self.blur:
+                x = F.conv2d(x, self.kernel, padding=self.kernel.shape[-1] // 2, groups=x.shape[1])
+            t = patchify(x, self.patch_size)
             mean, var = t.mean(dim=-1, keepdim=True), t.var(dim=-1, keepdim=True)
             return (t - mean) / (var + self.eps).sqrt()
 

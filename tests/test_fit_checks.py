@@ -24,18 +24,18 @@ def test_the_demo_fails_on_a_fit_check_below_its_mark(tmp_path, capsys):
         (tmp_path / name).mkdir()
         (tmp_path / name / "cls_metrics.json").write_text(json.dumps(dict(top1=80.0, majority_top1=12.5)))
     (tmp_path / "fit_det").mkdir()
-    det = dict(bbox=dict(AP50=3.0), segm=dict(AP=0.8))  # the run: below the marks
+    det = dict(bbox=dict(AP50=18.0), segm=dict(AP=3.2))  # the old recipe's run on one thread: below the marks
     (tmp_path / "fit_det" / "det_metrics.json").write_text(json.dumps(det))
     assert main([str(tmp_path), "--data", str(tmp_path)]) == 1
     out = capsys.readouterr()
-    assert "box AP50 3.0, mask AP 0.8  FAILED: box AP50 3.0 < 10" in out.out
-    assert "warning: fit check failed: Mask R-CNN on 4 train images, scored on them: box AP50 3.0 < 10" in out.err
+    assert "box AP50 18.0, mask AP 3.2  FAILED: box AP50 18.0 < 30" in out.out
+    assert "warning: fit check failed: Mask R-CNN on 4 train images, scored on them: box AP50 18.0 < 30" in out.err
     cls_line = next(line for line in out.out.splitlines() if "16 train crops" in line)
     assert cls_line.endswith("top-1 80.0; always the most frequent class: 12.5")  # passes: no FAILED
     record = json.loads((tmp_path / "evidence.json").read_text())
     assert record["fit_checks"]["det"] == det and len(record["problems"]) == 1
 
-    det["bbox"]["AP50"], det["segm"]["AP"] = 18.0, 3.2
+    det["bbox"]["AP50"], det["segm"]["AP"] = 64.5, 27.8
     (tmp_path / "fit_det" / "det_metrics.json").write_text(json.dumps(det))
     assert main([str(tmp_path), "--data", str(tmp_path)]) == 0
 
@@ -47,7 +47,7 @@ def test_classifier_fits_a_few_images(derived, demo_encoder, tmp_path):
     result = main(["--data", str(derived / "crops"), "--encoder", str(demo_encoder[0]), "--output-dir", str(tmp_path),
                    "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--device", "cpu",
                    "--fit-images", "16",
-                   "--epochs", "60", "--warmup-epochs", "2", "--blr", "1e-2", "--mixup", "0", "--cutmix", "0",
+                   "--epochs", "100", "--warmup-epochs", "2", "--blr", "1e-2", "--mixup", "0", "--cutmix", "0",
                    "--randaug", "", "--reprob", "0", "--smoothing", "0", "--drop-path", "0", "--layer-decay", "1.0",
                    "--dtype", "fp32"])
     assert cls_failure(result) is None, result

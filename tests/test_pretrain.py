@@ -269,6 +269,12 @@ def test_cli_presets_and_overrides(tmp_path):
     base = parse_args(["--preset", "base", "--data", "d", "--output-dir", "o"])
     assert (base.blr, base.batch_size * base.accum_iter, base.clip_grad, base.betas) == (2e-4, 256, 3.0, (0.9, 0.95))
     assert set(pretrain.PRESETS) >= {"tiny", "small", "base", "large", "huge", "demo"}
+    assert (base.epochs, base.warmup_epochs, base.pixel_blur) == (800, 30, True)  # the authors' main_pretrain.py
+    short = parse_args(["--preset", "base_400ep", "--data", "d", "--output-dir", "o", "--no-pixel-blur"])
+    assert (short.model, short.epochs, short.pixel_blur) == ("semaim_vit_base_patch16", 400, False)
+    trainer_target = pretrain.build_model("semaim_vit_tiny_patch16", img_size=32, depth=1,
+                                          **{k: v for k, v in short.model_overrides().items() if k == "pixel_blur"})
+    assert trainer_target.target.blur is False  # the switch reaches the model
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])

@@ -40,6 +40,12 @@ def test_pixel_target_blurs_then_normalizes_each_patch():
     const = torch.ones(1, 3, 32, 32)  # zero padding darkens the border, as in the released code
     edge = torch.nn.functional.conv2d(const, target.kernel, padding=4, groups=3)
     assert edge[0, 0, 16, 16] == pytest.approx(1.0, abs=1e-6) and edge[0, 0, 0, 0] < 0.5
+    # --no-pixel-blur (the paper's ablation): the normalized patches of the image itself
+    plain = PixelTarget(16, blur=False)(images)
+    patches = patchify(images, 16)
+    expected = (patches - patches.mean(-1, keepdim=True)) / (patches.var(-1, keepdim=True) + 1e-6).sqrt()
+    torch.testing.assert_close(plain, expected)
+    assert not torch.allclose(plain, t, atol=0.1)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,110 @@
+"""tools/publish.py: a tiny pretraining run published as a Hub folder that timm loads offline with
+the encoder's features, its checksums verified, and a corrupted or foreign file caught."""
+import json
+import shutil
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from semaim_core.export import semaim_from_encoder
+from semaim_core.files import load_file
+from semaim_core.model import eval_block
+from semaim_core.pretrain import Config, Trainer
+from tools.convert_checkpoint import WRITERS
+from tools.lib.publish import PublishError, publish, verify
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def run(tiny_coco, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pretrain")
+    Trainer(Config(data=str(tiny_coco / "train2017"), output_dir=str(out), model="semaim_vit_tiny_patch16",
+                   img_size=64, depth=2, decoder_depth=1, batch_size=8, accum_iter=1, epochs=1, warmup_epochs=1,
+                   dtype="fp32", device="cpu", num_workers=0, log_every=1)).fit()
+    return out
+
+
+def encoder_features(encoder, images):
+    """[CLS] + patch tokens after the final norm, through the suite's own SemAIM encoder."""
+    model = semaim_from_encoder(encoder, img_size=64, name="semaim_vit_tiny_patch16").eval()
+    with torch.no_grad():
+        x, cls, _ = model.embed(images)
+        h = torch.cat([cls, x], dim=1)
+        for blk in model.blocks:
+            h = eval_block(blk, h)
+        return model.norm(h)
+
+
+def test_published_folder_loads_in_timm_with_the_encoders_features(run, derived, tmp_path):
+    from cls.knn import main as knn
+
+    knn(["--data", str(derived / "crops"), "--encoder", str(run / "encoder.pth"), "--output-dir",
+         str(tmp_path / "knn"), "--img-size", "64", "--batch-size", "64", "--num-workers", "0", "--device", "cpu"])
+    out = publish(run, tmp_path / "hub", results=[str(tmp_path / "knn")], dataset="tiny_coco")
+    assert sorted(p.name for p in out.iterdir()) == sorted([
+        "model.safetensors", "config.json", "README.md", "metrics.jsonl", "zoo_row.md", "SHA256SUMS",
+        "detectron2_vitdet_backbone.pth", "mmseg_vit_backbone.pth"])
+
+    record = load_file(run / "encoder.pth")
+    weights = safetensors.torch.load_file(out / "model.safetensors")
+    assert weights.keys() == record["model"].keys()  # timm's layout is the encoder's
+    assert all(torch.equal(weights[k], v) for k, v in record["model"].items())
+    config = json.loads((out / "config.json").read_text())
+    assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 0
+    assert config["model_args"]["depth"] == 2 and config["model_args"]["img_size"] == [64, 64]
+    pcfg = config["pretrained_cfg"]
+    assert pcfg["input_size"] == [3, 64, 64] and pcfg["crop_pct"] == 0.875 and pcfg["interpolation"] == "bicubic"
+    assert pcfg["mean"] == list(timm.data.IMAGENET_DEFAULT_MEAN) and pcfg["license"] == "mit"
+    assert pcfg["tag"] == "semaim_vit_tiny_patch16_semantic_1ep"  # not the architecture's own ImageNet tag
+
+    model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # offline, as a user loads it
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(images), encoder_features(run / "encoder.pth", images))
+    assert timm.data.resolve_data_config({}, model=model)["crop_pct"] == 0.875
+
+    card = (out / "README.md").read_text()
+    header = card.split("---\n")[1]
+    assert "library_name: timm" in header and "license: mit" in header and "- tiny_coco" in header
+    assert "- **Epochs:** 1" in card and "- **Optimizer steps:** 6" in card and "arXiv:2312.10457" in card
+    knn_top1 = json.loads((tmp_path / "knn" / "cls_metrics.json").read_text())["top1"]
+    row = (out / "zoo_row.md").read_text().splitlines()[-1]
+    assert row.startswith("| semaim_vit_tiny_patch16_semantic_1ep | vit_tiny_patch16_224 (2 blocks, 64 px) |")
+    assert f"knn {knn_top1:.1f} [crops val] (knn, commit" in row and row in card
+    for framework, name in (("detectron2", "detectron2_vitdet_backbone.pth"), ("mmseg", "mmseg_vit_backbone.pth")):
+        expected = WRITERS[framework](record["model"])
+        got = load_file(out / name)
+        inner = next(iter(set(expected) & {"model", "state_dict"}))
+        assert all(torch.equal(got[inner][k], v) for k, v in expected[inner].items())
+    assert (out / "metrics.jsonl").read_text() == (run / "metrics.jsonl").read_text()
+
+
+def test_verify_catches_corruption_and_strays_and_numbers_of_another_encoder(run, tmp_path, capsys):
+    from tools.publish import main
+
+    out = publish(run, tmp_path / "hub")
+    assert verify(out) == [] and main(["--verify", str(out)]) == 0
+    with pytest.raises(PublishError, match="is not empty"):
+        publish(run, out)
+
+    damaged = tmp_path / "damaged"
+    shutil.copytree(out, damaged)
+    data = bytearray((damaged / "mmseg_vit_backbone.pth").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (damaged / "mmseg_vit_backbone.pth").write_bytes(bytes(data))
+    (damaged / "notes.txt").write_text("added after publishing")
+    (damaged / "config.json").unlink()
+    assert verify(damaged) == ["notes.txt: not listed in SHA256SUMS",
+                               "config.json: listed in SHA256SUMS but missing",
+                               "mmseg_vit_backbone.pth: sha256 differs from SHA256SUMS (a corrupted or changed file)"]
+    assert main(["--verify", str(damaged)]) == 1 and "3 problem(s)" in capsys.readouterr().out
+
+    foreign = tmp_path / "foreign_run"
+    foreign.mkdir()
+    (foreign / "run.json").write_text(json.dumps({"encoder.sha256": "0" * 64}))
+    with pytest.raises(PublishError, match="foreign_run: started from 0{64}, not from .*its numbers are another"):
+        publish(run, tmp_path / "hub2", results=[str(foreign)])
+    assert not (tmp_path / "hub2").exists()
