@@ -73,7 +73,7 @@ def test_published_folder_loads_in_timm_with_the_encoders_features(run, derived,
     knn_top1 = json.loads((tmp_path / "knn" / "cls_metrics.json").read_text())["top1"]
     row = (out / "zoo_row.md").read_text().splitlines()[-1]
     assert row.startswith("| semaim_vit_tiny_patch16_semantic_1ep | vit_tiny_patch16_224 (2 blocks, 64 px) |")
-    assert f"knn {knn_top1:.1f} [crops val] (knn, commit" in row and row in card
+    assert f"top-1 (k-NN) {knn_top1:.1f} [crops val] (knn, commit" in row and row in card
     for framework, name in (("detectron2", "detectron2_vitdet_backbone.pth"), ("mmseg", "mmseg_vit_backbone.pth")):
         expected = WRITERS[framework](record["model"])
         got = load_file(out / name)

@@ -18,7 +18,7 @@ from semaim_core.data import eval_crop_pct
 from semaim_core.files import CheckpointError, load_file, save_atomic
 from semaim_core.rundir import file_digest
 from tools.convert_checkpoint import WRITERS
-from tools.lib.results import OPERATIONAL, collect
+from tools.lib.results import METRICS, OPERATIONAL, collect
 
 WEIGHTS, CONFIG, CARD, LOG, ZOO_ROW, SUMS = ("model.safetensors", "config.json", "README.md", "metrics.jsonl",
                                              "zoo_row.md", "SHA256SUMS")
@@ -81,7 +81,7 @@ def zoo_row(name: str, meta: dict, digest: str, results: list[str]) -> tuple[str
         for (metric, dataset), value in sorted(row.values.items()):
             if metric != "epochs" and isinstance(value, (int, float)):
                 src = row.sources.get((metric, dataset), {})
-                scores.append(f"{metric} {value:.1f} [{dataset}] ({Path(src.get('file', '?')).parent.name}, "
+                scores.append(f"{dict(METRICS).get(metric, metric)} {value:.1f} [{dataset}] ({Path(src.get('file', '?')).parent.name}, "
                               f"commit {str(src.get('suite_commit'))[:7]})")
     recipe = f"{meta.get('order')} order, {meta.get('target')} target"
     line = (f"| {name} | {meta['timm_arch']} ({meta['depth']} blocks, {meta['img_size']} px) | {recipe} | "
