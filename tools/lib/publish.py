@@ -81,8 +81,8 @@ def zoo_row(name: str, meta: dict, digest: str, results: list[str]) -> tuple[str
         for (metric, dataset), value in sorted(row.values.items()):
             if metric != "epochs" and isinstance(value, (int, float)):
                 src = row.sources.get((metric, dataset), {})
-                scores.append(f"{dict(METRICS).get(metric, metric)} {value:.1f} [{dataset}] ({Path(src.get('file', '?')).parent.name}, "
-                              f"commit {str(src.get('suite_commit'))[:7]})")
+                where = f"{Path(src.get('file', '?')).parent.name}, commit {str(src.get('suite_commit'))[:7]}"
+                scores.append(f"{dict(METRICS).get(metric, metric)} {value:.1f} [{dataset}] ({where})")
     recipe = f"{meta.get('order')} order, {meta.get('target')} target"
     line = (f"| {name} | {meta['timm_arch']} ({meta['depth']} blocks, {meta['img_size']} px) | {recipe} | "
             f"{meta.get('epochs')} | `{digest[:12]}` | {'; '.join(scores) or 'none given'} |")
