@@ -22,7 +22,7 @@ demo: setup           ## the whole suite on the bundled data, on the CPU (DEMO_Q
 
 test: setup           ## set up if needed, lint (ruff), then run the test suite on the CPU (JOBS=2 pytest workers)
 	$(PY) -m ruff check .
-	$(PY) -m pytest tests -n $(JOBS) --dist loadgroup
+	$(PY) -m pytest tests -n $(JOBS) --dist loadgroup --durations=10
 
 test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
 	$(PY) -m ruff check .

@@ -12,6 +12,7 @@ from semaim_core.export import semaim_from_encoder
 from semaim_core.files import load_file
 from semaim_core.model import eval_block
 from semaim_core.pretrain import Config, Trainer
+from semaim_core.rundir import file_digest
 from tools.convert_checkpoint import WRITERS
 from tools.lib.publish import PublishError, publish, verify
 
@@ -108,3 +109,12 @@ def test_verify_catches_corruption_and_strays_and_numbers_of_another_encoder(run
     with pytest.raises(PublishError, match="foreign_run: started from 0{64}, not from .*its numbers are another"):
         publish(run, tmp_path / "hub2", results=[str(foreign)])
     assert not (tmp_path / "hub2").exists()
+
+    # a replacement that fails half-way keeps the folder it was to replace
+    broken = tmp_path / "broken_run"
+    broken.mkdir()
+    (broken / "run.json").write_text(json.dumps({"encoder.sha256": file_digest(run / "encoder.pth")}))
+    (broken / "cls_metrics.json").write_text("{torn")
+    with pytest.raises(PublishError, match="(?s)have problems.*cls_metrics.json: not readable JSON"):
+        publish(run, out, results=[str(broken)], overwrite=True)
+    assert verify(out) == [] and not list(tmp_path.glob(".hub.tmp*"))

@@ -146,9 +146,7 @@ def publish(run: str | Path, out: str | Path, *, name: str | None = None, result
         raise PublishError("\n  ".join(["the model-zoo row would hold another encoder's numbers:", *foreign]))
     sd, meta = read_encoder(encoder)
     name = name or f"semaim_{meta['timm_arch'].removesuffix('_224')}_{meta.get('order')}_{meta.get('epochs')}ep"
-    if out.exists():
-        shutil.rmtree(out)
-    tmp = out.with_name(f".{out.name}.tmp")
+    tmp = out.with_name(f".{out.name}.tmp")  # the old folder stays until the new one is whole
     shutil.rmtree(tmp, ignore_errors=True)
     model = timm_vit_from_encoder(encoder, num_classes=0).eval()
     tag = dict(tag=name, license=license)  # not the timm architecture's own ImageNet tag and license
@@ -165,6 +163,8 @@ def publish(run: str | Path, out: str | Path, *, name: str | None = None, result
     (tmp / ZOO_ROW).write_text(f"{ZOO_HEADER}\n{row}\n")
     (tmp / CARD).write_text(card(name, meta, run, license, dataset or str(meta.get("data") or "unknown"), row))
     (tmp / SUMS).write_text("".join(f"{file_digest(f)}  {f.name}\n" for f in sorted(tmp.iterdir())))
+    if out.exists():
+        shutil.rmtree(out)
     tmp.rename(out)
     return out
 
