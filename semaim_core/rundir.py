@@ -26,6 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import torch
+
 from .files import atomic_write
 
 LOCK, RECIPE, CHANGES = ".lock", "run.json", "recipe_changes.jsonl"
@@ -240,8 +242,6 @@ def provenance(checkpoint: str | Path | None, **facts) -> dict:
     """What a metrics file records about the number it holds: the scored checkpoint (path and
     sha256), the suite's commit, torch's CPU thread count (a CPU run's numbers depend on it), and
     ``facts`` (iteration or epoch, dataset, images, config)."""
-    import torch
-
     ckpt = None
     if checkpoint and Path(checkpoint).is_file():
         ckpt = dict(path=str(Path(checkpoint).resolve()), sha256=file_digest(checkpoint))

@@ -183,9 +183,7 @@ def _cell(row: Row, key) -> str:
         return ""
     if key[0] not in dict(METRICS):  # a setting or the epochs, not a score
         return f"{value:g}" if isinstance(value, float) else str(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"{value}!"
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not _is_score(value):
         return f"{value}!"
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
     return text + ("?" if key in row.sources and "checkpoint" not in row.sources[key] else "")
@@ -282,14 +280,15 @@ def bar_chart(rows: list[Row], path: str | Path) -> Path:
     colours = dict(zip(dict(METRICS).values(), plt.get_cmap("tab10").colors))
     for ax, (title, entries) in zip(axes[:, 0], panels):
         metrics = list(dict.fromkeys(m for _, _, values in entries for m in values))
-        height = 0.8 / len(metrics)
+        height, labelled = 0.8 / len(metrics), set()
         for i, (_, published, values) in enumerate(entries):
             shown = [m for m in metrics if m in values]  # an entry's bars sit together, centred on its label
             for j, metric in enumerate(shown):
                 y = i + (j - (len(shown) - 1) / 2) * height
                 ax.barh(y, values[metric], height, color=colours[metric], alpha=0.55 if published else 1.0,
                         hatch="//" if published else None, edgecolor="0.3",
-                        label=metric if i == next(k for k, e in enumerate(entries) if metric in e[2]) else None)
+                        label=None if metric in labelled else metric)  # one legend entry per metric
+                labelled.add(metric)
                 ax.text(values[metric] + 0.5, y, f"{values[metric]:.1f}", va="center", fontsize=9)
         ax.set_yticks(range(len(entries)), [label for label, _, _ in entries], fontsize=9)
         ax.invert_yaxis()

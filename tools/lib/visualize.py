@@ -39,8 +39,8 @@ def order_figure(images: torch.Tensor, maps: dict[str, np.ndarray]):
     fig, axes = plt.subplots(len(images), len(cols), figsize=(2.2 * len(cols), 2.2 * len(images) + 0.9),
                              squeeze=False, layout="constrained")
     # S sums to 1 over the N patches: S x N reads 1 where a patch gets the uniform share
-    s = maps["S"] * np.prod(maps["S"].shape[1:])
-    last = np.prod(maps["S"].shape[1:]) - 1
+    patches = int(np.prod(maps["S"].shape[1:]))
+    s, last = maps["S"] * patches, patches - 1
     for r, img in enumerate(images.cpu()):
         axes[r, 0].imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
         s_image = axes[r, 1].imshow(s[r], cmap="viridis", vmin=s.min(), vmax=s.max(), interpolation="nearest")
