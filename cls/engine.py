@@ -54,13 +54,16 @@ def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentPars
                          "the same images; a working pipeline fits them")
     ap.add_argument("--stop-after-epochs", type=int, default=None,
                     help="stop (with a checkpoint) after this many epochs; a rerun resumes where it stopped")
+    ap.add_argument("--save-every", type=int, default=1,
+                    help="write checkpoint.pth every this many epochs (and always at the last one and at "
+                         "--stop-after-epochs); a killed run resumes from the last one written")
     ap.add_argument("--overwrite", action="store_true",
                     help="clear an --output-dir that holds another run (or another encoder's result)")
     return ap
 
 
 # Arguments that do not change the result (a rerun may change them).
-OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs")
+OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs", "save_every")
 
 
 def start(args) -> bool:
@@ -193,11 +196,13 @@ class EpochTrainer:
             self.epoch += 1
             if metrics["top1"] > self.best["top1"]:
                 self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
-            rng = all_rng_states()  # every rank takes part; rank 0 writes them all
+            save = self.epoch % self.args.save_every == 0 or self.epoch == end
+            rng = all_rng_states() if save else None  # every rank takes part; rank 0 writes them all
             if self.rank == 0:
                 rec = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
                 log.write(rec)
-                save_atomic(self.state(rng), self.out / "checkpoint.pth")
+                if save:
+                    save_atomic(self.state(rng), self.out / "checkpoint.pth")
                 print(json.dumps(rec))
         if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)

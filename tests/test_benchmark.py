@@ -56,25 +56,65 @@ def test_the_jpeg_feed_is_compared_with_synthetic_tensors_in_the_same_run(tiny_c
     assert f"sorted: JPEG / synthetic throughput: {ratio:.3f}" in capsys.readouterr().out
 
 
-@pytest.mark.slow(seconds=100)
-def test_the_gpu_benchmark_script_runs_every_stage(tiny_coco, tmp_path):
-    """tools/benchmark_gpu.sh, shrunk to a CPU smoke run, so that a GPU session only has to call it."""
-    stages = ["fast", "jpeg", "large", "curve", "agreement", "plot"]
+SHRUNK = ("--device cpu --model semaim_vit_tiny_patch16 --large-model semaim_vit_tiny_patch16 --batch 2 "
+          "--large-batch 1 --steps 1 --warmup 1 --workers 0 --no-compile --dtype fp32 --depth 1 --smoke-iters 2 "
+          "--agree-steps 3")
+
+
+@pytest.mark.slow(seconds=90)
+def test_the_gpu_check_runs_every_stage_shrunk(tmp_path):
+    """tools/gpu_check.sh, shrunk to a CPU run, so that a GPU session only has to call it once."""
+    stages = ["fast", "jpeg", "large", "smoke", "agreement", "plot", "curve"]
     if (OFFICIAL / "models" / "models_semaim.py").is_file():
         stages.insert(0, "exact")
-    env = dict(os.environ, OUT=str(tmp_path), OFFICIAL=str(OFFICIAL), DEVICE="cpu", MODEL="semaim_vit_tiny_patch16",
-               LARGE_MODEL="semaim_vit_tiny_patch16", BATCH="2", LARGE_BATCH="1", STEPS="1", WARMUP="1",
-               WORKERS="0", COMPILE="", CURVE_STEPS="3", BENCH_ARGS="--depth 1 --dtype fp32",
-               PRETRAIN_ARGS="--depth 1 --img-size 64 --dtype fp32", PYTHON=sys.executable)
-    proc = subprocess.run(["bash", "tools/benchmark_gpu.sh", *stages], cwd=REPO, env=env, capture_output=True,
+    out = tmp_path / "out"
+    env = dict(os.environ, OUT=str(out), OFFICIAL=str(OFFICIAL), PYTHON=sys.executable, COMMIT="abc1234",
+               CHECK_ARGS=f"{SHRUNK} --work {tmp_path / 'work'}")
+    proc = subprocess.run(["bash", "tools/gpu_check.sh", *stages], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = [json.loads(line) for line in (tmp_path / "bench.jsonl").read_text().splitlines()]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["start", *stages] and all(r["ok"] for r in rows), rows
+    assert "cpu, torch" in rows[0]["line"] and "suite commit abc1234" in rows[0]["line"]
+    by = {r["stage"]: r for r in rows}
+    assert by["jpeg"]["met"] in (True, False) and by["jpeg"]["ratio"] > 0 and 0 <= by["agreement"]["share"] <= 1
+    assert by["fast"]["fp8"] == "measured" and "fp8" in by["fast"]["line"]
+    parts = by["smoke"]["parts"]
+    assert list(parts) == ["pretrain", "det", "seg", "cls", "convert"] and all(p["ok"] for p in parts.values())
+    assert "15 straight (bit for bit)" in parts["pretrain"]["line"]  # the resumed pretraining equals the straight one
+    assert "det/train_net.py 2 iterations: box AP" in parts["det"]["line"] and "mIoU" in parts["seg"]["line"]
+    assert (tmp_path / "work" / "converted" / "mmseg.pth").is_file()
+    text = (out / "gpu_check.txt").read_text().splitlines()
+    assert len(text) == len(rows) and text[-1].startswith("curve: ok") and "fp8 loss / bf16 - 1" in text[-1]
+    bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     expected = (["sorted", "official"] if "exact" in stages else []) + ["sorted", "fast", "fp8", "sorted", "sorted",
-                                                                        "sorted", "sorted"]
-    assert [r["variant"] for r in rows] == expected
-    assert [r["grad_checkpointing"] for r in rows[-2:]] == [False, True] and rows[-1]["batch"] == 2
-    assert "differs from the reference in: float8 False -> True" in proc.stdout
-    assert "center agreement, similarity pass in bf16 autocast vs fp32" in (tmp_path / "agreement.txt").read_text()
+                                                                        "sorted"]
+    assert [r["variant"] for r in bench] == expected
+    assert "==> [gpu check] smoke: ok" in (out / "log.txt").read_text()  # the whole output, beside the records
     for png in ("bench.png", "loss.png"):
-        assert (tmp_path / png).read_bytes().startswith(b"\x89PNG")
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+
+
+def test_a_failing_gpu_check_stage_is_recorded_and_the_next_one_runs(tmp_path):
+    from tools.lib.gpu_check import main
+
+    out = tmp_path / "out"
+    assert main(["plot", "exact", "--out", str(out), "--work", str(tmp_path / "work"), *SHRUNK.split()]) == 1
+    rows = [json.loads(line) for line in (out / "gpu_check.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["ok"]) for r in rows] == [("start", True), ("plot", False), ("exact", False)]
+    assert "bench.jsonl does not exist: run a benchmark stage first" in rows[1]["line"]
+    assert "needs --official PATH" in rows[2]["line"]
+    assert (out / "gpu_check.txt").read_text().splitlines()[1].startswith("plot: FAILED")
+    with pytest.raises(SystemExit):
+        main(["speed", "--out", str(out)])
+
+
+def test_the_loader_is_measured_per_core_on_the_bundled_jpegs(tiny_coco, tmp_path, capsys):
+    out = tmp_path / "loader.jsonl"
+    record = main(["--loader-only", "--loader-images", "12", "--workers", "1", "--batch", "4", "--img-size", "64",
+                   "--data", str(tiny_coco / "val2017"), "--json", str(out)])
+    assert record == json.loads(out.read_text())
+    per_core = record["decode_transform_img_per_s"]
+    assert 0 < per_core < record["decode_img_per_s"]  # the transform costs on top of decoding
+    assert record["loader_img_per_s"] > 0 and record["cores_for_1500"] == math.ceil(1500 / per_core)
+    assert f"1500 img/s need about {record['cores_for_1500']} cores" in capsys.readouterr().out

@@ -60,7 +60,8 @@ def test_every_pretraining_flag_has_help_and_enumerations_are_checked():
 @pytest.mark.slow
 @pytest.mark.parametrize("script,expected", [("tools/setup_env.sh", "bash tools/setup_env.sh"),
                                              ("tools/demo.sh", "make demo"),
-                                             ("tools/pretrain.sh", "--similarity-precision")])
+                                             ("tools/pretrain.sh", "--similarity-precision"),
+                                             ("tools/gpu_check.sh", "LIMIT"), ("tools/gpu_carry.sh", ".gpu_site")])
 def test_shell_scripts_print_usage_instead_of_starting(script, expected):
     proc = subprocess.run(["bash", script, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and expected in proc.stdout, proc.stdout[:500] + proc.stderr[-500:]

@@ -22,7 +22,7 @@ def common(derived, encoder, out):
 
 
 @pytest.mark.slow
-def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path):
+def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path, monkeypatch):
     from cls.finetune import main
 
     args = common(derived, encoder, tmp_path / "a") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2"]
@@ -48,6 +48,31 @@ def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path)
     assert (straight["top1"], straight["top5"]) == (second["top1"], second["top5"])
     rows_b = [json.loads(x) for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in rows_b] == [r["train_loss"] for r in rows]
+
+    # --save-every 2: killed in epoch 2, the run left no checkpoint at epoch 1 and starts again from 0,
+    # logging each epoch once, with the same numbers
+    from cls.engine import EpochTrainer
+
+    calls, train_epoch = [], EpochTrainer.train_epoch
+
+    def killed_in_epoch_2(self):
+        calls.append(self.epoch)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return train_epoch(self)
+
+    sparse = common(derived, encoder, tmp_path / "c") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2",
+                                                         "--save-every", "2"]
+    monkeypatch.setattr(EpochTrainer, "train_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        main(sparse)
+    monkeypatch.undo()
+    assert calls == [0, 1] and not (tmp_path / "c" / "checkpoint.pth").exists()
+    restarted = main(sparse)
+    rows_c = [json.loads(x) for x in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_c] == [1, 2]
+    assert [r["train_loss"] for r in rows_c] == [r["train_loss"] for r in rows]
+    assert (restarted["top1"], restarted["top5"]) == (second["top1"], second["top5"])
 
 
 def test_cls_runs_do_not_mix(derived, encoder, tmp_path, demo_encoder):

@@ -46,7 +46,7 @@ def test_classifier_fits_a_few_images(derived, demo_encoder, tmp_path):
 
     result = main(["--data", str(derived / "crops"), "--encoder", str(demo_encoder[0]), "--output-dir", str(tmp_path),
                    "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--device", "cpu",
-                   "--fit-images", "16",
+                   "--fit-images", "16", "--save-every", "100",
                    "--epochs", "100", "--warmup-epochs", "2", "--blr", "1e-2", "--mixup", "0", "--cutmix", "0",
                    "--randaug", "", "--reprob", "0", "--smoothing", "0", "--drop-path", "0", "--layer-decay", "1.0",
                    "--dtype", "fp32"])

@@ -55,7 +55,7 @@ stage "fit checks: each downstream model trains on a few training images and is 
 # a working pipeline fits a handful of images; a broken one cannot. The recipes are those of
 # tests/test_fit_checks.py, and the last stage holds them to its pass marks (a failure stops the demo)
 "$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --img-size 64 \
-  --epochs 100 --warmup-epochs 2 \
+  --epochs 100 --warmup-epochs 2 --save-every 100 \
   --blr 1e-2 --mixup 0 --cutmix 0 --randaug "" --reprob 0 --smoothing 0 --drop-path 0 --layer-decay 1.0 --dtype fp32
 if [ "$QUICK" = 1 ]; then
   echo "(quick mode: the detection and segmentation fit checks are left to tests/test_fit_checks.py)"

@@ -21,8 +21,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
+import platform
 import shlex
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -105,6 +108,29 @@ def image_source(data: str | None, batch: int, img_size: int, batches: int, work
                                          persistent_workers=False, prefetch_factor=4 if workers else None)
     batches_iter = iter(loader)
     return lambda: next(batches_iter)[0].to(device, non_blocking=True)
+
+
+def loader_throughput(data: str, img_size: int, images: int, workers: int, batch: int) -> dict:
+    """The CPU side of feeding the GPU, on the JPEGs of ``data``: images per second of one process
+    (one core) for decoding alone and for the whole pretraining transform (decode, RandomResizedCrop,
+    flip, to tensor, normalize), and through the loader with ``workers`` processes."""
+    files = find_images(data)
+    files = (files * math.ceil(images / len(files)))[:images]
+    dataset = ImageDataset(files, pretrain_transform(img_size))
+    torch.manual_seed(0)
+    rates = {}
+    for name, work in (("decode", dataset.load), ("decode_transform", dataset.__getitem__)):
+        work(0)  # file cache and lazy imports warm
+        start = time.perf_counter()
+        for i in range(len(files)):
+            work(i)
+        rates[name] = len(files) / (time.perf_counter() - start)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=False,
+                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    start = time.perf_counter()
+    n = sum(len(b[0]) for b in loader)  # worker start-up included, as each epoch pays it
+    rates["loader"] = n / (time.perf_counter() - start)
+    return rates
 
 
 def compiled(model, mode: str | None):
@@ -251,7 +277,27 @@ def main(argv=None):
     ap.add_argument("--agreement-images", help="measure only the center agreement of the --dtype similarity pass with "
                     "the fp32 one, on the images of this folder (eval crops at --img-size)")
     ap.add_argument("--agreement-checkpoint", help="encoder weights for --agreement-images (default: random init)")
+    ap.add_argument("--loader-only", action="store_true",
+                    help="measure only the loader's CPU side on the JPEGs of --data (default: the bundled train "
+                         "images): img/s per core and the cores 1500 img/s need")
+    ap.add_argument("--loader-images", type=int, default=400, help="images read per --loader-only measurement")
     args = ap.parse_args(argv)
+    if args.loader_only:
+        data = args.data or str(Path(__file__).resolve().parents[2] / "data" / "tiny_coco" / "train2017")
+        rates = loader_throughput(data, args.img_size, args.loader_images, args.workers, args.batch)
+        per_core = rates["decode_transform"]
+        record = dict(variant="loader", data=data, img_size=args.img_size, images=args.loader_images,
+                      workers=args.workers, cpu=platform.processor() or platform.machine(),
+                      cores_visible=len(os.sched_getaffinity(0)), torch_threads=torch.get_num_threads(),
+                      **{f"{k}_img_per_s": round(v, 1) for k, v in rates.items()},
+                      cores_for_1500=math.ceil(1500 / per_core), command=shlex.join(
+                          ["python", "tools/benchmark_pretrain.py", *(sys.argv[1:] if argv is None else argv)]))
+        print(f"loader on {data} ({args.loader_images} images, {args.img_size} px): one core decodes "
+              f"{rates['decode']:.0f} img/s and decodes + transforms {per_core:.0f} img/s; {args.workers} loader "
+              f"processes deliver {rates['loader']:.0f} img/s; 1500 img/s need about {record['cores_for_1500']} "
+              f"cores like these")
+        append_records(args.json, [record])
+        return record
     if args.plot_only:
         if not (args.json and args.plot and Path(args.json).is_file()):
             ap.error("--plot-only draws --plot PNG from the records of an existing --json file: pass both")

@@ -8,6 +8,11 @@ metrics file or cls mode, a value that is not a number (NaN included), a file wi
 
 A column is a metric *on a dataset*: the label names the dataset the numbers came from, so an
 ImageNet top-1 never stands above a top-1 measured on other images.
+
+Seeds: a row may hold several runs of one task (one directory each). When their recipes (each
+run's ``run.json``) differ in the seed alone, the cell is their mean ± sample std (n); when they
+differ in anything else, the cell is left empty and the differing setting is named: runs of two
+recipes are never averaged.
 """
 from __future__ import annotations
 
@@ -15,6 +20,7 @@ import csv
 import io
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +49,10 @@ METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
 OPERATIONAL = (*pretrain.OPERATIONAL, *pretrain.STOPPING, "world_size", "effective_batch", "lr")
 
 
+# the seed in each trainer's recipe (run.json): det (detectron2 LazyConfig), seg (mmengine), cls
+SEED_KEYS = ("train.seed", "randomness.seed", "seed")
+
+
 class MetricsError(ValueError):
     pass
 
@@ -50,8 +60,11 @@ class MetricsError(ValueError):
 @dataclass
 class Row:
     method: str
-    values: dict = field(default_factory=dict)     # (metric, dataset) -> number
+    values: dict = field(default_factory=dict)     # (metric, dataset) -> number (the mean, over seeds)
     sources: dict = field(default_factory=dict)    # (metric, dataset) -> provenance of that number
+    spread: dict = field(default_factory=dict)     # (metric, dataset) -> (sample std, n) over seeds
+    delta: dict = field(default_factory=dict)      # (metric, dataset) -> (difference, its std or None), ablations
+    samples: dict = field(default_factory=dict)    # (metric, dataset) -> [(value, provenance, recipe)] per run
     settings: dict = field(default_factory=dict)   # the pretraining recipe
     problems: list = field(default_factory=list)
     published: bool = False
@@ -131,8 +144,7 @@ def collect_dir(run: Path, row: Row) -> None:
                 row.problems.append(f"{path}: {metric} is {value!r}, not a number")
             elif math.isnan(value) or math.isinf(value):
                 row.problems.append(f"{path}: {metric} is {value}, not a score")
-            row.values[(metric, dataset)] = value
-            row.sources[(metric, dataset)] = source
+            row.samples.setdefault((metric, dataset), []).append((value, source, _recipe(run)))
     cfg = run / "config.json"
     if cfg.is_file():
         found = True
@@ -148,12 +160,53 @@ def collect_dir(run: Path, row: Row) -> None:
         row.problems.append(f"{run}: none of {', '.join(METRIC_FILES)}, config.json")
 
 
+def _recipe(run: Path) -> dict | None:
+    """The recipe a downstream run recorded (run.json), or None for runs written before it."""
+    path = run / "run.json"
+    return _read(path) if path.is_file() else None
+
+
+def seed_groups(samples: list[tuple]) -> tuple[float, tuple[float, int] | None, str | None]:
+    """(mean, (sample std, n) or None for one run, problem or None) of one cell's runs: they must
+    be seeds of one recipe, each with its own seed."""
+    values = [v for v, _, _ in samples]
+    if len(samples) == 1:
+        return values[0], None, None
+    files = ", ".join(src["file"] for _, src, _ in samples)
+    recipes = [r for _, _, r in samples]
+    if any(r is None for r in recipes):
+        return math.nan, None, f"{files}: a run without run.json cannot be shown to share the others' recipe"
+    first = recipes[0]
+    for other in recipes[1:]:
+        differ = sorted(k for k in set(first) | set(other) if k not in SEED_KEYS and first.get(k) != other.get(k))
+        if differ:
+            k = differ[0]
+            return math.nan, None, (f"{files}: not seeds of one recipe, not averaged: they differ in {k} "
+                                    f"({first.get(k)!r} -> {other.get(k)!r})"
+                                    + (f" and {len(differ) - 1} more settings" if len(differ) > 1 else ""))
+    seeds = [next((r[k] for k in SEED_KEYS if k in r), None) for r in recipes]
+    if len(set(map(str, seeds))) < len(seeds):
+        return math.nan, None, f"{files}: the same seed twice ({seeds}): one run counted twice?"
+    if not all(_is_score(v) for v in values):
+        return math.nan, None, None  # the bad value is already reported
+    return statistics.fmean(values), (statistics.stdev(values), len(values)), None
+
+
 def collect(rows: list[tuple[str, list[str]]]) -> list[Row]:
     out = []
     for name, dirs in rows:
         row = Row(name)
         for d in dirs:
             collect_dir(Path(d), row)
+        for key, samples in row.samples.items():
+            mean, spread, problem = seed_groups(samples)
+            if problem:
+                row.problems.append(problem)
+                continue
+            row.values[key], row.sources[key] = mean, samples[0][1]
+            if spread:
+                row.spread[key] = spread
+                row.sources[key] = dict(samples[0][1], runs=[src for _, src, _ in samples])
         out.append(row)
     return out
 
@@ -186,7 +239,14 @@ def _cell(row: Row, key) -> str:
     if not _is_score(value):
         return f"{value}!"
     text = f"{value:.1f}" if isinstance(value, float) else str(value)
-    return text + ("?" if key in row.sources and "checkpoint" not in row.sources[key] else "")
+    if key in row.spread:
+        std, n = row.spread[key]
+        text += f" ± {std:.1f} ({n})"
+    if key in row.delta:
+        diff, diff_std = row.delta[key]
+        text += f", Δ {diff:+.1f}" + (f" ± {diff_std:.1f}" if diff_std is not None else "")
+    runs = row.sources.get(key, {}).get("runs") or [row.sources.get(key)]
+    return text + ("?" if key in row.sources and any("checkpoint" not in src for src in runs) else "")
 
 
 def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method") -> str:
@@ -198,7 +258,8 @@ def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method") ->
         csv.writer(buf, lineterminator="\n").writerows([heads, *lines])
         return buf.getvalue()
     if fmt == "latex":
-        body = "\n".join(" & ".join(c.replace("_", r"\_") for c in line) + r" \\" for line in lines)
+        body = "\n".join(" & ".join(c.replace("_", r"\_").replace("±", r"$\pm$") for c in line) + r" \\"
+                         for line in lines)
         return (f"\\begin{{tabular}}{{l{'r' * (len(heads) - 1)}}}\n\\toprule\n" + " & ".join(heads)
                 + " \\\\\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n")
     out = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * (len(heads) - 1)]
@@ -211,7 +272,9 @@ def provenance_lines(rows: list[Row]) -> list[str]:
     """One line per cell: where its number came from."""
     lines = []
     for r in rows:
-        for (metric, dataset), src in sorted(r.sources.items()):
+        cells = [(key, run) for key, src in sorted(r.sources.items(), key=lambda kv: kv[0])
+                 for run in src.get("runs") or [src]]
+        for (metric, dataset), src in cells:
             ckpt = src.get("checkpoint") or {}
             what = (f"checkpoint {ckpt.get('path')} (sha256 {str(ckpt.get('sha256'))[:12]})" if ckpt
                     else f"in-training model of {src.get('run')}" if src.get("run") else "no provenance")
@@ -219,6 +282,21 @@ def provenance_lines(rows: list[Row]) -> list[str]:
             lines.append(f"{r.method} | {metric} [{dataset}]: {what}; {step}; {src.get('images')} images; "
                          f"commit {src.get('suite_commit')}; file {src['file']}")
     return lines
+
+
+def differences(row: Row, reference: Row) -> dict:
+    """{cell: (row - reference, std of that difference)} for the scores both rows have; the std is
+    sqrt(s1^2 / n1 + s2^2 / n2), the spread of a difference of two seed means, when both rows have
+    several seeds (else None: a single run says nothing about its noise)."""
+    out = {}
+    for key, value in row.values.items():
+        ref = reference.values.get(key)
+        if key[0] not in dict(METRICS) or not (_is_score(value) and _is_score(ref)):
+            continue
+        spreads = [row.spread.get(key), reference.spread.get(key)]
+        std = math.sqrt(sum(s * s / n for s, n in spreads)) if all(spreads) else None
+        out[key] = (value - ref, std)
+    return out
 
 
 def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
@@ -234,7 +312,8 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
         warnings.append(f"the runs differ in {len(keys)} settings at once ({', '.join(keys)}): "
                         "not a one-factor ablation")
     metric_cols = [c for c in columns(rows) if c[0][0] != "epochs"]
-    shown = [Row(r.method, {**{(k, ""): r.settings.get(k) for k in keys}, **r.values}, r.sources) for r in rows]
+    shown = [Row(r.method, {**{(k, ""): r.settings.get(k) for k in keys}, **r.values}, r.sources, r.spread,
+                 delta=differences(r, rows[0]) if r is not rows[0] else {}) for r in rows]
     cols = [((k, ""), k.replace("_", " ")) for k in keys] + metric_cols
     return table(shown, fmt, cols, first="run"), warnings
 
