@@ -1,5 +1,6 @@
 """The command lines as users type them: bare config names, help on every flag, bad values refused
 at parse time, --help on the shell scripts, make help."""
+import os
 import re
 import subprocess
 import sys
@@ -130,3 +131,30 @@ def test_slurm_scripts_take_ranks_and_sizes_from_slurm(tmp_path, script, expecte
     assert expected in " ".join(proc.stdout.split()), proc.stdout
     if script == "seg.sbatch":
         assert proc.stdout.strip().endswith("upernet_semaim.py --launcher slurm")
+
+
+@pytest.mark.slow
+def test_a_baseline_runs_through_the_same_recipes(demo_encoder, tmp_path):
+    """tools/baseline.sh: an MAE-layout release is converted, then sent through the very configs the
+    README runs SemAIM with, and the row it prints is marked 'same harness'."""
+    from semaim_core.files import save_atomic
+
+    mae = tmp_path / "mae_release.pth"
+    save_atomic({"model": demo_encoder[1]}, mae)  # MAE's main_pretrain save: {"model": timm keys}
+    env = dict(os.environ, OUT=str(tmp_path / "mae"), PYTHON=sys.executable, TASKS="convert")
+    proc = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "(mae)" in proc.stdout and (tmp_path / "mae" / "encoder.pth").is_file()
+    dry = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, capture_output=True, text=True,
+                         env=dict(env, TASKS="det seg ft lin knn", DRY_RUN="1", IMAGENET="/in1k", SEED="2"),
+                         timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    enc = tmp_path / "mae" / "encoder.pth"
+    assert f"--config det/configs/vitdet_semaim.py --num-gpus 8 train.init_checkpoint={enc}" in dry.stdout
+    assert f"seg/configs/upernet_semaim.py --launcher pytorch --work-dir {tmp_path}/mae/seg_s2" in dry.stdout
+    assert "randomness.seed=2" in dry.stdout and "train.seed=2" in dry.stdout and "--seed 2" in dry.stdout
+    assert '--row "mae (same harness)"' in dry.stdout
+    missing = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, capture_output=True,
+                             text=True, env=dict(env, TASKS="ft", DRY_RUN="1"), timeout=60)
+    assert missing.returncode == 2 and "task ft needs IMAGENET=" in missing.stderr

@@ -48,6 +48,7 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     cells = [c.strip() for c in ours.strip("|").split("|")]
     header = [c.strip() for c in (out / "results.md").read_text().splitlines()[0].strip("|").split("|")]
     row = dict(zip(header, cells))
+    assert row["numbers"] == "same harness" and "| published |" in (out / "results.md").read_text()
     for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (k-NN) [crops val]",
                 "AP box [tiny_coco_val]", "AP mask [tiny_coco_val]", "mIoU [COCOStuff]"):
         assert 0 <= number(row[col]) <= 100, col
@@ -80,13 +81,18 @@ def test_tables_from_real_runs(demo, tmp_path):
     det = json.loads((out / "det" / "det_metrics.json").read_text())
     assert rows[0].values[("ap_box", "tiny_coco_val")] == det["bbox"]["AP"] and rows[0].values[("epochs", "")] == 1
     md = table(rows + published_rows())
-    published = next(line for line in md.splitlines() if line.startswith("| SemAIM 800ep (published) | 800 |"))
+    published = next(line for line in md.splitlines() if line.startswith("| SemAIM 800ep (published) |"))
     assert [c.strip() for c in published.strip("|").split("|") if c.strip()] == [
-        "SemAIM 800ep (published)", "800", "84.1", "51.3", "45.4", "48.0"]
+        "SemAIM 800ep (published)", "published", "800", "84.1", "51.3", "45.4", "48.0"]
+    # every row says where its numbers come from, and a table mixing the two kinds says so
+    assert next(line for line in md.splitlines() if line.startswith("| ours |")).startswith("| ours | same harness |")
+    assert "Numbers: 'same harness': computed here" in md
+    assert "Numbers:" not in table(rows)  # ours alone: nothing mixed
     parsed = list(csv.reader(io.StringIO(table(rows, "csv"))))
-    assert parsed[0][:3] == ["method", "epochs", "top-1 (ft) [crops val]"] and parsed[1][0] == "ours"
-    latex = table(rows, "latex")
-    assert latex.startswith("\\begin{tabular}") and "ours &" in latex
+    assert parsed[0][:4] == ["method", "numbers", "epochs", "top-1 (ft) [crops val]"]
+    assert parsed[1][:2] == ["ours", "same harness"]
+    latex = table(rows + published_rows(), "latex")
+    assert latex.startswith("\\begin{tabular}{ll") and "ours & same harness &" in latex and "% 'same harness'" in latex
 
 
 def test_results_chart_has_one_panel_per_task(demo, tmp_path):

@@ -249,10 +249,22 @@ def _cell(row: Row, key) -> str:
     return text + ("?" if key in row.sources and any("checkpoint" not in src for src in runs) else "")
 
 
-def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method") -> str:
+HARNESS_NOTE = ("'same harness': computed here, by this suite's recipes, with provenance; 'published': "
+                "copied from a paper or release, with its own setup (named in its source): compare across the "
+                "two with that in mind")
+
+
+def harness(row: Row) -> str:
+    return "published" if row.published else "same harness"
+
+
+def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method", marks: bool = True) -> str:
+    """The rows in ``fmt``; with ``marks``, a column says where each row's numbers come from, and a
+    table that mixes the two kinds says so under it."""
     cols = cols if cols is not None else columns(rows)
-    heads = [first] + [h for _, h in cols]
-    lines = [[r.method] + [_cell(r, k) for k, _ in cols] for r in rows]
+    heads = [first] + (["numbers"] if marks else []) + [h for _, h in cols]
+    lines = [[r.method] + ([harness(r)] if marks else []) + [_cell(r, k) for k, _ in cols] for r in rows]
+    mixed = marks and len({harness(r) for r in rows}) > 1
     if fmt == "csv":
         buf = io.StringIO()
         csv.writer(buf, lineterminator="\n").writerows([heads, *lines])
@@ -260,11 +272,13 @@ def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method") ->
     if fmt == "latex":
         body = "\n".join(" & ".join(c.replace("_", r"\_").replace("±", r"$\pm$") for c in line) + r" \\"
                          for line in lines)
-        return (f"\\begin{{tabular}}{{l{'r' * (len(heads) - 1)}}}\n\\toprule\n" + " & ".join(heads)
-                + " \\\\\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n")
-    out = ["| " + " | ".join(heads) + " |", "|" + "---|" + "---:|" * (len(heads) - 1)]
+        return (f"\\begin{{tabular}}{{l{'l' * marks}{'r' * len(cols)}}}\n\\toprule\n" + " & ".join(heads)
+                + " \\\\\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"
+                + (f"% {HARNESS_NOTE}\n" if mixed else ""))
+    out = ["| " + " | ".join(heads) + " |", "|" + "---|" * (1 + marks) + "---:|" * len(cols)]
     notes = [f"- {r.method}: {r.note}" for r in rows if r.note]
     text = "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines]) + "\n"
+    text += f"\nNumbers: {HARNESS_NOTE}.\n" if mixed else ""
     return text + ("\nSources of the published rows:\n" + "\n".join(notes) + "\n" if notes else "")
 
 
@@ -315,7 +329,7 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
     shown = [Row(r.method, {**{(k, ""): r.settings.get(k) for k in keys}, **r.values}, r.sources, r.spread,
                  delta=differences(r, rows[0]) if r is not rows[0] else {}) for r in rows]
     cols = [((k, ""), k.replace("_", " ")) for k in keys] + metric_cols
-    return table(shown, fmt, cols, first="run"), warnings
+    return table(shown, fmt, cols, first="run", marks=False), warnings  # every row measured here
 
 
 TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "knn")),
