@@ -3,11 +3,18 @@ training, once, and a config that changes ``train.max_iter`` or the image size c
 from functools import partial
 
 import detectron2.data.transforms as T
+from detectron2.config import LazyCall as L
+from detectron2.data.detection_utils import get_fed_loss_cls_weights
+from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.vit import get_vit_lr_decay_rate
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.roi_heads import CascadeROIHeads, FastRCNNConvFCHead, FastRCNNOutputLayers
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
 COCO_TRAIN_IMAGES = 117_266  # coco_2017_train after detectron2 drops images without annotations
+LVIS_TRAIN_IMAGES = 100_000  # lvis_v1_train, as ViTDet counts an epoch (156250 iterations x 64 = 100 epochs)
 VITDET_MILESTONES = (0.889, 0.963)  # ViTDet's 100-epoch schedule: lr x0.1 at epochs 88.9 and 96.3
 
 
@@ -36,3 +43,31 @@ def lsj_augmentations(image_size: int) -> list:
     return [T.RandomFlip(horizontal=True),
             T.ResizeScale(min_scale=0.1, max_scale=2.0, target_height=image_size, target_width=image_size),
             T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False)]
+
+
+def to_cascade(roi_heads, conv_dims=(256, 256, 256, 256), fc_dim: int = 1024) -> None:
+    """Turn a Mask R-CNN ``roi_heads`` config into ViTDet's Cascade R-CNN heads, in place: three
+    stages of a conv + LN box head, class-agnostic box regression, IoU thresholds 0.5 / 0.6 / 0.7
+    and box weights (10, 5), (20, 10), (30, 15) (projects/ViTDet/configs/COCO/
+    cascade_mask_rcnn_vitdet_b_100ep.py). The mask head and the sampling stay as they are."""
+    channels = roi_heads.box_head.input_shape.channels
+    for key in ("box_head", "box_predictor", "proposal_matcher"):  # Mask R-CNN's single-stage arguments
+        roi_heads.pop(key)
+    roi_heads.update(
+        _target_=CascadeROIHeads,
+        box_heads=[L(FastRCNNConvFCHead)(input_shape=ShapeSpec(channels=channels, height=7, width=7),
+                                         conv_dims=list(conv_dims), fc_dims=[fc_dim], conv_norm="LN")
+                   for _ in range(3)],
+        box_predictors=[L(FastRCNNOutputLayers)(input_shape=ShapeSpec(channels=fc_dim), test_score_thresh=0.05,
+                                                box2box_transform=L(Box2BoxTransform)(weights=(w1, w1, w2, w2)),
+                                                cls_agnostic_bbox_reg=True, num_classes="${...num_classes}")
+                        for w1, w2 in ((10, 5), (20, 10), (30, 15))],
+        proposal_matchers=[L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False)
+                           for iou in (0.5, 0.6, 0.7)],
+    )
+
+
+def fed_loss_weights(dataset_names: str, freq_weight_power: float = 0.5):
+    """The federated loss's class weights for ``dataset_names`` (LVIS's image counts per class), as
+    the callable ``FastRCNNOutputLayers`` asks for."""
+    return partial(get_fed_loss_cls_weights, dataset_names, freq_weight_power)

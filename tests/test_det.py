@@ -266,3 +266,67 @@ def test_two_processes_on_the_cpu(tiny_encoder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (out / "model_final.pth").is_file() and json.loads((out / "det_metrics.json").read_text())["iteration"] == 2
     assert "Rank of current process: 0. World size: 2" in (out / "log.txt").read_text()
+
+
+def test_cascade_configs_are_vitdets_cascade_on_the_semaim_recipe():
+    from detectron2.modeling.roi_heads import CascadeROIHeads
+
+    from det.train_net import recipe
+
+    for name, depth, decay in (("vitdet_semaim_cascade", 12, 0.7), ("vitdet_semaim_cascade_large", 24, 0.8)):
+        cfg, plain = load(name), load(name.replace("_cascade", "") if depth == 12 else "vitdet_semaim_large")
+        heads = cfg.model.roi_heads
+        assert heads._target_ is CascadeROIHeads and len(heads.box_heads) == len(heads.box_predictors) == 3
+        assert [m.thresholds for m in heads.proposal_matchers] == [[0.5], [0.6], [0.7]]
+        assert [p.box2box_transform.weights for p in heads.box_predictors] == [(10, 10, 5, 5), (20, 20, 10, 10),
+                                                                               (30, 30, 15, 15)]
+        assert all(p.cls_agnostic_bbox_reg for p in heads.box_predictors)
+        assert [h.conv_dims for h in heads.box_heads] == [[256] * 4] * 3 and heads.box_heads[0].conv_norm == "LN"
+        # everything but the box heads is the Mask R-CNN recipe: backbone, layer decay, schedule, data, masks
+        settings, reference = recipe(cfg), recipe(plain)
+        box = ("model.roi_heads.box", "model.roi_heads.proposal_matcher", "model.roi_heads._target_", "heads.")
+        assert {k: v for k, v in settings.items() if not k.startswith(box)} == {
+            k: v for k, v in reference.items() if not k.startswith(box)}
+        assert cfg.model.backbone.net.depth == depth and cfg.optimizer.params.lr_factor_func.lr_decay_rate == decay
+        assert (cfg.train.max_iter, cfg.optimizer.lr) == (plain.train.max_iter, plain.optimizer.lr)
+        assert cfg.dataloader.train.dataset.names == "coco_2017_train"
+        assert cfg.train.init_checkpoint == plain.train.init_checkpoint
+
+
+@pytest.mark.slow
+def test_cascade_trains_an_iteration_and_is_scored(tiny_encoder, tmp_path):
+    """The Cascade heads (det.recipe.to_cascade) on the tiny model, one iteration on tiny_coco, with the
+    SemAIM backbone loaded and the COCO evaluation written."""
+    from det.recipe import to_cascade
+
+    cfg = LazyConfig.load(f"{CONFIGS}/vitdet_semaim_tiny_coco.py")
+    to_cascade(cfg.model.roi_heads, conv_dims=[64], fc_dim=128)
+    LazyConfig.save(cfg, str(tmp_path / "cascade_tiny.yaml"))
+    run_main("--config", str(tmp_path / "cascade_tiny.yaml"), f"train.init_checkpoint={tiny_encoder[0]}",
+             f"train.output_dir={tmp_path / 'run'}", "train.max_iter=1", "train.eval_period=1",
+             "train.checkpointer.period=1", "dataloader.test.dataset.names=tiny_coco_fit",
+             "dataloader.train.num_workers=0", "dataloader.test.num_workers=0")
+    metrics = json.loads((tmp_path / "run" / "det_metrics.json").read_text())
+    assert metrics["iteration"] == 1 and metrics["dataset"] == "tiny_coco_fit" and {"bbox", "segm"} <= set(metrics)
+
+
+def test_lvis_config_is_vitdets_lvis_recipe_and_names_the_missing_folder():
+    from detectron2.data.samplers import RepeatFactorTrainingSampler
+    from detectron2.evaluation.lvis_evaluation import LVISEvaluator
+
+    from det.data import check_datasets
+
+    cfg = load("vitdet_semaim_lvis")
+    assert (cfg.dataloader.train.dataset.names, cfg.dataloader.test.dataset.names) == ("lvis_v1_train", "lvis_v1_val")
+    assert cfg.dataloader.train.sampler._target_ is RepeatFactorTrainingSampler
+    assert cfg.dataloader.train.sampler.repeat_factors.repeat_thresh == 0.001
+    assert cfg.dataloader.evaluator._target_ is LVISEvaluator and cfg.dataloader.evaluator.max_dets_per_image == 300
+    assert (cfg.train.max_iter, cfg.optimizer.lr, cfg.lr_multiplier.warmup_iters) == (156_250, 2e-4, 250)
+    model = instantiate(cfg.model)  # the federated loss's weights come from LVIS's class counts: no data needed
+    predictor = model.roi_heads.box_predictor
+    assert model.roi_heads.num_classes == 1203 and predictor.use_fed_loss and predictor.use_sigmoid_ce
+    assert predictor.fed_loss_cls_weights.shape == (1203,) and predictor.test_topk_per_image == 300
+    assert model.backbone.net.blocks[0].attn.qkv.weight.shape == (2304, 768)  # the ViT-B SemAIM backbone
+    with pytest.raises(FileNotFoundError, match=r"lvis_v1_train.json.*does not exist\. LVIS v1 must be laid out as "
+                                                r".*lvis/lvis_v1_\{train,val\}\.json, with the COCO 2017 images"):
+        check_datasets("lvis_v1_train")
