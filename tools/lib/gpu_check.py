@@ -1,5 +1,6 @@
 """The GPU check: every owed speed figure and a GPU run of every entry point, in one process and
-one call (tools/gpu_check.sh). Each stage appends its record to OUT/gpu_check.jsonl and its line
+one call (tools/gpu_check.sh). detectron2 and mmseg are imported by the smoke stage alone, so the
+benchmark stages run without the carried packages. Each stage appends its record to OUT/gpu_check.jsonl and its line
 to OUT/gpu_check.txt as soon as it finishes, so a run stopped at its time limit still brings back
 everything measured until then; a stage that fails records its error and the next one runs.
 
@@ -28,7 +29,6 @@ from pathlib import Path
 
 import torch
 
-import seg  # noqa: F401  (the mmcv-lite compatibility layer, before anything imports mmseg)
 from tools.lib import pretrain_benchmark
 from tools.lib.benchmark import device_name, read_records
 
@@ -185,7 +185,7 @@ def smoke_det(c: Check, encoder: Path) -> str:
 
 
 def smoke_seg(c: Check, encoder: Path, derived: Path) -> str:
-    from seg.tools.train import main
+    from seg.tools.train import main  # the seg package installs the mmcv-lite layer before mmseg loads
 
     iters, out = str(c.a.smoke_iters), c.work / "seg"
     root = derived / "coco_stuff"
