@@ -18,6 +18,7 @@ from detectron2.utils.visualizer import Visualizer
 
 from det.checkpoint import load_detector
 from det.data import register_tiny_coco
+from det.train_net import check_overrides
 from semaim_core.configs import resolve_config
 from semaim_core.data import find_images
 
@@ -32,10 +33,15 @@ def main(argv=None):
     ap.add_argument("--output", required=True, help="folder for the drawn PNGs")
     ap.add_argument("--confidence", type=float, default=0.5, help="draw predictions scoring at least this")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
+                    help="config overrides KEY=VALUE, last on the line (as detectron2's demo); +KEY=VALUE sets a "
+                         "key the config leaves at its default: +model.roi_heads.box_predictor.test_topk_per_image=20")
     args = ap.parse_args(argv)
 
     register_tiny_coco()
     cfg = LazyConfig.load(resolve_config(args.config, CONFIGS))
+    check_overrides(cfg, args.opts)
+    cfg = LazyConfig.apply_overrides(cfg, args.opts)
     model = instantiate(cfg.model).to(args.device).eval()
     load_detector(model, args.checkpoint)
     resize = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
