@@ -97,17 +97,17 @@ def float8_missing() -> str | None:
 
 def stage_fast(c: Check) -> dict:
     variants = ["sorted", "fast"]
-    fp8 = float8_missing()
-    if not fp8:
+    no_fp8 = float8_missing()
+    if not no_fp8:
         variants.append("fp8")
     rows = by_variant(c.bench(c.a.model, c.a.batch, "--variants", *variants, *c.compile_flags(), "--profile"))
     fast = rows["fast"]
     line = (f"fast {fast['img_per_s']} img/s (target >= {TARGETS['fast_img_per_s']}), peak {fast['peak_mem_gib']} "
             f"GiB (<= {TARGETS['fast_peak_gib']}), MFU {fast['mfu']}; sorted {rows['sorted']['img_per_s']} img/s; "
-            + (f"fp8 {rows['fp8']['img_per_s']} img/s" if not fp8 else f"fp8 not measured: {fp8}")
+            + (f"fp8 not measured: {no_fp8}" if no_fp8 else f"fp8 {rows['fp8']['img_per_s']} img/s")
             + f"; compile={'yes' if c.a.compile else 'no'}")
     met = fast["img_per_s"] >= TARGETS["fast_img_per_s"] and (fast["peak_mem_gib"] or 0) <= TARGETS["fast_peak_gib"]
-    return dict(line=line, met=met, fp8=fp8 or "measured")
+    return dict(line=line, met=met, fp8=no_fp8 or "measured")
 
 
 def stage_jpeg(c: Check) -> dict:
@@ -138,12 +138,14 @@ def linked_images(folder: Path, source: Path, at_least: int) -> Path:
     return folder
 
 
-def pretrain(c: Check, out: Path, steps: int, *extra: str) -> Path:
+def pretrain(c: Check, out: Path, steps: int, *extra: str, data: Path = TINY_COCO / "train2017",
+             workers: int | None = None, save_every: int = 5) -> Path:
+    """semaim_core.pretrain for ``steps`` steps into ``out``, every step logged; ``extra``: the recipe."""
     from semaim_core.pretrain import main
 
-    main(["--data", str(TINY_COCO / "train2017"), "--output-dir", str(out), "--device", c.a.device,
-          "--max-steps", str(steps), "--num-workers", str(min(c.a.workers, 4)), "--log-every", "1",
-          "--save-every", "5", "--keep", "1", *extra])
+    main(["--data", str(data), "--output-dir", str(out), "--device", c.a.device, "--max-steps", str(steps),
+          "--num-workers", str(min(c.a.workers, 4) if workers is None else workers), "--log-every", "1",
+          "--save-every", str(save_every), "--keep", "1", *extra])
     return out
 
 
@@ -239,16 +241,13 @@ def stage_smoke(c: Check) -> dict:
 
 def short_pretraining(c: Check, name: str, *extra: str) -> Path:
     """--agree-steps steps of --model on the train images (linked to fill 10 batches an epoch)."""
-    from semaim_core.pretrain import main
-
-    steps, run = c.a.agree_steps, c.work / name
+    steps = c.a.agree_steps
     images = linked_images(c.work / "train_images", TINY_COCO / "train2017", 10 * c.a.batch)
-    main(["--data", str(images), "--output-dir", str(run), "--device", c.a.device, "--model", c.a.model,
-          "--batch-size", str(c.a.batch), "--accum-iter", "1", "--epochs", str(-(-steps // 10)),
-          "--warmup-epochs", "1", "--max-steps", str(steps), "--dtype", c.a.dtype, "--similarity-precision",
-          "autocast", "--num-workers", str(c.a.workers), "--log-every", "1", "--save-every", str(steps), "--keep", "1",
-          "--resume", "none", "--overwrite", *(["--depth", str(c.a.depth)] if c.a.depth else []), *extra])
-    return run
+    return pretrain(c, c.work / name, steps, "--model", c.a.model, "--batch-size", str(c.a.batch), "--accum-iter",
+                    "1", "--epochs", str(-(-steps // 10)), "--warmup-epochs", "1", "--dtype", c.a.dtype,
+                    "--similarity-precision", "autocast", "--resume", "none", "--overwrite",
+                    *(["--depth", str(c.a.depth)] if c.a.depth else []), *extra,
+                    data=images, workers=c.a.workers, save_every=steps)
 
 
 def stage_agreement(c: Check) -> dict:
