@@ -80,17 +80,28 @@ def start(args) -> bool:
 
 @torch.no_grad()
 def evaluate(model, data, device, world) -> dict:
+    """Top-1 and top-5 (%). A model with several heads side by side (a hyper-parameter grid) returns
+    (heads, batch, classes): each head is scored, top1/top5 are the best head's by top-1, as a grid
+    search reports, and ``head_top1`` lists every head's."""
     model.eval()
-    totals = torch.zeros(3, device=device)  # top-1 hits, top-5 hits, count
+    totals, grid = None, False  # per head: top-1 hits, top-5 hits, count
     for images, target in data:
         images, target = images.to(device), target.to(device)
         out = model(images)
-        k = min(5, out.shape[1])
-        top1, topk = accuracy(out, target, topk=(1, k))
+        grid = out.dim() == 3
+        heads = out if grid else out[None]
+        k = min(5, heads.shape[-1])
         n = target.shape[0]
-        totals += torch.tensor([top1 * n / 100, topk * n / 100, n], device=device)
+        hits = torch.tensor([[*(float(a) * n / 100 for a in accuracy(h, target, topk=(1, k))), n] for h in heads],
+                            device=device)
+        totals = hits if totals is None else totals + hits
     totals = all_reduce_mean(totals, world) * world
-    return dict(top1=round(float(100 * totals[0] / totals[2]), 3), top5=round(float(100 * totals[1] / totals[2]), 3))
+    top1, top5 = (100 * totals[:, i] / totals[:, 2] for i in (0, 1))
+    best = int(top1.argmax())
+    result = dict(top1=round(float(top1[best]), 3), top5=round(float(top5[best]), 3))
+    if grid:
+        result.update(head_top1=[round(float(t), 3) for t in top1], best_head=best)
+    return result
 
 
 def majority_top1(train_set, val_set) -> float:
@@ -119,8 +130,11 @@ class EpochTrainer:
     """The loop fine-tuning and linear probing share: per-iteration lr schedule, autocast, NaN
     stop, evaluation and an atomic checkpoint after every epoch, exact resume at epoch starts."""
 
-    def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None):
-        self.args, self.mixup, self.ema = args, mixup, ema
+    def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None,
+                 clip_groups=None):
+        """``clip_groups``: parameter lists whose gradients are clipped each on its own (heads that
+        train side by side); by default every trained parameter is clipped together."""
+        self.args, self.mixup, self.ema, self.clip_groups = args, mixup, ema, clip_groups
         self.rank, self.world, self.device = init_distributed(args.device)
         self.out = Path(args.output_dir)
         self.model = model.to(self.device)
@@ -172,7 +186,7 @@ class EpochTrainer:
             if not math.isfinite(loss.item()):
                 raise NonFiniteError(f"loss is {loss.item()} in epoch {self.epoch}, step {i}: stopping; {kept}")
             self.scaler.scale(loss).backward()
-            params = [p for p in self.model.parameters() if p.grad is not None]
+            params = self.clip_groups or [p for p in self.model.parameters() if p.grad is not None]
             optimizer_step(self.optimizer, self.scaler, params, self.args.clip_grad,
                            where=f"in epoch {self.epoch}, step {i}", advice=kept)
             if self.ema is not None:
@@ -210,6 +224,8 @@ class EpochTrainer:
                       best=self.best,
                       majority_top1=majority_top1(self.train_loader.dataset, self.val_loader.dataset),
                       encoder=str(self.args.encoder), data=str(self.args.data))
+        if "head_top1" in metrics:
+            result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])
         if self.rank == 0:
             print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
                   f"{scored_folder(self.args)} (always answering the most frequent class: "

@@ -34,11 +34,13 @@ def grad_scaler(device: torch.device, amp: torch.dtype | None) -> torch.amp.Grad
 
 def optimizer_step(optimizer, scaler, params, clip: float | None, where: str = "", advice: str = "") -> torch.Tensor:
     """Unscale, clip to ``clip`` (None: measure only), step and zero the gradients; returns the
-    gradient norm before clipping. fp16: the GradScaler skips a step with inf/NaN gradients and
-    lowers its scale. Otherwise a non-finite gradient would write NaN into every weight, so stop
-    before the update (the error says ``where`` and ``advice``: what to do next)."""
+    gradient norm before clipping. ``params`` is a list of tensors, or a list of such lists each
+    clipped on its own (the norm returned is then the largest). fp16: the GradScaler skips a step
+    with inf/NaN gradients and lowers its scale. Otherwise a non-finite gradient would write NaN
+    into every weight, so stop before the update (the error says ``where`` and ``advice``)."""
     scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(params, clip or float("inf"))
+    groups = params if params and isinstance(params[0], (list, tuple)) else [params]
+    norm = torch.stack([torch.nn.utils.clip_grad_norm_(g, clip or float("inf")) for g in groups]).max()
     if not torch.isfinite(norm) and not scaler.is_enabled():
         optimizer.zero_grad(set_to_none=True)
         raise NonFiniteError(f"gradient norm is {norm.item()} {where}: stopping before the update. {advice}")

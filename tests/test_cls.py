@@ -243,3 +243,81 @@ def test_large_recipe_is_maes_vit_l_and_runs(derived, encoder, tmp_path):
     result = finetune.main(common(derived, encoder, tmp_path) + ["--recipe", "large", "--epochs", "1",
                                                                   "--warmup-epochs", "0", "--dtype", "fp32"])
     assert result["epochs"] == 1 and 0 <= result["top1"] <= 100
+
+
+# ---------------------------------------------------------------------------- AIM's attentive probe
+def test_attentive_probe_defaults_are_aims_recipe(encoder):
+    """The defaults equal the recipe cls/attnprobe.py documents (AIM's paper and code), and the head
+    computes AIM's attention pooling on the mean of the last blocks' patch tokens."""
+    from cls import attnprobe
+
+    args = recipe(attnprobe, encoder)
+    documented = dict(epochs=100, warmup_epochs=5, lr_grid=[1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3], min_lr=1e-5,
+                      weight_decay=0.1, clip_grad=3.0, probe_layers=6, color_jitter=0.3,
+                      randaug="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, smoothing=0.1, batch_size=128)
+    assert {k: getattr(args, k) for k in documented} == documented
+    doc = attnprobe.__doc__
+    for text in ("AdamW, betas (0.9, 0.999), weight decay 0.1",
+                 "1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3 at batch 1024", "100 epochs, 5 warm-up, cosine to 1e-5",
+                 "gradient clip    3.0",
+                 "rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0", "label smoothing 0.1", "last 6",
+                 "Resize 256 + CenterCrop 224"):
+        assert text in doc, text
+
+    args.probe_layers = 2  # the test encoder has 4 blocks
+    model, optimizer = attnprobe.model_and_optimizer(args, num_classes=10)
+    assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.9, 0.999)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr * 128 / 1024 for lr in documented["lr_grid"]])
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.1}
+    assert [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")] == []
+    head = model.heads[0]
+    assert not head.bn.affine and head.bn.eps == 1e-6 and head.query.shape == (1, 1, model.encoder.embed_dim)
+    assert head.k.bias is None and head.v.bias is None and head.linear.bias is None
+    assert all(torch.equal(h.k.weight, head.k.weight) for h in model.heads)  # one initial draw for the grid
+    model.eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        x = model.encoder.patch_embed(images)
+        x = model.encoder.norm_pre(model.encoder._pos_embed(x))
+        outs = []
+        for block in model.encoder.blocks:
+            x = block(x)
+            outs.append(x[:, 1:])  # the patch tokens, without [CLS], before the final norm
+        tokens = torch.stack(outs[-2:]).mean(0)
+        torch.testing.assert_close(model.features(images), tokens)
+        t = (tokens - head.bn.running_mean) / torch.sqrt(head.bn.running_var + 1e-6)  # BatchNorm, eval
+        h = model.encoder.blocks[0].attn.num_heads
+        split = lambda y: y.reshape(2, -1, h, y.shape[-1] // h).transpose(1, 2)  # noqa: E731
+        q, k, v = split(head.query.expand(2, -1, -1)), split(head.k(t)), split(head.v(t))
+        attention = (q @ k.transpose(-1, -2) / (k.shape[-1] ** 0.5)).softmax(-1)
+        pooled = (attention @ v).transpose(1, 2).reshape(2, -1)
+        torch.testing.assert_close(model(images)[0], head.linear(pooled))
+    train, val = attnprobe.transforms_for(args)
+    text = str(train)
+    assert "RandomResizedCropAndInterpolation(size=(224, 224), scale=(0.08, 1.0), ratio=(0.75, 1.3333)" in text
+    assert "interpolation=bicubic" in text and "RandAugment" in text and "RandomErasing" not in text
+    assert "Resize(size=256" in str(val) and "CenterCrop(size=(224, 224))" in str(val)
+
+
+@pytest.mark.slow
+def test_attentive_probe_grid_heads_are_solo_runs_and_resume_exactly(derived, encoder, tmp_path):
+    """Two lrs side by side train, head for head, what each lr trains alone; an interrupted run resumes
+    to the same weights; the metrics file keeps each head's top-1 and the best one's."""
+    from cls.attnprobe import main
+
+    args = common(derived, encoder, tmp_path / "grid") + ["--epochs", "2", "--warmup-epochs", "1", "--probe-layers",
+                                                          "2", "--dtype", "fp32", "--lr-grid", "1e-3", "4e-2"]
+    main(args + ["--stop-after-epochs", "1"])
+    grid = main(args)  # resumed at epoch 1
+    assert grid["mode"] == "attnprobe" and grid["epochs"] == 2 and len(grid["head_top1"]) == 2
+    assert grid["top1"] == max(grid["head_top1"]) == grid["head_top1"][grid["best_head"]]
+    solo = main(common(derived, encoder, tmp_path / "solo") + ["--epochs", "2", "--warmup-epochs", "1",
+                                                               "--probe-layers", "2", "--dtype", "fp32",
+                                                               "--lr-grid", "4e-2"])
+    assert solo["top1"] == grid["head_top1"][1]
+    theirs, ours = (load_file(tmp_path / d / "checkpoint.pth")["model"] for d in ("solo", "grid"))
+    for name in ("query", "k.weight", "v.weight", "linear.weight", "bn.running_mean"):
+        assert torch.equal(ours[f"heads.1.{name}"], theirs[f"heads.0.{name}"]), name
+    assert not torch.equal(ours["heads.0.linear.weight"], ours["heads.1.linear.weight"])
+    metrics = json.loads((tmp_path / "grid" / "cls_metrics.json").read_text())
+    assert metrics["head_top1"] == grid["head_top1"] and metrics["provenance"]["config"]["lr_grid"] == [1e-3, 4e-2]

@@ -30,6 +30,9 @@ def demo(tmp_path_factory):
     return out, proc.stdout
 
 
+RUNS = ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_attn", "cls_knn")  # the demo's run folders of a row
+
+
 def number(cell: str) -> float:
     assert re.fullmatch(r"\d+(\.\d+)?", cell), f"not a number: {cell!r}"
     return float(cell)
@@ -42,15 +45,16 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     fit = json.loads((out / "fit_cls" / "cls_metrics.json").read_text())
     assert fit["top1"] >= 3 * fit["majority_top1"]  # the demo's encoder fits 16 crops too
     for f in ("pretrain/encoder.pth", "det/det_metrics.json", "seg/seg_metrics.json", "cls_ft/cls_metrics.json",
-              "cls_lin/cls_metrics.json", "cls_knn/cls_metrics.json", "orders.png", "results.md", "results.png"):
+              "cls_lin/cls_metrics.json", "cls_attn/cls_metrics.json", "cls_knn/cls_metrics.json", "orders.png",
+              "results.md", "results.png"):
         assert (out / f).is_file(), f
     ours = next(line for line in (out / "results.md").read_text().splitlines() if "(ours)" in line)
     cells = [c.strip() for c in ours.strip("|").split("|")]
     header = [c.strip() for c in (out / "results.md").read_text().splitlines()[0].strip("|").split("|")]
     row = dict(zip(header, cells))
     assert row["numbers"] == "same harness" and "| published |" in (out / "results.md").read_text()
-    for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (k-NN) [crops val]",
-                "AP box [tiny_coco_val]", "AP mask [tiny_coco_val]", "mIoU [COCOStuff]"):
+    for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (attn) [crops val]",
+                "top-1 (k-NN) [crops val]", "AP box [tiny_coco_val]", "AP mask [tiny_coco_val]", "mIoU [COCOStuff]"):
         assert 0 <= number(row[col]) <= 100, col
 
 
@@ -76,7 +80,7 @@ def test_readme_shows_a_recorded_full_demo_that_passes_every_fit_check(demo):
 
 def test_tables_from_real_runs(demo, tmp_path):
     out, _ = demo
-    rows = collect([("ours", [str(out / d) for d in ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_knn")])])
+    rows = collect([("ours", [str(out / d) for d in RUNS])])
     assert rows[0].problems == []
     det = json.loads((out / "det" / "det_metrics.json").read_text())
     assert rows[0].values[("ap_box", "tiny_coco_val")] == det["bbox"]["AP"] and rows[0].values[("epochs", "")] == 1
@@ -99,7 +103,7 @@ def test_results_chart_has_one_panel_per_task(demo, tmp_path):
     from PIL import Image
 
     out, _ = demo
-    rows = collect([("ours", [str(out / d) for d in ("pretrain", "det", "seg", "cls_ft", "cls_lin", "cls_knn")])])
+    rows = collect([("ours", [str(out / d) for d in RUNS])])
     panels = dict(chart_panels(rows + published_rows()))
     assert [t.split(":")[0] for t in panels] == ["classification", "detection and instance segmentation",
                                                  "semantic segmentation"]

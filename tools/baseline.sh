@@ -2,16 +2,18 @@
 # A baseline through the very same recipes as SemAIM: its checkpoint (MAE, SAIM, the authors'
 # SemAIM, timm, or this suite's; tools/convert_checkpoint.py says what it found) is converted to an
 # encoder, then fine-tuned for detection (det/configs/vitdet_semaim.py), segmentation
-# (seg/configs/upernet_semaim.py) and classification (fine-tuning, linear probe, k-NN) exactly as
-# README.md runs a SemAIM encoder, into OUT/<task>. The tables then mark its row "same harness".
+# (seg/configs/upernet_semaim.py) and classification (fine-tuning, linear and attentive probes,
+# k-NN) exactly as README.md runs a SemAIM encoder, into OUT/<task>. The tables then mark its row
+# "same harness".
 #
 #   bash tools/baseline.sh mae checkpoints/mae_pretrain_vit_base.pth      # -> runs/baselines/mae/...
 #   TASKS="convert det" GPUS=8 bash tools/baseline.sh saim saim_800ep.pth
 #   DRY_RUN=1 bash tools/baseline.sh mae mae.pth                          # print the commands only
 #
-# Settings (environment): OUT (runs/baselines/NAME), TASKS (convert det seg ft lin knn), GPUS (8),
-# IMAGENET (the ImageNet root for ft/lin/knn; required by them), SEED (0: change it for another seed
-# of every downstream run), DET_CONFIG, SEG_CONFIG, PYTHON (.venv/bin/python), DRY_RUN (1: print).
+# Settings (environment): OUT (runs/baselines/NAME), TASKS (convert det seg ft lin attn knn),
+# GPUS (8), IMAGENET (the ImageNet root for ft/lin/attn/knn; required by them), SEED (0: change it
+# for another seed of every downstream run), DET_CONFIG, SEG_CONFIG, PYTHON (.venv/bin/python),
+# DRY_RUN (1: print).
 set -euo pipefail
 case "${1:-}" in -h|--help|"") sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; [ -n "${1:-}" ]; exit $? ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -20,7 +22,7 @@ NAME=$1
 CKPT=${2:?"usage: bash tools/baseline.sh NAME CHECKPOINT (see --help)"}
 PY=${PYTHON:-$ROOT/.venv/bin/python}
 OUT=${OUT:-runs/baselines/$NAME}
-TASKS=${TASKS:-convert det seg ft lin knn}
+TASKS=${TASKS:-convert det seg ft lin attn knn}
 GPUS=${GPUS:-8}
 SEED=${SEED:-0}
 DET_CONFIG=${DET_CONFIG:-det/configs/vitdet_semaim.py}
@@ -42,9 +44,11 @@ for task in $TASKS; do
           --output-dir "$OUT/cls_ft_s$SEED"; rows+=("$OUT/cls_ft_s$SEED") ;;
     lin) imagenet lin; run "${TORCHRUN[@]}" -m cls.linprobe --data "$IMAGENET" --encoder "$ENC" --seed "$SEED" \
            --output-dir "$OUT/cls_lin_s$SEED"; rows+=("$OUT/cls_lin_s$SEED") ;;
+    attn) imagenet attn; run "${TORCHRUN[@]}" -m cls.attnprobe --data "$IMAGENET" --encoder "$ENC" --seed "$SEED" \
+            --output-dir "$OUT/cls_attn_s$SEED"; rows+=("$OUT/cls_attn_s$SEED") ;;
     knn) imagenet knn; run "$PY" -m cls.knn --data "$IMAGENET" --encoder "$ENC" --output-dir "$OUT/cls_knn" ;
          rows+=("$OUT/cls_knn") ;;
-    *) echo "unknown task '$task': choose from convert det seg ft lin knn" >&2; exit 2 ;;
+    *) echo "unknown task '$task': choose from convert det seg ft lin attn knn" >&2; exit 2 ;;
   esac
 done
 printf '\nthe row, beside SemAIM'"'"'s (add the other seeds'"'"' folders to it):\n  %s tools/make_tables.py --row "%s (same harness)" %s\n' \

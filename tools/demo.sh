@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite on the bundled real data, on a CPU: derive the datasets, pretrain a small
 # SemAIM encoder, export it, fine-tune and evaluate detection (AP), segmentation (mIoU) and
-# classification (top-1: fine-tuning, linear probe, k-NN), run the fit checks, draw the orders,
-# print the table and the evidence that each stage learns.
+# classification (top-1: fine-tuning, linear and attentive probes, k-NN), run the fit checks, draw
+# the orders, print the table and the evidence that each stage learns.
 #
 #   make demo                      # = bash tools/demo.sh, after make setup
 #   DEMO_QUICK=1 make demo         # a handful of iterations per stage (what CI runs)
@@ -45,10 +45,12 @@ stage "UperNet on the derived COCO-Stuff maps (mmsegmentation) -> $OUT/seg/seg_m
   train_cfg.val_interval="$(pick 100 2)" default_hooks.checkpoint.interval="$(pick 100 2)" \
   val_dataloader.dataset.indices="$(pick 50 8)"
 
-stage "classification on the object crops (timm): fine-tuning, linear probe, k-NN -> $OUT/cls_*/cls_metrics.json"
+stage "classification on the object crops (timm): fine-tuning, linear and attentive probes, k-NN -> $OUT/cls_*/cls_metrics.json"
 CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --num-workers 2 --overwrite)
 "$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/cls_ft" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
 "$PY" -m cls.linprobe "${CLS[@]}" --output-dir "$OUT/cls_lin" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
+"$PY" -m cls.attnprobe "${CLS[@]}" --output-dir "$OUT/cls_attn" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" \
+  --probe-layers 2 --dtype fp32
 "$PY" -m cls.knn "${CLS[@]}" --output-dir "$OUT/cls_knn"
 
 stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"
@@ -71,7 +73,7 @@ stage "autoregression orders on val images (the paper's Fig. 2) -> $OUT/orders.p
 
 stage "results table -> $OUT/results.md, $OUT/results.png"
 "$PY" tools/make_tables.py --row "SemAIM ViT-Tiny demo (ours)" "$OUT/pretrain" "$OUT/det" "$OUT/seg" \
-  "$OUT/cls_ft" "$OUT/cls_lin" "$OUT/cls_knn" --out "$OUT/results.md" --plot "$OUT/results.png" \
+  "$OUT/cls_ft" "$OUT/cls_lin" "$OUT/cls_attn" "$OUT/cls_knn" --out "$OUT/results.md" --plot "$OUT/results.png" \
   || echo "(the table above has gaps: see the warnings)"
 
 stage "evidence of learning, beside what a model that learned nothing scores"

@@ -52,7 +52,8 @@ def evidence(out: Path, data: Path) -> tuple[list[str], list[str], dict]:
                      f"{last:.3f} over the last {k} ({100 * (last - first) / first:+.1f}%)")
     else:
         problems.append(f"{out}/pretrain/metrics.jsonl: fewer than 2 logged steps")
-    for name, what in (("cls_ft", "fine-tuning"), ("cls_lin", "linear probe"), ("cls_knn", "k-NN")):
+    for name, what in (("cls_ft", "fine-tuning"), ("cls_lin", "linear probe"), ("cls_attn", "attentive probe"),
+                       ("cls_knn", "k-NN")):
         m = _json(out / name / "cls_metrics.json")
         if m is None:
             problems.append(f"{name}: not run")

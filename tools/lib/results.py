@@ -40,9 +40,9 @@ PUBLISHED = [
     dict(method="SemAIM 800ep, CLIP targets", source="SemAIM paper, Table 5", top1=85.3),
 ]
 PUBLISHED_DATASETS = dict(top1=IN1K, ap_box=COCO, ap_mask=COCO, miou=ADE)
-METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("knn", "top-1 (k-NN)"), ("ap_box", "AP box"),
-           ("ap_mask", "AP mask"), ("miou", "mIoU")]
-CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "knn": "knn"}
+METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("attnprobe", "top-1 (attn)"), ("knn", "top-1 (k-NN)"),
+           ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU")]
+CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "attnprobe": "attnprobe", "knn": "knn"}
 METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
 # config.json entries that are not pretraining settings to compare: the trainer's operational and
 # stopping settings, and the values it derives (world size, effective batch, absolute lr)
@@ -332,7 +332,7 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
     return table(shown, fmt, cols, first="run", marks=False), warnings  # every row measured here
 
 
-TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "knn")),
+TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "attnprobe", "knn")),
          ("detection and instance segmentation: AP (%)", ("ap_box", "ap_mask")),
          ("semantic segmentation: mIoU (%)", ("miou",))]
 

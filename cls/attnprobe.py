@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""Attentive probing, AIM's protocol (El-Nouby et al., "Scalable Pre-training of Large
+Autoregressive Image Models", 2024): a frozen encoder, and a head that cross-attends from one
+learnable query to the patch tokens, then classifies. A linear probe on [CLS] measures an
+autoregressive encoder poorly: the authors' encoder [CLS] attends only to itself in pretraining.
+
+The head is AIM's ``AttentionPoolingClassifier`` (apple/ml-aim, aim/v1/torch/layers.py): BatchNorm
+without affine over the tokens, the query (init N(0, 0.02)) against bias-free k and v projections
+with the encoder's head count, softmax attention, and a bias-free linear classifier. Its input is
+AIM's "last layers" feature (aim/v1/torch/models.py): the patch tokens averaged over the last 6
+blocks, before the final norm. Evaluation is Resize 256 + CenterCrop 224, bicubic
+(aim/v1/torch/data.py). ml-aim ships no probe training, so the recipe is the AIM paper's
+attentive-probe table (its appendix):
+
+    optimizer        AdamW, betas (0.9, 0.999), weight decay 0.1
+    peak lr grid     1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3 at batch 1024 (128 per process x 8)
+    schedule         100 epochs, 5 warm-up, cosine to 1e-5
+    gradient clip    3.0
+    augmentation     RandomResizedCrop 224 (scale 0.08-1, ratio 3/4-4/3, bicubic), flip 0.5,
+                     color jitter 0.3, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0,
+                     label smoothing 0.1
+
+One head per lr of the grid trains side by side on the same frozen features (one encoder pass per
+batch), from the same initial weights, each with its own optimizer group and its own gradient
+clipping, so each head is exactly what a run at that lr alone trains. The reported top-1 is the
+best head's, as a grid search reports it; cls_metrics.json keeps every head's (``head_top1``, in
+``lr_grid`` order), and ``train_loss`` in log.jsonl is the heads' sum. The lr scales linearly
+with the effective batch (lr x batch / 1024). The linear weights and k/v use Xavier uniform, as
+AIM's training framework does (apple/ml-l3m, l3m/model/heads/classifier.py).
+
+    torchrun --nproc_per_node 8 -m cls.attnprobe --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
+        --output-dir runs/attn_semaim_b
+"""
+import copy
+import os
+
+import torch
+import torch.nn.functional as F
+from timm.data import Mixup, create_transform
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+
+from cls.backbone import timm_vit_from_encoder
+from cls.data import image_folders
+from cls.engine import EpochTrainer, base_parser, start
+from semaim_core.data import eval_transform
+from semaim_core.optim import build_scheduler
+
+LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3)
+GRID_BATCH = 1024  # the batch the grid's lrs are given at
+
+
+def parse_args(argv=None):
+    ap = base_parser(__doc__, batch_size=128)
+    ap.add_argument("--epochs", type=int, default=100, help="training epochs")
+    ap.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs (per-iteration schedule)")
+    ap.add_argument("--lr-grid", type=float, nargs="+", default=list(LR_GRID),
+                    help=f"peak lrs at batch {GRID_BATCH}, one head each (scaled by effective batch / {GRID_BATCH})")
+    ap.add_argument("--min-lr", type=float, default=1e-5, help="floor of the cosine schedule")
+    ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (every head parameter)")
+    ap.add_argument("--clip-grad", type=float, default=3.0, help="gradient-norm clipping, per head")
+    ap.add_argument("--probe-layers", type=int, default=6,
+                    help="the head reads the patch tokens averaged over this many last blocks")
+    ap.add_argument("--color-jitter", type=float, default=0.3,
+                    help="color jitter (timm applies it only without --randaug, as for DeiT's and AIM's listing)")
+    ap.add_argument("--randaug", default="rand-m9-mstd0.5-inc1", help="timm auto-augment string ('' for none)")
+    ap.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
+    ap.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
+    ap.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
+    return ap.parse_args(argv)
+
+
+class AttentionPoolingHead(torch.nn.Module):
+    """AIM's attentive head: one learnable query cross-attends to the normalized tokens."""
+
+    def __init__(self, dim: int, num_classes: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.bn = torch.nn.BatchNorm1d(dim, affine=False, eps=1e-6)
+        self.query = torch.nn.Parameter(torch.randn(1, 1, dim) * 0.02)
+        self.k = torch.nn.Linear(dim, dim, bias=False)
+        self.v = torch.nn.Linear(dim, dim, bias=False)
+        self.linear = torch.nn.Linear(dim, num_classes, bias=False)
+        for layer in (self.k, self.v, self.linear):
+            torch.nn.init.xavier_uniform_(layer.weight)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, c = tokens.shape
+        x = self.bn(tokens.transpose(1, 2)).transpose(1, 2)
+        heads = (b, -1, self.num_heads, c // self.num_heads)
+        q = self.query.expand(b, -1, -1).reshape(heads).transpose(1, 2)
+        k, v = (proj(x).reshape(heads).transpose(1, 2) for proj in (self.k, self.v))
+        pooled = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, -1, c).mean(1)
+        return self.linear(pooled)
+
+
+class AttentiveProbe(torch.nn.Module):
+    """A frozen timm ViT and one ``AttentionPoolingHead`` per lr; returns (heads, batch, classes)."""
+
+    def __init__(self, encoder: torch.nn.Module, num_classes: int, num_heads: int, layers: int):
+        super().__init__()
+        depth = len(encoder.blocks)
+        if not 1 <= layers <= depth:
+            raise ValueError(f"--probe-layers {layers}: the encoder has {depth} blocks (use 1 to {depth})")
+        self.encoder, self.layers = encoder.requires_grad_(False), layers
+        head = AttentionPoolingHead(encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads)
+        self.heads = torch.nn.ModuleList(copy.deepcopy(head) for _ in range(num_heads))  # one initial draw
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.encoder.eval()  # frozen: no drop path, as a feature extractor
+        return self
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """The patch tokens (no [CLS]) averaged over the last ``layers`` blocks, before the final norm."""
+        blocks = self.encoder.forward_intermediates(images, indices=self.layers, norm=False, output_fmt="NLC",
+                                                    intermediates_only=True)
+        return torch.stack(blocks).mean(0)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        tokens = self.features(images)
+        return torch.stack([head(tokens) for head in self.heads])
+
+
+class SummedHeadLoss(torch.nn.Module):
+    """The sum of each head's loss: each head gets exactly the gradient of its own loss."""
+
+    def __init__(self, criterion: torch.nn.Module):
+        super().__init__()
+        self.criterion = criterion
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return sum(self.criterion(head, target) for head in logits)
+
+
+def transforms_for(args):
+    train = create_transform(args.img_size, is_training=True, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
+                             color_jitter=args.color_jitter, auto_augment=args.randaug or None,
+                             interpolation="bicubic", re_prob=0.0)
+    return train, eval_transform(args.img_size)
+
+
+def model_and_optimizer(args, num_classes: int, world: int = 1):
+    """The probe, and AdamW with one parameter group per head, at its lr of the grid."""
+    encoder = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=0)
+    model = AttentiveProbe(encoder, num_classes, len(args.lr_grid), args.probe_layers)
+    scale = args.batch_size * world / GRID_BATCH
+    groups = [dict(params=list(head.parameters()), lr=lr * scale) for head, lr in zip(model.heads, args.lr_grid)]
+    return model, torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start(args)
+    train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
+    classes = len(train_set.classes)
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    model, optimizer = model_and_optimizer(args, classes, world)
+    steps = len(train_set) // (args.batch_size * world)
+    scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
+    mixing = args.mixup > 0 or args.cutmix > 0
+    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                  num_classes=classes) if mixing else None
+    criterion = SummedHeadLoss(SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(args.smoothing))
+    clip_groups = [list(head.parameters()) for head in model.heads]
+    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, criterion, mixup,
+                           clip_groups=clip_groups)
+    result = trainer.fit("attnprobe")
+    if trainer.rank == 0:
+        for lr, top1 in zip(args.lr_grid, result["head_top1"]):
+            print(f"  lr {lr:g} (at batch {GRID_BATCH}): top-1 {top1:.2f}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
