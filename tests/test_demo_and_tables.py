@@ -116,7 +116,7 @@ def test_results_chart_has_one_panel_per_task(demo, tmp_path):
     # a row without a task's numbers stays out of its panel: the CLIP-target row has a top-1 only
     assert not any(label.startswith("SemAIM 800ep, CLIP") for label, _, _ in det)
     top1 = panels["classification: top-1 (%)"]
-    assert set(top1[0][2]) == {"top-1 (ft)", "top-1 (lin)", "top-1 (k-NN)"}
+    assert set(top1[0][2]) == {"top-1 (ft)", "top-1 (lin)", "top-1 (attn)", "top-1 (k-NN)"}
     with Image.open(bar_chart(rows + published_rows(), tmp_path / "results.png")) as im:
         assert im.width == 1280  # a slide's width, at the size it is drawn
     with Image.open(out / "results.png") as im:  # the demo drew the same panels

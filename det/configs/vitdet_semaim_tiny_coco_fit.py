@@ -7,9 +7,10 @@
 # on the 4 images, from the demo's encoder (2 threads, 2 loader workers, as make demo runs it) and
 # from a random-init encoder (1 thread, as the tests run it): 64.5 / 27.8 and 60.2 / 30.3 (pass
 # marks 30 / 12, tools/lib/fit_checks.py). The same commit's demo on another CPU model (its own
-# float kernels, the same thread count) scored 44.7 / 23.0: the marks leave room for that. The earlier recipe (256 px, random flips, drop path 0.1,
-# 150 iterations) stopped mid-fit (classification and mask losses still near 0.5-0.7), and its AP
-# swung with the thread count: 18.0 / 3.2 on one thread and 3.0 / 0.8 on two from the demo's encoder.
+# float kernels, the same thread count) scored 44.7 / 23.0: the marks leave room for that. The
+# earlier recipe (256 px, random flips, drop path 0.1, 150 iterations) stopped mid-fit
+# (classification and mask losses still near 0.5-0.7), and its AP swung with the thread count:
+# 18.0 / 3.2 on one thread and 3.0 / 0.8 on two from the demo's encoder.
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 

@@ -173,6 +173,12 @@ def smoke_pretrain(c: Check) -> str:
     return f"pretraining 10 + 5 resumed = 15 straight ({'bit for bit' if gap == 0 else f'weights within {gap:.1e}'})"
 
 
+def smoke_workers(c: Check) -> int:
+    """Loader processes of the smoke runs: 2, as the demo runs them; none when --workers is 0 (the
+    CPU test), where starting them would be most of a 2-iteration run."""
+    return min(2, c.a.workers)
+
+
 def smoke_det(c: Check, encoder: Path) -> str:
     from det.train_net import main, parse_args
 
@@ -181,7 +187,7 @@ def smoke_det(c: Check, encoder: Path) -> str:
                      f"train.init_checkpoint={encoder}", f"train.output_dir={out}", f"train.device={c.a.device}",
                      f"train.amp.enabled={c.gpu}", f"train.max_iter={iters}", f"train.eval_period={iters}",
                      f"train.checkpointer.period={iters}", "dataloader.test.dataset.names=tiny_coco_fit",
-                     "dataloader.train.num_workers=2", "dataloader.test.num_workers=2"]))
+                     *(f"dataloader.{split}.num_workers={smoke_workers(c)}" for split in ("train", "test"))]))
     m = json.loads((out / "det_metrics.json").read_text())
     return f"det/train_net.py {iters} iterations{' with AMP' if c.gpu else ''}: box AP {m['bbox']['AP']:.1f}"
 
@@ -195,6 +201,7 @@ def smoke_seg(c: Check, encoder: Path, derived: Path) -> str:
           "--work-dir", str(out), "--overwrite", *(["--amp"] if c.gpu else []), "--cfg-options",
           f"model.backbone.checkpoint={encoder}", f"train_cfg.max_iters={iters}", f"train_cfg.val_interval={iters}",
           f"default_hooks.checkpoint.interval={iters}", "val_dataloader.dataset.indices=8",
+          *(f"{split}_dataloader.num_workers={smoke_workers(c)}" for split in ("train", "val", "test")),
           *(f"{split}_dataloader.dataset.data_root={root}" for split in ("train", "val", "test"))])
     m = json.loads((out / "seg_metrics.json").read_text())
     return f"seg/tools/train.py {iters} iterations{' with AMP' if c.gpu else ''}: mIoU {m['mIoU']:.1f}"
@@ -204,7 +211,8 @@ def smoke_cls(c: Check, encoder: Path, derived: Path) -> str:
     from cls.finetune import main
 
     result = main(["--data", str(derived / "crops"), "--encoder", str(encoder), "--output-dir", str(c.work / "cls"),
-                   "--img-size", "96", "--batch-size", "32", "--num-workers", "2", "--device", c.a.device,
+                   "--img-size", "96", "--batch-size", "32", "--num-workers", str(smoke_workers(c)),
+                   "--device", c.a.device,
                    "--epochs", "1", "--warmup-epochs", "0", "--dtype", c.a.dtype, "--overwrite"])
     return f"cls.finetune 1 epoch ({c.a.dtype}): top-1 {result['top1']:.1f}"
 
