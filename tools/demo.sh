@@ -37,7 +37,7 @@ PYTHON=$PY tools/pretrain.sh --preset demo --data data/tiny_coco/train2017 --out
 stage "ViTDet Mask R-CNN on tiny_coco (detectron2) -> $OUT/det/det_metrics.json"
 ITERS=$(pick 100 4)
 # quick: the 10 best detections per image are scored, not COCO's 100 (pasting 100 masks per image
-# was half of the stage)
+# was more than half of the stage)
 TOPK=$(pick "" +model.roi_heads.box_predictor.test_topk_per_image=10)
 "$PY" -m det.train_net --overwrite --config det/configs/vitdet_semaim_tiny_coco.py train.init_checkpoint="$ENC" \
   train.output_dir="$OUT/det" train.max_iter="$ITERS" train.eval_period="$ITERS" train.checkpointer.period="$ITERS" $TOPK
