@@ -32,7 +32,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("work_dir", "launcher", "resume", "load_from", "default_hooks", "log_processor", "log_level",
-               "visualizer", "env_cfg", "train_cfg.val_interval", "val_evaluator", "test_evaluator")
+               "visualizer", "experiment_name", "env_cfg", "train_cfg.val_interval", "val_evaluator", "test_evaluator")
 STOPPING = ("train_cfg.max_iters",)
 
 
@@ -88,6 +88,9 @@ def load_config(args) -> Config:
         os.environ["LOCAL_RANK"] = str(args.local_rank)
     if cfg.get("visualizer"):  # mmengine keeps one visualizer per name per process: a runner gets its own
         cfg.visualizer.name = f"visualizer_{os.getpid()}_{time.time_ns()}"
+    # and one logger per experiment name, which it makes of the config's name and the second: a
+    # second runner started within that second (train then test) would log into the first's file
+    cfg.experiment_name = f"{Path(cfg.filename).stem}_{os.getpid()}_{time.time_ns()}"
     return cfg
 
 
