@@ -36,12 +36,11 @@ import os
 
 import torch
 import torch.nn.functional as F
-from timm.data import Mixup, create_transform
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.data import create_transform
 
 from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
-from cls.engine import EpochTrainer, base_parser, start
+from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
 from semaim_core.optim import build_scheduler
 
@@ -159,12 +158,9 @@ def main(argv=None):
     model, optimizer = model_and_optimizer(args, classes, world)
     steps = len(train_set) // (args.batch_size * world)
     scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
-    mixing = args.mixup > 0 or args.cutmix > 0
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
-                  num_classes=classes) if mixing else None
-    criterion = SummedHeadLoss(SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(args.smoothing))
+    mixup, criterion = mixup_and_criterion(args, classes)
     clip_groups = [list(head.parameters()) for head in model.heads]
-    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, criterion, mixup,
+    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, SummedHeadLoss(criterion), mixup,
                            clip_groups=clip_groups)
     result = trainer.fit("attnprobe")
     if trainer.rank == 0:

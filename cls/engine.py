@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import torch
+from timm.data import Mixup
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import accuracy, random_seed
 from tqdm import tqdm
 
@@ -102,6 +104,15 @@ def evaluate(model, data, device, world) -> dict:
     if grid:
         result.update(head_top1=[round(float(t), 3) for t in top1], best_head=best)
     return result
+
+
+def mixup_and_criterion(args, num_classes: int):
+    """timm's Mixup/CutMix with its soft-target loss, or label smoothing alone when both are off
+    (``--mixup``, ``--cutmix``, ``--smoothing``): fine-tuning's and the attentive probe's."""
+    if args.mixup > 0 or args.cutmix > 0:
+        return (Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                      num_classes=num_classes), SoftTargetCrossEntropy())
+    return None, LabelSmoothingCrossEntropy(args.smoothing)
 
 
 def majority_top1(train_set, val_set) -> float:

@@ -10,14 +10,13 @@ path 0.1, 20 warm-up epochs, lr = blr x effective batch / 256 with blr 5e-4 (bat
 import os
 
 import torch
-from timm.data import Mixup, create_transform
-from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.data import create_transform
 from timm.optim import param_groups_layer_decay
 from timm.utils import ModelEmaV3
 
 from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
-from cls.engine import EpochTrainer, base_parser, start
+from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
 from semaim_core.optim import build_scheduler
 
@@ -87,10 +86,7 @@ def main(argv=None):
     model, optimizer = model_and_optimizer(args, classes, world)
     steps = len(train_set) // (args.batch_size * world)
     scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
-    mixing = args.mixup > 0 or args.cutmix > 0
-    mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
-                  num_classes=classes) if mixing else None
-    criterion = SoftTargetCrossEntropy() if mixing else LabelSmoothingCrossEntropy(args.smoothing)
+    mixup, criterion = mixup_and_criterion(args, classes)
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
     return EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, criterion, mixup, ema).fit("finetune")
 
