@@ -1,6 +1,7 @@
-"""The classification engine that fine-tuning, linear probing and k-NN share (MAE's engine_finetune):
-the command line, the run directory, the epoch loop with exact epoch-level resume, evaluation and
-the metrics files. The step itself (AMP, clipping, non-finite guard, RNG) is semaim_core.training's.
+"""The classification engine that fine-tuning, the linear and attentive probes and k-NN share
+(MAE's engine_finetune): the command line, the run directory, the epoch loop with exact
+epoch-level resume, evaluation and the metrics files. The step itself (AMP, clipping, non-finite
+guard, RNG) is semaim_core.training's.
 
 Every run directory gets ``log.jsonl`` (one JSON object per epoch), TensorBoard events in
 ``tb/``, ``checkpoint.pth`` (atomic, the latest epoch) and ``cls_metrics.json`` (top-1 / top-5)."""
@@ -138,7 +139,7 @@ def write_metrics(args, record: dict, epoch: int | None, images: int) -> Path:
 
 
 class EpochTrainer:
-    """The loop fine-tuning and linear probing share: per-iteration lr schedule, autocast, NaN
+    """The loop fine-tuning and the probes share: per-iteration lr schedule, autocast, NaN
     stop, evaluation and an atomic checkpoint after every epoch, exact resume at epoch starts."""
 
     def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None,
