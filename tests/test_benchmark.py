@@ -115,6 +115,8 @@ def test_the_loader_is_measured_per_core_on_the_bundled_jpegs(tiny_coco, tmp_pat
                    "--data", str(tiny_coco / "val2017"), "--json", str(out)])
     assert record == json.loads(out.read_text())
     per_core = record["decode_transform_img_per_s"]
-    assert 0 < per_core < record["decode_img_per_s"]  # the transform costs on top of decoding
+    # both rates measured (which is faster is timing, left to the benchmark: under load, 12 images
+    # decoded alone once came out slower than decoded and transformed)
+    assert per_core > 0 and record["decode_img_per_s"] > 0
     assert record["loader_img_per_s"] > 0 and record["cores_for_1500"] == math.ceil(1500 / per_core)
     assert f"1500 img/s need about {record['cores_for_1500']} cores" in capsys.readouterr().out
