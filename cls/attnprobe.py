@@ -84,7 +84,7 @@ class AttentionPoolingHead(torch.nn.Module):
             torch.nn.init.xavier_uniform_(layer.weight)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        b, n, c = tokens.shape
+        b, _, c = tokens.shape
         x = self.bn(tokens.transpose(1, 2)).transpose(1, 2)
         heads = (b, -1, self.num_heads, c // self.num_heads)
         q = self.query.expand(b, -1, -1).reshape(heads).transpose(1, 2)
@@ -94,16 +94,16 @@ class AttentionPoolingHead(torch.nn.Module):
 
 
 class AttentiveProbe(torch.nn.Module):
-    """A frozen timm ViT and one ``AttentionPoolingHead`` per lr; returns (heads, batch, classes)."""
+    """A frozen timm ViT and ``grid`` ``AttentionPoolingHead``s (one per lr); returns (heads, batch, classes)."""
 
-    def __init__(self, encoder: torch.nn.Module, num_classes: int, num_heads: int, layers: int):
+    def __init__(self, encoder: torch.nn.Module, num_classes: int, grid: int, layers: int):
         super().__init__()
         depth = len(encoder.blocks)
         if not 1 <= layers <= depth:
             raise ValueError(f"--probe-layers {layers}: the encoder has {depth} blocks (use 1 to {depth})")
         self.encoder, self.layers = encoder.requires_grad_(False), layers
         head = AttentionPoolingHead(encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads)
-        self.heads = torch.nn.ModuleList(copy.deepcopy(head) for _ in range(num_heads))  # one initial draw
+        self.heads = torch.nn.ModuleList(copy.deepcopy(head) for _ in range(grid))  # one initial draw
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -159,9 +159,8 @@ def main(argv=None):
     steps = len(train_set) // (args.batch_size * world)
     scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
     mixup, criterion = mixup_and_criterion(args, classes)
-    clip_groups = [list(head.parameters()) for head in model.heads]
     trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, SummedHeadLoss(criterion), mixup,
-                           clip_groups=clip_groups)
+                           clip_groups=[g["params"] for g in optimizer.param_groups])  # a head per group
     result = trainer.fit("attnprobe")
     if trainer.rank == 0:
         for lr, top1 in zip(args.lr_grid, result["head_top1"]):
