@@ -42,6 +42,7 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
+from semaim_core.errors import SettingError, command, positive_float, positive_int
 from semaim_core.optim import build_scheduler
 
 LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3)
@@ -52,12 +53,12 @@ def parse_args(argv=None):
     ap = base_parser(__doc__, batch_size=128)
     ap.add_argument("--epochs", type=int, default=100, help="training epochs")
     ap.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs (per-iteration schedule)")
-    ap.add_argument("--lr-grid", type=float, nargs="+", default=list(LR_GRID),
+    ap.add_argument("--lr-grid", type=positive_float, nargs="+", default=list(LR_GRID),
                     help=f"peak lrs at batch {GRID_BATCH}, one head each (scaled by effective batch / {GRID_BATCH})")
     ap.add_argument("--min-lr", type=float, default=1e-5, help="floor of the cosine schedule")
     ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (every head parameter)")
     ap.add_argument("--clip-grad", type=float, default=3.0, help="gradient-norm clipping, per head")
-    ap.add_argument("--probe-layers", type=int, default=6,
+    ap.add_argument("--probe-layers", type=positive_int, default=6,
                     help="the head reads the patch tokens averaged over this many last blocks")
     ap.add_argument("--color-jitter", type=float, default=0.3,
                     help="color jitter (timm applies it only without --randaug, as for DeiT's and AIM's listing)")
@@ -67,6 +68,11 @@ def parse_args(argv=None):
     ap.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
     return ap.parse_args(argv)
+
+
+def check_probe_layers(layers: int, depth: int):
+    if not 1 <= layers <= depth:
+        raise SettingError(f"--probe-layers {layers}: the encoder has {depth} blocks (use 1 to {depth})")
 
 
 class AttentionPoolingHead(torch.nn.Module):
@@ -98,9 +104,7 @@ class AttentiveProbe(torch.nn.Module):
 
     def __init__(self, encoder: torch.nn.Module, num_classes: int, grid: int, layers: int):
         super().__init__()
-        depth = len(encoder.blocks)
-        if not 1 <= layers <= depth:
-            raise ValueError(f"--probe-layers {layers}: the encoder has {depth} blocks (use 1 to {depth})")
+        check_probe_layers(layers, len(encoder.blocks))
         self.encoder, self.layers = encoder.requires_grad_(False), layers
         head = AttentionPoolingHead(encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads)
         self.heads = torch.nn.ModuleList(copy.deepcopy(head) for _ in range(grid))  # one initial draw
@@ -151,7 +155,7 @@ def model_and_optimizer(args, num_classes: int, world: int = 1):
 
 def main(argv=None):
     args = parse_args(argv)
-    start(args)
+    start(args, check_encoder=lambda meta: check_probe_layers(args.probe_layers, meta["depth"]))
     train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
     classes = len(train_set.classes)
     world = int(os.environ.get("WORLD_SIZE", 1))
@@ -169,4 +173,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

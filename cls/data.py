@@ -7,6 +7,8 @@ from pathlib import Path
 import torch
 from torchvision.datasets import ImageFolder
 
+from semaim_core.errors import DataError
+
 
 def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
     """The first ``count`` images of ``folder`` taken round-robin over its classes."""
@@ -23,17 +25,24 @@ def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
 def image_folders(root: str, train_transform, val_transform, fit_images: int | None = None):
     """train/ and val/ ImageFolders; with ``fit_images`` both are the same few training images
     (with the training and the evaluation transform)."""
+    check_layout(root, fit_images)
     if fit_images:
         return (fit_subset(ImageFolder(f"{root}/train", train_transform), fit_images),
                 fit_subset(ImageFolder(f"{root}/train", val_transform), fit_images))
-    for split in ("train", "val"):
-        if not (Path(root) / split).is_dir():
-            raise FileNotFoundError(f"{Path(root) / split} does not exist: --data must hold train/<class>/* and "
-                                    "val/<class>/* (ImageNet layout; `make data` writes data/derived/crops)")
     train, val = ImageFolder(f"{root}/train", train_transform), ImageFolder(f"{root}/val", val_transform)
     if train.classes != val.classes:
-        raise ValueError(f"train and val classes differ under {root}: {len(train.classes)} vs {len(val.classes)}")
+        raise DataError(f"train and val classes differ under {root}: {len(train.classes)} vs {len(val.classes)}")
     return train, val
+
+
+def check_layout(root: str, fit_images: int | None = None):
+    """``root`` holds train/ (and, unless a fit check, val/) folders: checked before a run starts."""
+    for split in ("train",) if fit_images else ("train", "val"):
+        folder = Path(root) / split
+        if not folder.is_dir():
+            state = "is a file, not a folder" if folder.exists() else "does not exist"
+            raise DataError(f"{folder} {state}: --data must hold train/<class>/* and val/<class>/* (ImageNet "
+                            "layout; `make data` writes data/derived/crops)")
 
 
 def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):

@@ -20,10 +20,12 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import accuracy, random_seed
 from tqdm import tqdm
 
-from cls.data import loader
+from cls.data import check_layout, loader
 from semaim_core import rundir
+from semaim_core.checkpoint import read_encoder
 from semaim_core.distributed import all_reduce_mean, init_distributed
-from semaim_core.files import load_file, save_atomic
+from semaim_core.errors import SettingError
+from semaim_core.files import load_file, refuse_address, save_atomic
 from semaim_core.rundir import open_run, provenance, release_lock
 from semaim_core.training import (
     AMP_DTYPES,
@@ -69,11 +71,23 @@ def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentPars
 OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs", "save_every")
 
 
-def start(args) -> bool:
-    """Seed everything (before any weight is drawn) and claim the output directory for this
-    recipe; True when it continues a run with the same recipe."""
+def start(args, check_encoder=None) -> bool:
+    """Check the inputs, seed everything (before any weight is drawn) and claim the output
+    directory for this recipe; True when it continues a run with the same recipe.
+
+    The data layout and the encoder are checked before the directory is claimed, so a bad input
+    leaves nothing behind; ``check_encoder(meta)`` adds an entry point's own check of the encoder
+    (its depth, say)."""
     rank = int(os.environ.get("RANK", 0))
+    for name, value in vars(args).items():  # nan or inf given for any number would end in a NaN loss, or worse
+        if any(isinstance(v, float) and not math.isfinite(v) for v in (value if isinstance(value, list) else [value])):
+            raise SettingError(f"--{name.replace('_', '-')} {value}: not a finite number")
+    refuse_address(args.encoder, "--encoder")  # before resolve() makes it a local path that does not exist
     args.data, args.encoder = str(Path(args.data).resolve()), str(Path(args.encoder).resolve())
+    check_layout(args.data, getattr(args, "fit_images", None))
+    _, meta = read_encoder(args.encoder)
+    if check_encoder:
+        check_encoder(meta)
     random_seed(args.seed, rank)  # torch, numpy (timm's mixup draws from it) and random
     if rank != 0:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()

@@ -18,6 +18,7 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
+from semaim_core.errors import command
 from semaim_core.optim import build_scheduler
 
 # MAE's fine-tuning recipes by size; flags given override them.
@@ -92,4 +93,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

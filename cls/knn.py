@@ -15,6 +15,7 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import base_parser, majority_top1, start, write_metrics
 from semaim_core.data import eval_transform
+from semaim_core.errors import command
 from semaim_core.rundir import release_lock
 
 
@@ -84,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

@@ -11,8 +11,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from semaim_core.checkpoint import detectron2_keys, read_encoder
-from semaim_core.files import CheckpointError, atomic_write, commit, load_file
+from semaim_core.checkpoint import describe_kind, detectron2_keys, read_encoder
+from semaim_core.files import CheckpointError, atomic_write, commit, load_file, refuse_address
 from semaim_core.training import all_rng_states, own_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified, resize_pos_embed
 
@@ -35,7 +35,7 @@ def load_backbone(model, path: str) -> dict:
     want = net.pos_embed.shape[1] - 1
     if sd["pos_embed"].shape[1] - 1 != want:
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], want)
-    report = load_verified(net, sd, f"detectron2 ViT backbone <- {path} ({meta['source_kind']})",
+    report = load_verified(net, sd, f"detectron2 ViT backbone <- {path} ({describe_kind(meta)})",
                            allowed_missing=BACKBONE_ALLOWED_MISSING)
     logging.getLogger("detectron2").info(
         f"loaded {report['loaded']} backbone tensors from {path}; at initialization: {report['left_at_init']}")
@@ -47,14 +47,17 @@ def load_backbone(model, path: str) -> dict:
 
 
 def load_detector(model, path: str) -> dict:
-    """A trained detector (``model_final.pth``) for evaluation: every weight must match."""
+    """A trained detector (``model_final.pth``) for evaluation: every weight must match. The report
+    adds ``iteration``: how many iterations the checkpoint had trained (None if it does not say)."""
     ckpt = load_file(path)
     if ckpt.get("format") in ("semaim-encoder", "semaim-train") or "blocks.0.attn.qkv.weight" in ckpt.get("model", {}):
         raise CheckpointError(f"{path} is a pretrained encoder, not a trained detector: --eval-only needs the "
                               "model_final.pth (or model_XXXXXXX.pth) that det/train_net.py wrote")
     if not isinstance(ckpt.get("model"), dict):
         raise CheckpointError(f"{path} has no 'model' state dict: not a detectron2 checkpoint")
-    return load_verified(unwrap(model), ckpt["model"], f"detector <- {path}")
+    report = load_verified(unwrap(model), ckpt["model"], f"detector <- {path}")
+    last = ckpt.get("iteration")  # detectron2 saves the 0-based index of the last iteration run
+    return dict(report, iteration=None if last is None else int(last) + 1)
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -72,6 +75,10 @@ class AtomicCheckpointer(DetectionCheckpointer):
         if not os.path.isfile(path):
             raise CheckpointError(f"{tag} names {name}, which does not exist in {self.save_dir}")
         return path
+
+    def load(self, path: str, *args, **kwargs):
+        refuse_address(path)  # fvcore would download it first
+        return super().load(path, *args, **kwargs)
 
     def _load_file(self, filename):
         """The suite's safe loader instead of fvcore's torch.load and detectron2's pickle.load (.pkl):

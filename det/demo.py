@@ -18,9 +18,10 @@ from detectron2.utils.visualizer import Visualizer
 
 from det.checkpoint import load_detector
 from det.data import register_tiny_coco
-from det.train_net import check_overrides
+from det.train_net import apply_overrides
 from semaim_core.configs import resolve_config
 from semaim_core.data import find_images
+from semaim_core.errors import command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -40,8 +41,7 @@ def main(argv=None):
 
     register_tiny_coco()
     cfg = LazyConfig.load(resolve_config(args.config, CONFIGS))
-    check_overrides(cfg, args.opts)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = apply_overrides(cfg, args.opts)
     model = instantiate(cfg.model).to(args.device).eval()
     load_detector(model, args.checkpoint)
     resize = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
@@ -67,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

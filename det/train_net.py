@@ -34,7 +34,8 @@ from omegaconf import OmegaConf
 from det.checkpoint import AtomicCheckpointer, ExactResumeHook, load_backbone, load_detector
 from det.data import check_datasets, register_tiny_coco
 from det.evaluation import check_writable, write_metrics
-from semaim_core.configs import resolve_config
+from semaim_core.configs import check_override_kind, resolve_config
+from semaim_core.errors import UnknownKeyError, command
 from semaim_core.rundir import drop_rows_after, flatten, open_run, release_lock, with_input_digests
 from semaim_core.training import rng_state, set_rng_state
 
@@ -73,21 +74,29 @@ def stop_iter(cfg) -> int:
     return stop
 
 
-def check_overrides(cfg, opts):
-    """detectron2 adds an unknown key silently (``train.max_iters=2`` trains the default length):
-    every override must name an existing key, unless it asks to add one with ``+key=value``."""
+def apply_overrides(cfg, opts):
+    """detectron2's overrides, checked: detectron2 adds an unknown key silently (``train.max_iters=2``
+    trains the default length), so every key must exist unless it asks to be added with
+    ``+key=value``, and a value must be of the kind it replaces (``check_override_kind``)."""
     known = list(flatten(OmegaConf.to_container(cfg, resolve=False)))
+    before = {}
     for opt in opts:
         key = opt.split("=", 1)[0]
         if key.startswith("+"):
             continue
-        if OmegaConf.select(cfg, key, default=_MISSING) is _MISSING:
+        before[key] = OmegaConf.select(cfg, key, default=_MISSING)
+        if before[key] is _MISSING:
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else " (prefix it with + to add a new key)"
-            raise KeyError(f"unknown config key '{key}' in override '{opt}'{hint}")
+            raise UnknownKeyError(f"unknown config key '{key}' in override '{opt}'{hint}")
+    cfg = LazyConfig.apply_overrides(cfg, opts)
+    for key, old in before.items():
+        check_override_kind(key, old, OmegaConf.select(cfg, key))
+    return cfg
 
 
-def do_test(cfg, model, iteration: int = 0, checkpoint=None, overwrite: bool = False):
+def do_test(cfg, model, iteration: int | None, checkpoint=None, overwrite: bool = False):
+    """Score ``model`` on the test set into det_metrics.json; ``iteration``: the iterations it trained."""
     check_datasets(cfg.dataloader.test.dataset.names)
     if comm.is_main_process():
         check_writable(cfg.train.output_dir, checkpoint, overwrite)
@@ -153,8 +162,7 @@ def main(args):
     register_tiny_coco()
     args.config_file = resolve_config(args.config_file, CONFIGS)
     cfg = LazyConfig.load(args.config_file)
-    check_overrides(cfg, args.opts)
-    cfg = LazyConfig.apply_overrides(cfg, args.opts)
+    cfg = apply_overrides(cfg, args.opts)
     if not args.eval_only and comm.is_main_process():  # one run per output dir; a resume keeps the recipe
         open_run(cfg.train.output_dir, with_input_digests(recipe(cfg), ["train.init_checkpoint"]),
                  overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
@@ -165,8 +173,8 @@ def main(args):
         model = instantiate(cfg.model)
         model.to(cfg.train.device)
         model = create_ddp_model(model, **ddp_options(cfg))
-        load_detector(model, cfg.train.init_checkpoint)
-        return do_test(cfg, model, checkpoint=cfg.train.init_checkpoint, overwrite=args.overwrite)
+        trained = load_detector(model, cfg.train.init_checkpoint)["iteration"]
+        return do_test(cfg, model, trained, checkpoint=cfg.train.init_checkpoint, overwrite=args.overwrite)
     do_train(args, cfg)
 
 
@@ -182,5 +190,5 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+    launch(command(main), args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))

@@ -7,7 +7,7 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
-from semaim_core.checkpoint import mmseg_keys, read_encoder
+from semaim_core.checkpoint import describe_kind, mmseg_keys, read_encoder
 from semaim_core.weights import load_verified
 
 # What a pretrained encoder does not have: mmseg's layer scale (gamma, 1.0 = none with
@@ -34,7 +34,7 @@ class SemAIMViT(MAE):
         if not self.final_norm:  # the encoder's final norm has no place without final_norm
             sd = {k: v for k, v in sd.items() if not k.startswith("ln1.")}
         sd = self.resize_abs_pos_embed(sd)  # mmseg's own bicubic resize to this backbone's grid
-        report = load_verified(self, sd, f"mmseg SemAIMViT <- {path} ({meta['source_kind']})",
+        report = load_verified(self, sd, f"mmseg SemAIMViT <- {path} ({describe_kind(meta)})",
                                allowed_missing=ALLOWED_MISSING)
         for name, p in self.named_parameters():
             if name.endswith("relative_position_bias_table"):

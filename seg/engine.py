@@ -12,15 +12,18 @@ from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner import CheckpointLoader, Runner
+from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
 from seg.fast_config import FormattedOnceConfig
-from semaim_core.files import allow_globals, commit, load_file
+from semaim_core.files import CheckpointError, allow_globals, commit, load_file
 from semaim_core.rundir import RunDirError, drop_rows_after
 from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
+from semaim_core.weights import load_verified
 
 
 def vit_layer_id(name: str, depth: int) -> int:
@@ -164,9 +167,24 @@ class SemAIMRunner(Runner):
                     drop_rows_after(older, "step", self.iter)
         return out
 
-    def load_checkpoint(self, filename, map_location="cpu", strict=False, *args, **kwargs):
-        return super().load_checkpoint(filename, map_location, strict or getattr(self, "_resuming", False),
-                                       *args, **kwargs)
+    def load_checkpoint(self, filename, map_location="cpu", strict=False, revise_keys=((r"^module\.", ""),)):
+        """mmengine's, but every weight must fit, for ``load_from`` as for a resume, on every rank:
+        mmengine would load what fits, warn, and train on (and its strict mode raises on rank 0 only)."""
+        checkpoint = _load_checkpoint(filename, map_location=map_location)  # the safe reader (below)
+        self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
+        sd = checkpoint.get("state_dict", checkpoint)
+        for pattern, replacement in revise_keys:
+            sd = {re.sub(pattern, replacement, k): v for k, v in sd.items()}
+        what = "--resume" if getattr(self, "_resuming", False) else "load_from"
+        try:
+            load_verified(self.model.module if is_model_wrapper(self.model) else self.model, sd,
+                          f"{what} {filename}")
+        except CheckpointError as e:
+            raise CheckpointError(f"{e}\n{what} takes a checkpoint that seg/tools/train.py wrote with this model "
+                                  "config; a pretrained encoder goes to model.backbone.checkpoint") from None
+        self._has_loaded = True
+        self.logger.info(f"loaded {filename} ({what})")
+        return checkpoint
 
 
 def own_last_checkpoint(work_dir: str) -> str | None:
@@ -175,6 +193,9 @@ def own_last_checkpoint(work_dir: str) -> str | None:
     if not tag.is_file():
         return None
     name = tag.read_text().strip()
+    if not name:
+        raise RunDirError(f"{tag} is empty: write the name of a checkpoint of this run into it (e.g. iter_1000.pth), "
+                          "or delete it and start without --resume")
     path = (Path(work_dir) / name).resolve()  # a bare name is taken inside the work dir
     if path.parent != Path(work_dir).resolve():
         raise RunDirError(f"{tag} names {name}, outside this work dir {Path(work_dir).resolve()} (was the work dir "
@@ -197,8 +218,13 @@ HistoryBuffer.__reduce__ = _history_buffer_reduce
 allow_globals(HistoryBuffer)
 
 
-@CheckpointLoader.register_scheme(prefixes="", force=True)
-def _load_local_checkpoint(filename, map_location):
-    """Every local file mmengine reads (resume, ``load_from``, ``init_cfg`` Pretrained) goes through
-    the suite's safe loader: no pickled code runs, and a refused file says why and what to do."""
+def load_from_safe_reader(filename, map_location=None):
+    """Every file mmengine reads (resume, ``load_from``, ``init_cfg`` Pretrained) goes through the
+    suite's safe loader: no pickled code runs, and a refused file says why and what to do."""
     return load_file(filename)
+
+
+# mmengine picks a loader by the path's scheme: a local file, http(s)://, torchvision://,
+# open-mmlab://, s3://, ... and any scheme a plugin registers later; the others download and call
+# torch.load. Every path goes to the safe reader, which reads local files and refuses addresses by name.
+CheckpointLoader._get_checkpoint_loader = classmethod(lambda cls, path: load_from_safe_reader)

@@ -74,20 +74,11 @@ def _fuse_qkv(sd: dict) -> dict:
     return out
 
 
-def encoder_depth(sd: dict) -> int:
-    return 1 + max((int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))), default=-1)
-
-
 def required_encoder_keys(depth: int) -> list[str]:
     keys = ["cls_token", "pos_embed", "patch_embed.proj.weight", "patch_embed.proj.bias", "norm.weight", "norm.bias"]
     for i in range(depth):
         keys += [f"blocks.{i}.{name}.{wb}" for name in BLOCK_KEYS for wb in ("weight", "bias")]
     return keys
-
-
-def heads_for_width(width: int) -> int | None:
-    """Attention heads of the standard ViT of this width (ViT-H: 16 heads of 80, not 64 channels)."""
-    return {size["embed_dim"]: size["num_heads"] for size in MODEL_SIZES.values()}.get(width)
 
 
 def declared_architecture(ckpt: dict, kind: str) -> dict:
@@ -107,47 +98,103 @@ def declared_architecture(ckpt: dict, kind: str) -> dict:
     return {k: meta[k] for k in ("depth", "embed_dim", "num_heads") if meta.get(k) is not None}
 
 
-def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None) -> tuple[dict, dict]:
+def standard_size(width: int) -> dict:
+    """The standard ViT of this width (ViT-Ti/S/B/L/H: depth and heads), or {}."""
+    return next((dict(size) for size in MODEL_SIZES.values() if size["embed_dim"] == width), {})
+
+
+def _block_indices(sd: dict) -> list[int]:
+    return sorted({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+
+
+def check_architecture(sd: dict, declared: dict, meta: dict, num_heads: int | None, depth: int | None) -> tuple:
+    """(depth, heads) of the encoder in ``sd``, checked against everything that speaks of it: what
+    the file declares (``declared``, its metadata ``meta``) and, for what it does not declare, the
+    standard ViT of its width: that ViT's depth unless ``depth`` confirms another, its head count
+    always (``num_heads`` names the heads only for a width no standard ViT has). The patch size,
+    image size and MLP ratio the metadata names must match the weights. Every contradiction is an
+    error: a file that lost its last blocks is never read as a shallower encoder."""
+    found, dim = len(_block_indices(sd)), sd["cls_token"].shape[-1]
+    standard = standard_size(dim)
+    expected = declared.get("depth") or depth or standard.get("depth") or found
+    if depth is not None and declared.get("depth") not in (None, depth):
+        raise CheckpointError(f"declares depth {declared['depth']}, which --depth {depth} contradicts")
+    if expected != found:
+        if "depth" in declared or depth is not None:
+            where = "declared" if "depth" in declared else "given by --depth"
+            raise CheckpointError(f"does not hold the encoder it declares (depth {expected} {where}, {found} found)")
+        raise CheckpointError(f"has width {dim}, the standard ViT's of depth {expected}, but holds {found} blocks and "
+                              "declares no depth (a file that lost its last blocks?). If it is an encoder of "
+                              f"{found} blocks, convert it once with --depth {found}")
+    heads = declared.get("num_heads") or standard.get("num_heads") or num_heads
+    if num_heads is not None and num_heads != heads:
+        source = "declares" if "num_heads" in declared else f"has the standard width-{dim} ViT's"
+        raise CheckpointError(f"{source} {heads} heads, which --num-heads {num_heads} contradicts")
+    if not heads:
+        raise CheckpointError(f"has width {dim}, not a standard ViT width, and names no head count: pass "
+                              "--num-heads")
+    if not isinstance(heads, int) or heads < 1 or dim % heads:
+        raise CheckpointError(f"cannot have {heads} heads: {heads} heads do not divide the width {dim}")
+    patch, tokens = sd["patch_embed.proj.weight"].shape[-1], sd["pos_embed"].shape[1] - 1
+    said = {k: meta[k] for k in ("patch_size", "img_size", "mlp_ratio") if k in meta}
+    ratio = sd["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    if said.get("patch_size", patch) != patch or said.get("mlp_ratio", ratio) != ratio:
+        raise CheckpointError(f"has metadata (patch_size {said.get('patch_size')}, mlp_ratio "
+                              f"{said.get('mlp_ratio')}) that contradicts its weights (patch {patch}, MLP ratio "
+                              f"{ratio:g})")
+    size = said.get("img_size")
+    if size is not None and (not isinstance(size, int) or size % patch or (size // patch) ** 2 != tokens):
+        raise CheckpointError(f"declares img_size {size}, but its position table holds {tokens} patches "
+                              f"({int(round(tokens ** 0.5)) * patch} px at patch {patch})")
+    facts = {**said, "embed_dim": dim, "depth": found, "num_heads": heads}
+    for k, v in (meta.get("timm_kwargs") or {}).items():  # the copy of the architecture for timm
+        if k in facts and facts[k] != v:
+            raise CheckpointError(f"has metadata that contradicts itself: {k} {facts[k]}, but {v} in timm_kwargs")
+    return found, heads
+
+
+def encoder_from_checkpoint(ckpt: dict, num_heads: int | None = None, depth: int | None = None) -> tuple[dict, dict]:
     """(encoder state dict with timm/MAE names, metadata) from any readable kind; fails with the
-    list of missing weights when the encoder is incomplete. The head count, which no weight
-    shape reveals, comes from ``num_heads``, the checkpoint's metadata or the standard ViT sizes."""
+    list of missing weights when the encoder is incomplete, and on any contradiction between the
+    tensors, the file's metadata and the standard ViT sizes (``check_architecture``). The head
+    count, which no weight shape reveals, comes from the checkpoint's metadata, the standard ViT of
+    its width or ``num_heads``; ``depth`` confirms a depth that no metadata or standard size gives."""
     kind = detect_kind(ckpt)
     sd = _strip(_state_dict(ckpt))
     if kind == "saim":
         sd = _fuse_qkv(sd)
     sd = {k: v for k, v in sd.items() if k.startswith(ENCODER_PREFIXES)}
-    depth = encoder_depth(sd)
-    if depth == 0:
+    blocks = _block_indices(sd)
+    if not blocks:
         raise CheckpointError(f"the {kind} checkpoint has no encoder blocks")
-    missing = [k for k in required_encoder_keys(depth) if k not in sd]
+    gap = sorted(set(range(blocks[-1] + 1)) - set(blocks))
+    if gap:
+        raise CheckpointError(f"the {kind} checkpoint has a gap in its block indices (blocks {gap} absent of "
+                              f"{blocks[-1] + 1}): a damaged or edited file")
+    missing = [k for k in required_encoder_keys(len(blocks)) if k not in sd]
     if missing:
         raise CheckpointError(f"the {kind} checkpoint lacks {len(missing)} encoder weights: {missing[:8]}")
+    nonfinite = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if nonfinite:
+        raise CheckpointError(f"the {kind} checkpoint holds NaN or infinite weights in {len(nonfinite)} tensors "
+                              f"({nonfinite[:4]}): the run that wrote it diverged; use an earlier checkpoint")
     meta = dict(ckpt.get("meta") or {})
-    cfg = (ckpt.get("config") or {}).get("model_config", {}) if kind == FORMAT_TRAIN else {}
-    dim = sd["cls_token"].shape[-1]
     declared = declared_architecture(ckpt, kind)
-    found = dict(depth=depth, embed_dim=dim)
-    wrong = [f"{k} {declared[k]} declared, {found[k]} found"
-             for k in found if k in declared and declared[k] != found[k]]
-    if wrong:  # e.g. a truncated file that lost its last blocks: never a silently shallower model
-        raise CheckpointError(f"the {kind} checkpoint does not hold the encoder it declares ({'; '.join(wrong)})")
-    if num_heads and declared.get("num_heads") not in (None, num_heads):
-        raise CheckpointError(f"--num-heads {num_heads} contradicts the checkpoint's {declared['num_heads']} heads")
+    dim = sd["cls_token"].shape[-1]
+    if declared.get("embed_dim", dim) != dim:
+        raise CheckpointError(f"the {kind} checkpoint does not hold the encoder it declares (embed_dim "
+                              f"{declared['embed_dim']} declared, {dim} found)")
+    try:
+        found_depth, heads = check_architecture(sd, declared, meta, num_heads, depth)
+    except CheckpointError as e:
+        raise CheckpointError(f"the {kind} checkpoint {e}") from None
     patch = sd["patch_embed.proj.weight"].shape[-1]
-    n = sd["pos_embed"].shape[1] - 1
-    meta.setdefault("embed_dim", dim)
-    meta.setdefault("depth", depth)
-    heads = num_heads or meta.get("num_heads") or cfg.get("num_heads") or heads_for_width(dim)
-    if not heads:
-        raise CheckpointError(f"the {kind} checkpoint has width {dim}, not a standard ViT width, and no head count: "
-                              "pass --num-heads")
-    if dim % heads:
-        raise CheckpointError(f"{heads} heads do not divide the width {dim}")
-    meta["num_heads"] = heads
+    meta.update(embed_dim=dim, depth=found_depth, num_heads=heads)
     meta.setdefault("patch_size", patch)
-    meta.setdefault("img_size", int(round(n ** 0.5)) * patch)
+    meta.setdefault("img_size", int(round((sd["pos_embed"].shape[1] - 1) ** 0.5)) * patch)
     meta.setdefault("mlp_ratio", sd["blocks.0.mlp.fc1.weight"].shape[0] / dim)
     meta["source_kind"] = meta.get("source_kind", kind)
+    meta["file_kind"] = kind
     return sd, meta
 
 
@@ -162,7 +209,14 @@ def timm_model_args(meta: dict) -> tuple[str, dict]:
 
 def to_encoder(sd: dict, meta: dict) -> dict:
     arch, kwargs = timm_model_args(meta)
+    meta = {k: v for k, v in meta.items() if k != "file_kind"}  # the kind of the file read, not of this one
     return {"format": FORMAT_ENCODER, "model": sd, "meta": {**meta, "timm_arch": arch, "timm_kwargs": kwargs}}
+
+
+def describe_kind(meta: dict) -> str:
+    """The kind of file an encoder was read from, and of the file it was first exported from."""
+    kind, source = meta.get("file_kind"), meta.get("source_kind")
+    return kind if source in (None, kind) else f"{kind}, exported from a {source} checkpoint"
 
 
 def detectron2_keys(sd: dict) -> dict:
@@ -189,11 +243,12 @@ def mmseg_keys(sd: dict) -> dict:
     return out
 
 
-def read_encoder(path: str | Path, num_heads: int | None = None, trust_pickle: bool = False) -> tuple[dict, dict]:
+def read_encoder(path: str | Path, num_heads: int | None = None, trust_pickle: bool = False,
+                 depth: int | None = None) -> tuple[dict, dict]:
     """Encoder weights and metadata from any checkpoint kind the suite reads; an error names the file.
     ``trust_pickle``: only for the converter's explicit flag (``files.load_file``)."""
     ckpt = load_file(path, trust_pickle=trust_pickle)
     try:
-        return encoder_from_checkpoint(ckpt, num_heads)
+        return encoder_from_checkpoint(ckpt, num_heads, depth)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None

@@ -9,12 +9,14 @@ from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torchvision import transforms
 
+from .errors import DataError, UserError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # PIL's own refusal threshold (2 x Image.MAX_IMAGE_PIXELS): past it an image may be a decompression bomb
 MAX_IMAGE_PIXELS = 2 * 89_478_485
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(UserError, OSError):
     pass
 
 
@@ -47,11 +49,12 @@ def find_images(root: str | Path) -> list[Path]:
     """Every image below ``root`` (an ImageFolder's class folders or a flat folder), sorted."""
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"data folder {root} does not exist: pass an ImageNet-style folder "
-                                "(train/<class>/*.JPEG) or a folder of images")
+        state = "is a file, not a folder" if root.exists() else "does not exist"
+        raise DataError(f"data folder {root} {state}: pass an ImageNet-style folder (train/<class>/*.JPEG) or a "
+                        "folder of images")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
+        raise DataError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {root}")
     return files
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import json
 import re
 import time
@@ -26,13 +27,19 @@ from . import MODEL_SIZES, MODELS, build_model
 from .checkpoint import FORMAT_TRAIN
 from .data import MAX_IMAGE_PIXELS, ImageDataset, find_images, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
+from .errors import SettingError, command
 from .export import export_encoder, save_encoder
 from .files import CheckpointError, load_file, save_atomic
 from .optim import build_optimizer, build_scheduler
 from .rundir import (
+    RECIPE,
+    RunDirError,
+    canonical,
     drop_text_lines_after,
     file_list_digest,
     open_run,
+    read_recipe,
+    recipe_differences,
     release_lock,
     with_input_digests,
     write_json_atomic,
@@ -214,13 +221,14 @@ class Trainer:
         self.out = Path(cfg.output_dir)
         self.is_main = self.rank == 0
         files = find_images(cfg.data)
+        recipe = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}
+        recipe.update(world_size=self.world, model_overrides=model_overrides or {},
+                      data_files=file_list_digest(files, Path(cfg.data)))
+        recipe = with_input_digests(recipe, ["teacher_weights"])
+        given = self.read_given_checkpoint(cfg.resume, recipe)  # --resume PATH: checked before the claim
         if self.is_main:  # before anything is read or written: one run per directory
-            recipe = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}
-            recipe.update(world_size=self.world, model_overrides=model_overrides or {},
-                          data_files=file_list_digest(files, Path(cfg.data)))
-            open_run(self.out, with_input_digests(recipe, ["teacher_weights"]), overwrite=cfg.overwrite,
-                     fresh=cfg.resume is None, stopping=STOPPING, allow_change=cfg.allow_recipe_change,
-                     change_flag="--allow-recipe-change")
+            open_run(self.out, recipe, overwrite=cfg.overwrite, fresh=cfg.resume is None, stopping=STOPPING,
+                     allow_change=cfg.allow_recipe_change, change_flag="--allow-recipe-change")
         if self.world > 1:
             dist.barrier()
         random_seed(cfg.seed, self.rank)  # torch, numpy and random
@@ -244,7 +252,7 @@ class Trainer:
         self.scaler = grad_scaler(self.device, self.amp)
         self.step = 0          # optimizer steps done
         self.last_loss = None
-        self.resume_from(cfg.resume)
+        self.resume_from(cfg.resume, given)
 
         net = self.model
         if self.world > 1:
@@ -275,7 +283,31 @@ class Trainer:
             old.unlink()
         return path
 
-    def resume_from(self, resume: str | None):
+    def read_given_checkpoint(self, resume: str | None, recipe: dict) -> dict | None:
+        """The checkpoint of ``--resume PATH``, whose recipe (its run's run.json beside it, else the
+        config it holds) must be this start's: a path to another run's checkpoint does not start a
+        new recipe from that run's state unless --allow-recipe-change says so."""
+        if resume in (None, "auto"):
+            return None
+        ckpt = require_format(load_file(resume), resume, FORMAT_TRAIN, "a SemAIM training checkpoint",
+                              "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
+        beside = Path(resume).parent / RECIPE
+        if beside.is_file():
+            stored, source = read_recipe(beside), beside
+        else:  # a checkpoint copied on its own: the settings it holds
+            stored = {k: v for k, v in (ckpt.get("config") or {}).items() if k in recipe}
+            recipe, source = {k: recipe[k] for k in stored}, f"the config in {resume}"
+        diffs = recipe_differences(canonical(stored), canonical(recipe), ignore=STOPPING)
+        if diffs and not self.cfg.allow_recipe_change:
+            raise RunDirError(f"--resume {resume}: that run's recipe ({source}) differs from this one, so resuming "
+                              "from it would mix two experiments:\n  " + "\n  ".join(diffs) + "\nStart with the "
+                              "same settings, or pass --allow-recipe-change to continue from it with the change on "
+                              "purpose (it is recorded in the run's recipe_changes.jsonl)")
+        return ckpt
+
+    def resume_from(self, resume: str | None, given: dict | None = None):
+        """Continue from ``given`` (the checkpoint of --resume PATH), or with "auto" from the newest
+        readable checkpoint of the run directory."""
         if not resume:
             return
         if resume == "auto":
@@ -283,10 +315,7 @@ class Trainer:
             if ckpt is None:
                 return
         else:
-            path = Path(resume)
-            ckpt = load_file(path)
-        require_format(ckpt, path, FORMAT_TRAIN, "a SemAIM training checkpoint",
-                       "to start from pretrained weights convert them first (tools/convert_checkpoint.py)")
+            ckpt, path = given, Path(resume)
         restore(ckpt, self.model, self.optimizer, self.scaler)
         self.step = ckpt["step"]
         if self.is_main:
@@ -461,6 +490,26 @@ def choices() -> dict:
                 dtype=("bf16", "fp16", "fp32"))
 
 
+def read_config_file(path: str) -> dict:
+    """The settings of a ``--config`` JSON file; a key that is not a setting names the closest one."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise SettingError(f"--config {path}: {e.strerror}") from None
+    except ValueError as e:
+        raise SettingError(f"--config {path} is not valid JSON ({e})") from None
+    if not isinstance(values, dict):
+        raise SettingError(f"--config {path} holds a JSON {type(values).__name__}: write an object of settings, "
+                           'e.g. {"blr": 1e-4}')
+    known = [f.name for f in fields(Config)]
+    for key in values:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean '{close[0]}'?" if close else f" (the settings: {', '.join(known)})"
+            raise SettingError(f"--config {path}: '{key}' is not a setting{hint}")
+    return values
+
+
 def parse_args(argv=None) -> Config:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), help="start from a preset (flags given override it)")
@@ -480,7 +529,7 @@ def parse_args(argv=None) -> Config:
     if args.preset:
         values.update(PRESETS[args.preset])
     if args.config:
-        values.update(json.loads(Path(args.config).read_text()))
+        values.update(read_config_file(args.config))
     values.update({k: v for k, v in vars(args).items() if v is not None and k not in ("preset", "config")})
     if values.get("resume") in ("none", "no", ""):
         values["resume"] = None
@@ -496,5 +545,7 @@ def main(argv=None):
     trainer.fit()
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    main()
+    cli()

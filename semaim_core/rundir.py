@@ -28,13 +28,14 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError
 from .files import atomic_write
 
 LOCK, RECIPE, CHANGES = ".lock", "run.json", "recipe_changes.jsonl"
 REPO = Path(__file__).resolve().parents[1]
 
 
-class RunDirError(RuntimeError):
+class RunDirError(UserError, RuntimeError):
     """The output directory holds another run, is in use, or cannot be resumed as asked."""
 
 
@@ -48,47 +49,100 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def acquire_lock(folder: Path) -> Path:
-    """Create ``folder/.lock`` holding this pid and host; a lock of a live process is an error, a
-    stale one (its process on this host is gone) is taken over, and one from another host (another
-    node or container, whose pids mean nothing here) is never taken."""
-    path = folder / LOCK
-    host = socket.gethostname()
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def _start_time(pid: int) -> str | None:
+    """When ``pid`` started (clock ticks since boot, /proc/PID/stat field 22): with the pid, it names
+    one process, so a pid reused by another process after a crash is told apart from the owner."""
+    stat = _read(f"/proc/{pid}/stat")
+    return stat.rsplit(")", 1)[1].split()[19] if stat else None
+
+
+def process_identity(pid: int | None = None) -> dict:
+    """What a lock records of its owner: pid, host, boot, PID namespace and start time. Pids mean
+    something only within one boot of one host and one PID namespace (a container, ``unshare --pid``)."""
+    pid = pid or os.getpid()
+    ns = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else None
+    return dict(pid=pid, host=socket.gethostname(), boot=_read("/proc/sys/kernel/random/boot_id"), pid_ns=ns,
+                start=_start_time(pid))
+
+
+def _lock_owner(path: Path) -> dict:
+    """The identity a lock file records; older locks hold "PID HOST" (or just a pid)."""
+    text = _read(path) or ""
+    try:
+        owner = json.loads(text)
+        if isinstance(owner, dict):
+            return owner
+    except ValueError:
+        pass
+    words = text.split()
+    return dict(pid=int(words[0]) if words and words[0].isdigit() else None,
+                host=words[1] if len(words) > 1 else socket.gethostname())
+
+
+def _stale(owner: dict, me: dict, path: Path, what: str) -> bool:
+    """True when the lock's owner is gone; an error when it may be alive; the message says how to
+    recover when the lock is in fact stale."""
+    recover = f"if that run is gone, delete the lock file {path}"
+    if owner.get("host") != me["host"]:
+        raise RunDirError(f"{what} is in use by process {owner.get('pid')} on host {owner.get('host')} (lock file "
+                          f"{path}): wait for it to end; {recover}")
+    if owner.get("boot") and me["boot"] and owner["boot"] != me["boot"]:
+        return True  # written before this machine last booted
+    if owner.get("pid_ns") and me["pid_ns"] and owner["pid_ns"] != me["pid_ns"]:
+        raise RunDirError(f"{what} is in use by process {owner.get('pid')} of another PID namespace on this host (a "
+                          f"container, or unshare --pid), whose pids cannot be checked from here (lock file {path}): "
+                          f"wait for it to end; {recover}")
+    pid = owner.get("pid")
+    if pid is None or pid == me["pid"] or not _alive(pid):
+        return True
+    if owner.get("start") and _start_time(pid) not in (None, owner["start"]):
+        return True  # the pid now names another process: the owner is gone
+    raise RunDirError(f"{what} is in use by process {pid} (lock file {path}): wait for it to end, or write to another "
+                      f"directory. If process {pid} is not a run of the suite (a pid reused after a crash), delete "
+                      "the lock file")
+
+
+def acquire_lock(folder: Path, name: str = LOCK, what: str | None = None) -> Path:
+    """Create ``folder/name`` (``.lock``) naming this process (``process_identity``). A lock whose
+    owner is alive is an error naming ``what`` (default: the folder); a stale one (its owner gone,
+    its pid reused by another process, or written before the last boot) is taken over; one from
+    another host or PID namespace, whose pids mean nothing here, is never taken."""
+    path, me = Path(folder) / name, process_identity()
     while True:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            text = path.read_text().split() if path.exists() else []
-            owner = int(text[0]) if text and text[0].isdigit() else None
-            owner_host = text[1] if len(text) > 1 else host  # a lock of an older version: this host
-            if owner_host != host:
-                raise RunDirError(f"{folder} is in use by process {owner} on host {owner_host} (lock file {path}): "
-                                  "wait for it to end; if that run is gone, delete the lock file") from None
-            if owner is not None and owner != os.getpid() and _alive(owner):
-                raise RunDirError(f"{folder} is in use by process {owner} (lock file {path}): wait for it to end, "
-                                  "or write to another directory") from None
-            path.unlink(missing_ok=True)  # stale: its owner is gone
+            if _stale(_lock_owner(path), me, path, what or str(folder)):
+                path.unlink(missing_ok=True)
             continue
         with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}")
-        atexit.register(release_lock, folder)
+            f.write(json.dumps(me))
+        atexit.register(release_lock, folder, name)
         return path
 
 
-def release_lock(folder: Path):
-    path = Path(folder) / LOCK
-    try:
-        if path.read_text().split()[:1] == [str(os.getpid())]:
-            path.unlink()
-    except FileNotFoundError:
-        pass
+def release_lock(folder: Path, name: str = LOCK):
+    path = Path(folder) / name
+    if _lock_owner(path).get("pid") == os.getpid():
+        path.unlink(missing_ok=True)
+
+
+def _is_temp_file(p: Path) -> bool:
+    return p.is_file() and p.name.startswith(".") and ".tmp" in p.name and p.name != LOCK
 
 
 def remove_temp_files(folder: Path) -> list[str]:
     """Leftovers of a write that was killed: ``.<name>.tmp`` and ``.<name>.tmp-<pid>`` files."""
     removed = []
     for p in folder.iterdir():
-        if p.is_file() and p.name.startswith(".") and ".tmp" in p.name and p.name != LOCK:
+        if _is_temp_file(p):
             p.unlink()
             removed.append(p.name)
     if removed:
@@ -150,27 +204,35 @@ def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh
     then refused unless ``overwrite``. ``stopping``: recipe keys that may change between starts.
     ``allow_change``: continue with a changed recipe (e.g. a lower lr after a NaN), appending the
     changes to ``recipe_changes.jsonl`` so the run's history says what it trained with when."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = make_run_folder(folder)
     acquire_lock(folder)
-    recipe = canonical(recipe)
+    try:
+        return _claim(folder, canonical(recipe), overwrite, fresh, stopping, flag, allow_change, change_flag)
+    except BaseException:
+        release_lock(folder)  # a refused start leaves the directory as it found it
+        raise
+
+
+def _claim(folder: Path, recipe: dict, overwrite, fresh, stopping, flag, allow_change, change_flag) -> bool:
+    recorded = folder / RECIPE
+    # a recipe alone (a start that failed before writing anything) holds no run yet
+    content = [p.name for p in folder.iterdir() if p.name not in (LOCK, RECIPE) and not _is_temp_file(p)]
+    if content and not recorded.is_file():  # never cleared, whatever the flag: it may be anything
+        raise RunDirError(f"{folder} holds files ({', '.join(sorted(content)[:5])}) but no {RECIPE}: it is not a run "
+                          f"of this suite, so nothing in it is replaced or deleted, {flag} or not. Choose another "
+                          "directory (or empty this one yourself)")
+    old_recipe = read_recipe(recorded) if content and not overwrite else None
     if overwrite:
         for p in folder.iterdir():
             if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
         print(f"{folder}: cleared for a new run ({flag})")
     remove_temp_files(folder)
-    recorded = folder / RECIPE
-    # a recipe alone (a start that failed before writing anything) holds no run yet
-    content = [p.name for p in folder.iterdir() if p.name not in (LOCK, RECIPE)]
     if content and not overwrite:
         if fresh:
             raise RunDirError(f"{folder} already holds a run ({', '.join(sorted(content)[:5])}): a new run needs an "
                               f"empty directory. Choose another one, or pass {flag} to discard what is there")
-        if not recorded.is_file():
-            raise RunDirError(f"{folder} holds files ({', '.join(sorted(content)[:5])}) but no {RECIPE}: it is not a "
-                              f"run of this version of the suite. Choose another directory, or pass {flag}")
-        diffs = recipe_differences(json.loads(recorded.read_text()), recipe, ignore=stopping)
+        diffs = recipe_differences(old_recipe, recipe, ignore=stopping)
         if diffs and allow_change:
             with open(folder / CHANGES, "a") as f:
                 f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), changes=diffs)) + "\n")
@@ -183,6 +245,37 @@ def open_run(folder: str | Path, recipe: dict, *, overwrite: bool = False, fresh
                               if change_flag else ""))
     write_json_atomic(recorded, recipe)
     return bool(content) and not overwrite
+
+
+def make_run_folder(folder: str | Path) -> Path:
+    """``folder``, created if needed; a path that is a file, or that cannot be created or written,
+    is an error that says so."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise RunDirError(f"the output directory {folder} is a file, not a folder: name a folder for the run")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(f"cannot create the output directory {folder} ({e.strerror}): choose a folder you can "
+                          "write to") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise RunDirError(f"the output directory {folder} is not writable: choose a folder you can write to")
+    return folder
+
+
+def read_recipe(path: Path) -> dict:
+    """A run's recorded recipe; an empty or damaged ``run.json`` is an error that names it."""
+    try:
+        recipe = json.loads(path.read_text())
+    except ValueError as e:
+        state = "empty" if not path.read_text().strip() else f"not valid JSON ({e})"
+        raise RunDirError(f"{path} is {state}: the run's recorded recipe was damaged (a full disk, or an edit). "
+                          f"Restore it from a copy, or start anew in another directory (or pass --overwrite to "
+                          "discard this run)") from None
+    if not isinstance(recipe, dict):
+        raise RunDirError(f"{path} holds a JSON {type(recipe).__name__}, not a recipe: restore it, or start anew in "
+                          "another directory")
+    return recipe
 
 
 def write_json_atomic(path: str | Path, record) -> Path:

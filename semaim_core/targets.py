@@ -9,7 +9,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from .files import CheckpointError, load_file
+from .errors import UserError
+from .files import CheckpointError, load_file, refuse_address
 from .weights import load_verified
 
 # Teacher architectures (timm names) and the normalization their weights were trained with. The
@@ -70,7 +71,7 @@ class PixelTarget(nn.Module):
         return (pred - target).pow(2).mean(dim=-1)
 
 
-class TeacherWeightsError(FileNotFoundError):
+class TeacherWeightsError(UserError, FileNotFoundError):
     pass
 
 
@@ -109,6 +110,7 @@ def load_teacher(kind: str, weights: str | Path | None, arch: str | None = None,
         raise TeacherWeightsError(
             f"target '{kind}' needs the teacher's weights as a local file: pass --teacher-weights PATH "
             f"(a {arch} state dict; nothing is downloaded)")
+    refuse_address(weights, "--teacher-weights")
     weights = Path(weights)
     if not weights.is_file():
         raise TeacherWeightsError(f"teacher weights file {weights} does not exist: download it once and pass its path")

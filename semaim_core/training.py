@@ -12,13 +12,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .errors import UserError
 from .files import CheckpointError
 from .rundir import drop_rows_after
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
     """A loss or gradient norm that is NaN or inf: the run stops and keeps its last good checkpoint."""
 
 

@@ -47,7 +47,7 @@ def test_authors_checkpoint(model, encoder):
     ckpt = {"state_dict": {f"module.{k}": v for k, v in model.state_dict().items()}, "model": "aim_custom",
             "epoch": 399}
     assert detect_kind(ckpt) == "semaim-authors"
-    assert_same(encoder_from_checkpoint(ckpt)[0], encoder)
+    assert_same(encoder_from_checkpoint(ckpt, depth=DEPTH)[0], encoder)  # a custom name declares no depth
 
 
 def test_saim_split_qkv_is_fused(encoder):
@@ -63,7 +63,7 @@ def test_saim_split_qkv_is_fused(encoder):
             sd[k] = v
     ckpt = {"model": {f"module.{k}": v for k, v in sd.items()}}
     assert detect_kind(ckpt) == "saim"
-    fused, _ = encoder_from_checkpoint(ckpt)
+    fused, _ = encoder_from_checkpoint(ckpt, depth=DEPTH)
     expected = dict(encoder)
     for i in range(DEPTH):  # SAIM/BEiT have no k bias: it becomes zeros
         expected[f"blocks.{i}.attn.qkv.bias"] = expected[f"blocks.{i}.attn.qkv.bias"].clone()
@@ -73,7 +73,7 @@ def test_saim_split_qkv_is_fused(encoder):
 
 def test_mae_release_and_export_round_trip(encoder, tmp_path):
     save_atomic({"model": encoder}, tmp_path / "mae.pth")
-    sd, meta = read_encoder(tmp_path / "mae.pth")
+    sd, meta = read_encoder(tmp_path / "mae.pth", depth=DEPTH)
     assert meta["source_kind"] == "mae"
     save_atomic(to_encoder(sd, meta), tmp_path / "enc.pth")
     again, meta2 = read_encoder(tmp_path / "enc.pth")
@@ -152,13 +152,16 @@ def test_head_count_comes_from_the_width_table_or_must_be_given():
         m = build_model("semaim_vit_tiny_patch16", img_size=SIZE, depth=1, embed_dim=dim, num_heads=4)
         return {"model": m.encoder_state_dict()}
 
-    assert encoder_from_checkpoint(bare(1280))[1]["num_heads"] == 16  # ViT-H: 16 heads of 80, not 1280 / 64
-    assert encoder_from_checkpoint(bare(1024))[1]["num_heads"] == 16
+    assert encoder_from_checkpoint(bare(1280), depth=1)[1]["num_heads"] == 16  # ViT-H: 16 heads of 80, not 1280 / 64
+    assert encoder_from_checkpoint(bare(1024), depth=1)[1]["num_heads"] == 16
     with pytest.raises(CheckpointError, match="not a standard ViT width.*--num-heads"):
         encoder_from_checkpoint(bare(96))
     assert encoder_from_checkpoint(bare(96), num_heads=4)[1]["num_heads"] == 4
     with pytest.raises(CheckpointError, match="5 heads do not divide the width 96"):
         encoder_from_checkpoint(bare(96), num_heads=5)
+    # a standard width fixes the heads too: --num-heads may only confirm them
+    with pytest.raises(CheckpointError, match="has the standard width-1024 ViT's 16 heads, which --num-heads 8"):
+        encoder_from_checkpoint(bare(1024), num_heads=8, depth=1)
 
 
 def test_convert_tool(encoder, tmp_path, capsys):
@@ -167,18 +170,18 @@ def test_convert_tool(encoder, tmp_path, capsys):
 
     save_atomic({"model": encoder}, tmp_path / "mae.pth")
     for fmt in ("encoder", "timm", "detectron2", "mmseg"):
-        sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / f"{fmt}.pth"), "--to", fmt]
+        sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / f"{fmt}.pth"), "--to", fmt, "--depth", "2"]
         runpy.run_path("tools/convert_checkpoint.py", run_name="__main__")
         assert (tmp_path / f"{fmt}.pth").is_file()
     assert "mae" in capsys.readouterr().out
-    assert_same(read_encoder(tmp_path / "timm.pth")[0], encoder)
+    assert_same(read_encoder(tmp_path / "timm.pth", depth=DEPTH)[0], encoder)
 
 
 @pytest.mark.parametrize("kind", ["encoder", "train", "authors"])
 def test_a_checkpoint_missing_its_last_block_is_refused(model, encoder, kind):
     truncated = {k: v for k, v in encoder.items() if not k.startswith(f"blocks.{DEPTH - 1}.")}
     if kind == "encoder":
-        ckpt = to_encoder(*encoder_from_checkpoint({"model": encoder}))
+        ckpt = to_encoder(*encoder_from_checkpoint({"model": encoder}, depth=DEPTH))
         ckpt["model"] = truncated
     elif kind == "train":
         ckpt = {"format": "semaim-train", "model": truncated, "config": {"model_config": model.config}}
@@ -196,7 +199,7 @@ def test_safetensors_export_keeps_metadata_and_loads_everywhere(encoder, tmp_pat
     from safetensors import safe_open
 
     save_atomic({"model": encoder}, tmp_path / "mae.pth")
-    sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / "enc.safetensors")]
+    sys.argv = ["convert", str(tmp_path / "mae.pth"), str(tmp_path / "enc.safetensors"), "--depth", "2"]
     runpy.run_path("tools/convert_checkpoint.py", run_name="__main__")
     with safe_open(str(tmp_path / "enc.safetensors"), framework="pt") as f:
         assert f.metadata()["format"] == "semaim-encoder" and '"depth": 2' in f.metadata()["meta"]
@@ -228,7 +231,7 @@ def test_a_release_missing_its_last_block_is_refused(tmp_path):
                                               r"\(depth 12 declared, 11 found\)"):
         read_encoder(tmp_path / "short.pth")
     save_atomic({"model": {k: v for k, v in full.items() if not k.startswith("blocks.5.")}}, tmp_path / "gap.pth")
-    with pytest.raises(CheckpointError, match=r"lacks 12 encoder weights: \['blocks.5.norm1.weight'"):
+    with pytest.raises(CheckpointError, match=r"has a gap in its block indices \(blocks \[5\] absent of 12\)"):
         read_encoder(tmp_path / "gap.pth")
     timm_layout = {"arch": "vit_tiny_patch16_224", "state_dict": {k: v for k, v in full.items()
                                                                   if not k.startswith("blocks.11.")}}
@@ -236,3 +239,62 @@ def test_a_release_missing_its_last_block_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="depth 12 declared, 11 found"):
         read_encoder(tmp_path / "timm.pth")
 
+
+
+def edited_meta(**changes):
+    """An exported encoder (ViT-Tiny width, 2 blocks, 32 px) with its metadata edited."""
+    def build(enc):
+        record = to_encoder(*encoder_from_checkpoint({"model": enc}, depth=DEPTH))
+        record["meta"].update(changes)
+        return record
+    return build
+
+
+CONTRADICTIONS = {
+    "a bare standard-width file that lost blocks": (lambda enc: {"model": enc}, [],
+                                                    "has width 192, the standard ViT's of depth 12, but holds 2 "
+                                                    "blocks and declares no depth.*--depth 2"),
+    "--depth that the file contradicts": (edited_meta(), ["--depth", "3"], "declares depth 2, which --depth 3"),
+    "heads that contradict their own timm copy": (edited_meta(num_heads=6), [],
+                                                  "contradicts itself: num_heads 6, but 3 in timm_kwargs"),
+    "an img_size the position table does not hold": (edited_meta(img_size=224), [],
+                                                      r"declares img_size 224, but its position table holds 4 "
+                                                      r"patches \(32 px at patch 16\)"),
+    "an absurd img_size": (edited_meta(img_size=10 ** 6), [], "declares img_size 1000000, but its position table"),
+    "--num-heads 6 on a width-192 file": (lambda enc: {"model": enc}, ["--depth", "2", "--num-heads", "6"],
+                                          "has the standard width-192 ViT's 3 heads, which --num-heads 6 contradicts"),
+    "a NaN weight": (lambda enc: {"model": dict(enc, cls_token=torch.full_like(enc["cls_token"], float("nan")))},
+                     ["--depth", "2"], r"NaN or infinite weights in 1 tensors \(\['cls_token'\]\)"),
+}
+
+
+@pytest.mark.parametrize("case", CONTRADICTIONS)
+def test_the_converter_refuses_what_contradicts_the_tensors(case, encoder, tmp_path):
+    from tools.convert_checkpoint import main
+
+    build, flags, message = CONTRADICTIONS[case]
+    save_atomic(build(encoder), tmp_path / "in.pth")
+    with pytest.raises(SystemExit, match=message):
+        main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), *flags])
+    assert not (tmp_path / "out.pth").exists()
+
+
+@pytest.mark.parametrize("heads", ["0", "-3"])
+def test_a_head_count_below_one_is_refused_by_the_parser(heads, tmp_path, capsys):
+    from tools.convert_checkpoint import main
+
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "in.pth"), str(tmp_path / "out.pth"), f"--num-heads={heads}"])
+    assert f"argument --num-heads: {heads} is not a whole number above 0" in capsys.readouterr().err
+
+
+def test_the_converter_names_the_kind_of_file_it_read(encoder, tmp_path, capsys):
+    from tools.convert_checkpoint import main
+
+    save_atomic({"format": "semaim-train", "model": encoder,
+                 "config": {"model_config": dict(embed_dim=DIM, depth=DEPTH, num_heads=HEADS)}}, tmp_path / "ckpt.pth")
+    main([str(tmp_path / "ckpt.pth"), str(tmp_path / "enc.pth")])
+    main([str(tmp_path / "enc.pth"), str(tmp_path / "again.pth")])
+    out = capsys.readouterr().out.splitlines()
+    assert "ckpt.pth (semaim-train):" in out[0]
+    assert "enc.pth (semaim-encoder, exported from a semaim-train checkpoint):" in out[1], out

@@ -141,7 +141,8 @@ def test_a_baseline_runs_through_the_same_recipes(demo_encoder, tmp_path):
 
     mae = tmp_path / "mae_release.pth"
     save_atomic({"model": demo_encoder[1]}, mae)  # MAE's main_pretrain save: {"model": timm keys}
-    env = dict(os.environ, OUT=str(tmp_path / "mae"), PYTHON=sys.executable, TASKS="convert")
+    env = dict(os.environ, OUT=str(tmp_path / "mae"), PYTHON=sys.executable, TASKS="convert",
+               CONVERT_ARGS="--depth 4")  # ViT-Tiny's width with 4 blocks: the depth is said, not assumed
     proc = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from semaim_core.files import load_file
+from semaim_core.files import CheckpointError, load_file
 
 
 @pytest.fixture
@@ -119,11 +119,12 @@ def test_knn(derived, encoder, tmp_path):
     save_atomic(other, copy)
     with pytest.raises(RunDirError, match=r"encoder.sha256: '[0-9a-f]{64}' -> '[0-9a-f]{64}'"):
         main(common(derived, copy, tmp_path / "run"))
-    # a diverged encoder is an error, not the majority class's top-1
+    # a diverged encoder is an error, not the majority class's top-1, and it is named before a run starts
     other["model"]["blocks.0.mlp.fc1.weight"][0, 0] = float("nan")
     save_atomic(other, copy)
-    with pytest.raises(FloatingPointError, match="non-finite features"):
+    with pytest.raises(CheckpointError, match=r"NaN or infinite weights in 1 tensors \(\['blocks.0.mlp.fc1.weight'\]"):
         main(common(derived, copy, tmp_path / "nan"))
+    assert not (tmp_path / "nan").exists()
     # the vote: nearest neighbours of a point that is itself in the training set
     train = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
     labels = torch.arange(10) % 3

@@ -137,7 +137,9 @@ def test_tiny_config_trains_evaluates_and_writes_ap(tiny_encoder, tmp_path):
              "+model.roi_heads.box_predictor.test_topk_per_image=10")
     metrics = json.loads((out / "det_metrics.json").read_text())
     source = metrics["provenance"]
-    assert metrics["iteration"] == 0 and source["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
+    # the iterations the scored checkpoint trained (model_final.pth: all 5), as its training evaluations count them
+    assert metrics["iteration"] == 5 and source["iteration"] == 5
+    assert source["checkpoint"]["sha256"] == file_digest(out / "model_final.pth")
     assert metrics["dataset"] == "tiny_coco_val" and source["images"] == 50
     assert source["config"].endswith("vitdet_semaim_tiny_coco.py")
 

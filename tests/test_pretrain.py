@@ -2,6 +2,8 @@
 import json
 import re
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -434,3 +436,67 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_not_repeated(tiny_coco, tmp_p
     t.fit()
     steps = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
+
+
+def test_resume_from_another_runs_checkpoint_keeps_its_recipe(tiny_coco, tmp_path):
+    """--resume PATH of another run continues that run's recipe or is refused before anything is written:
+    the recipe beside the checkpoint (run.json), or the config inside a checkpoint copied on its own."""
+    Trainer(cfg(tiny_coco, tmp_path / "a", max_steps=2, depth=1, decoder_depth=1)).fit()
+    ckpt = tmp_path / "a" / "checkpoint-00000002.pth"
+    shutil.copy(ckpt, tmp_path / "alone.pth")
+    for given in (ckpt, tmp_path / "alone.pth"):
+        with pytest.raises(RunDirError, match=r"(?s)--resume .*differs from this one.*blr: 0.001 -> 0.002"
+                                              r".*--allow-recipe-change"):
+            Trainer(cfg(tiny_coco, tmp_path / "b", max_steps=3, depth=1, decoder_depth=1, blr=2e-3,
+                        resume=str(given)))
+        assert not (tmp_path / "b").exists()
+    t = Trainer(cfg(tiny_coco, tmp_path / "c", max_steps=3, depth=1, decoder_depth=1, resume=str(ckpt)))
+    assert t.step == 2  # the same recipe (a later stopping point) continues
+
+
+def test_a_lock_is_judged_by_the_process_it_names(tmp_path):
+    """A lock names its owner by pid, host, boot, PID namespace and start time: a pid reused by another
+    process is stale, a live owner is not, and a lock from another PID namespace is never taken over."""
+    import os
+    import subprocess
+
+    from semaim_core.rundir import acquire_lock, process_identity, release_lock
+
+    other = subprocess.Popen(["sleep", "30"])
+    try:
+        owner = process_identity(other.pid)
+        (tmp_path / ".lock").write_text(json.dumps(owner))
+        with pytest.raises(RunDirError, match=rf"in use by process {other.pid} .*If process {other.pid} is not a run "
+                                              r"of the suite \(a pid reused after a crash\), delete the lock file"):
+            acquire_lock(tmp_path)
+        (tmp_path / ".lock").write_text(json.dumps(dict(owner, start="1")))  # that pid, started at another time
+        acquire_lock(tmp_path)  # the owner is gone and its pid reused: taken over
+        release_lock(tmp_path)
+        (tmp_path / ".lock").write_text(json.dumps(dict(owner, pid_ns="pid:[1]")))
+        with pytest.raises(RunDirError, match="of another PID namespace on this host.*delete the lock file"):
+            acquire_lock(tmp_path)
+    finally:
+        other.kill()
+        other.wait()
+    (tmp_path / ".lock").unlink()
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"no PID namespaces here ({probe.stderr.decode().strip()})")
+    acquire_lock(tmp_path)  # held by this process; a writer in a fresh PID namespace sees no pid of ours
+    code = f"from semaim_core.rundir import acquire_lock; acquire_lock(__import__('pathlib').Path({str(tmp_path)!r}))"
+    second = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-c", code],
+                            capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1])))
+    assert second.returncode == 1 and "of another PID namespace" in second.stderr, second.stderr
+    assert json.loads((tmp_path / ".lock").read_text())["pid"] == os.getpid()  # not taken over
+    release_lock(tmp_path)
+
+
+def test_overwrite_never_clears_a_folder_that_is_not_a_run(tiny_coco, tmp_path):
+    thesis = tmp_path / "thesis"
+    (thesis / ".git").mkdir(parents=True)
+    (thesis / "chapter1.tex").write_text("...")
+    with pytest.raises(RunDirError, match=r"holds files \(\.git, chapter1.tex\) but no run.json: it is not a run of "
+                                          r"this suite, so nothing in it is replaced or deleted, --overwrite or not"):
+        Trainer(cfg(tiny_coco, thesis, max_steps=1, depth=1, decoder_depth=1, overwrite=True, resume=None))
+    assert sorted(p.name for p in thesis.iterdir()) == [".git", "chapter1.tex"]

@@ -1,7 +1,11 @@
 """tools/publish.py: a tiny pretraining run published as a Hub folder that timm loads offline with
 the encoder's features, its checksums verified, and a corrupted or foreign file caught."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import safetensors.torch
@@ -115,6 +119,58 @@ def test_verify_catches_corruption_and_strays_and_numbers_of_another_encoder(run
     broken.mkdir()
     (broken / "run.json").write_text(json.dumps({"encoder.sha256": file_digest(run / "encoder.pth")}))
     (broken / "cls_metrics.json").write_text("{torn")
-    with pytest.raises(PublishError, match="(?s)have problems.*cls_metrics.json: not readable JSON"):
+    with pytest.raises(PublishError, match="has a problem: .*cls_metrics.json: not readable JSON"):
         publish(run, out, results=[str(broken)], overwrite=True)
     assert verify(out) == [] and not list(tmp_path.glob(".hub.tmp*"))
+
+
+def publish_cli(*argv, **kw):
+    return subprocess.Popen([sys.executable, "tools/publish.py", *map(str, argv)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def test_two_publishers_into_one_folder_one_wins(run, tmp_path):
+    """Two tools/publish.py started together into one folder: one writes it, the other is refused
+    (the lock beside the folder while the first runs, or the folder it left), and the folder verifies."""
+    procs = [publish_cli(run, tmp_path / "hub") for _ in range(2)]
+    outcomes = sorted((p.wait(timeout=300), p.stdout.read()) for p in procs)
+    assert [rc for rc, _ in outcomes] == [0, 1], outcomes
+    assert "in use by process" in outcomes[1][1] or "is not empty" in outcomes[1][1], outcomes[1][1]
+    assert verify(tmp_path / "hub") == [] and sorted(p.name for p in tmp_path.iterdir()) == ["hub"]
+
+
+def test_a_full_disk_is_named_and_leaves_nothing(run, tmp_path):
+    """publish.py into a 1 MiB tmpfs (its own mount namespace): 'no space left', and no temporary folder."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && python tools/publish.py {run} {disk}/hub; rc=$?; "
+              f"echo LEFT: $(ls -A {disk}); exit $rc")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
+                          capture_output=True, text=True, env=env)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "no space left on its disk" in done.stderr and "partial folder was removed" in done.stderr, done.stderr
+    assert done.stdout.strip().endswith("LEFT:"), done.stdout  # nothing behind: no hub, no .hub.tmp-PID
+
+
+def test_sums_that_leave_the_folder_or_lack_the_separator_are_refused(run, tmp_path):
+    out = publish(run, tmp_path / "hub")
+    sums = (out / "SHA256SUMS").read_text()
+    (out / "SHA256SUMS").write_text(sums + f"{'0' * 64}  ../x\n{'0' * 64} config.json\n")
+    n = len(sums.splitlines())
+    assert verify(out) == [f"SHA256SUMS, line {n + 1}: names '../x', which is not a file of this folder",
+                           f"SHA256SUMS, line {n + 2}: not '<sha256>  <file name>' ('{'0' * 60}')"]
+
+
+def test_results_without_predictions_are_named(run, tmp_path):
+    det = tmp_path / "det"
+    det.mkdir()
+    (det / "run.json").write_text(json.dumps({"train.init_checkpoint.sha256": file_digest(run / "encoder.pth")}))
+    (det / "det_metrics.json").write_text(json.dumps({"task": "det", "dataset": "coco_2017_val", "iteration": 10,
+                                                      "bbox": {}, "segm": {}, "provenance": {"iteration": 10}}))
+    with pytest.raises(PublishError, match="det_metrics.json: the evaluation had no predictions to score"):
+        publish(run, tmp_path / "hub", results=[str(det)])
+    assert not (tmp_path / "hub").exists()

@@ -10,15 +10,17 @@ from tools.lib.results import ablation, collect, table
 
 @pytest.fixture(scope="module")
 def seeded_probes(derived, demo_encoder, tmp_path_factory):
-    """Three linear probes of the demo encoder, seeds 0-2, and one with another lr: their folders."""
+    """Three linear probes of the demo encoder, seeds 0-2, one with another lr, and one of the same
+    recipe stopped after its first epoch of two (a run that died after a periodic evaluation, or
+    --stop-after-epochs): their folders."""
     from cls.linprobe import main
 
     root = tmp_path_factory.mktemp("seeds")
     common = ["--data", str(derived / "crops"), "--encoder", str(demo_encoder[0]), "--img-size", "64",
-              "--batch-size", "32", "--num-workers", "0", "--device", "cpu", "--epochs", "1", "--dtype", "fp32"]
+              "--batch-size", "32", "--num-workers", "0", "--device", "cpu", "--epochs", "2", "--dtype", "fp32"]
     runs = {}
     for name, extra in (("s0", ["--seed", "0"]), ("s1", ["--seed", "1"]), ("s2", ["--seed", "2"]),
-                        ("lr", ["--seed", "3", "--blr", "0.5"])):
+                        ("lr", ["--seed", "3", "--blr", "0.5"]), ("half", ["--seed", "4", "--stop-after-epochs", "1"])):
         main(common + ["--output-dir", str(root / name), *extra])
         runs[name] = root / name
     return runs
@@ -56,3 +58,12 @@ def test_runs_of_two_recipes_are_not_averaged(seeded_probes, tmp_path):
     # the same run named twice is not two seeds
     twice = collect([("twice", [str(seeded_probes["s1"]), str(seeded_probes["s1"])])])[0]
     assert any("the same seed twice" in p for p in twice.problems)
+
+
+@pytest.mark.slow
+def test_a_half_trained_seed_is_not_averaged_with_finished_ones(seeded_probes):
+    runs = [str(seeded_probes[k]) for k in ("s0", "s1", "half")]
+    row = collect([("with a half-trained seed", runs)])[0]
+    assert not any(k[0] == "linprobe" for k in row.values)
+    problem = next(p for p in row.problems if "scored at different points" in p)
+    assert "s0/cls_metrics.json at epoch 2" in problem and "half/cls_metrics.json at epoch 1" in problem, problem

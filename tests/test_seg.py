@@ -241,6 +241,30 @@ def test_metrics_record_their_provenance_and_are_not_overwritten(tiny_encoder, d
     assert scored == dict(path=str((work / "iter_1.pth").resolve()), sha256=file_digest(work / "iter_1.pth"))
 
 
+@pytest.mark.slow
+def test_load_from_must_fit_the_model(derived, tmp_path):
+    """``load_from`` (a whole segmentor's weights) loads only when every weight fits: mmengine would
+    load what fits, warn, and train on."""
+    cfg = Config.fromfile(TINY)
+    cfg.model.backbone.checkpoint = None
+    torch.manual_seed(0)
+    sd = MODELS.build(cfg.model).state_dict()
+    save_atomic({"state_dict": sd, "meta": {}}, tmp_path / "whole.pth")
+    opts = [*data_options(derived), "model.backbone.checkpoint=None", "train_cfg.max_iters=1",
+            "train_cfg.val_interval=5", "default_hooks.checkpoint.interval=1"]
+    run_tool("train", TINY, "--work-dir", str(tmp_path / "fits"), "--cfg-options",
+             f"load_from={tmp_path / 'whole.pth'}", *opts)
+    assert (tmp_path / "fits" / "iter_1.pth").is_file()
+    sd = dict(sd, extra_head=torch.zeros(1))
+    del sd["decode_head.conv_seg.weight"]
+    save_atomic({"state_dict": sd, "meta": {}}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"(?s)load_from .*other.pth: the weights do not fit the model.*"
+                                              r"decode_head.conv_seg.weight.*extra_head.*model.backbone.checkpoint"):
+        run_tool("train", TINY, "--work-dir", str(tmp_path / "other"), "--cfg-options",
+                 f"load_from={tmp_path / 'other.pth'}", *opts)
+    assert not (tmp_path / "other" / "iter_1.pth").exists()
+
+
 @pytest.mark.parametrize("name,depth,blocks,decay,classes", [
     ("upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512.py", 24, [7, 11, 15, 23], 0.95, 150),
     ("upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512.py", 12, [3, 5, 7, 11], 0.65, 171),

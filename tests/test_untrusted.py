@@ -4,6 +4,7 @@ the suite's own) still loads."""
 import argparse
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
@@ -110,7 +111,7 @@ def test_trust_pickle_converts_a_payload_file_only_when_given(evil, encoder, cap
     with pytest.raises(SystemExit):
         convert_checkpoint.main([str(path), str(out)])
     assert not marker.exists() and not out.exists()
-    convert_checkpoint.main([str(path), str(out), "--trust-pickle"])
+    convert_checkpoint.main([str(path), str(out), "--trust-pickle", "--depth", "2"])
     assert marker.exists()  # the flag did unpickle everything, as it warns
     assert "WARNING: --trust-pickle" in capfd.readouterr().err
     sd, meta = read_encoder(out)  # and from then on the safetensors file needs no flag
@@ -176,7 +177,7 @@ def test_genuine_layouts_still_load(layout, encoder, tmp_path):
     path = tmp_path / "release.pth"
     torch.save(ckpt, path)
     assert torch.serialization.get_unsafe_globals_in_checkpoint(path) or layout == "timm bare state dict"
-    sd, meta = read_encoder(path)
+    sd, meta = read_encoder(path, depth=2)  # the test encoder: ViT-Tiny's width, but 2 blocks
     if layout != "saim":  # SAIM has no k bias: checked in test_checkpoint
         assert all(torch.equal(sd[k], encoder[k]) for k in encoder)
     assert meta["depth"] == 2 and meta["embed_dim"] == 192
@@ -247,3 +248,162 @@ def test_the_suites_own_checkpoints_need_nothing_else(model, tmp_path):
     assert encoder_from_checkpoint(ckpt)[1]["depth"] == 2
     save_atomic(export_encoder(model), tmp_path / "enc.pth")
     assert load_file(tmp_path / "enc.pth")["format"] == "semaim-encoder"
+
+
+@pytest.fixture
+def served(tmp_path, encoder):
+    """An HTTP server on the loopback address serving a payload checkpoint (real encoder weights whose
+    ``args`` create ``marker`` when unpickled): (url, marker, paths requested)."""
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    site, marker, requested = tmp_path / "site", tmp_path / "MARKER", []
+    site.mkdir()
+    torch.save({"model": encoder, "args": Payload(os.system, f"touch {marker}"), "epoch": 1}, site / "evil.pth")
+
+    class Handler(SimpleHTTPRequestHandler):
+        def do_GET(self):
+            requested.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Handler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/evil.pth", marker, requested
+    server.shutdown()
+
+
+def seg_tool(name, *argv):
+    import importlib
+
+    return importlib.import_module(f"seg.tools.{name}").main(list(argv))
+
+
+def det_main(*argv):
+    from det.train_net import main, parse_args
+
+    return main(parse_args(list(argv)))
+
+
+TINY_SEG = "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py"
+TINY_DET = "det/configs/vitdet_semaim_tiny_coco.py"
+
+
+def seg_data(derived):
+    return [f"{s}_dataloader.{k}" for s in ("train", "val", "test")
+            for k in (f"dataset.data_root={derived / 'coco_stuff'}", "num_workers=0", "persistent_workers=False")]
+
+
+REMOTE_ENTRY_POINTS = {
+    "seg load_from": lambda url, tmp, derived, enc: seg_tool(
+        "train", TINY_SEG, "--work-dir", str(tmp / "seg1"), "--cfg-options", f"load_from={url}",
+        f"model.backbone.checkpoint={enc}", *seg_data(derived)),
+    "seg model.backbone.checkpoint": lambda url, tmp, derived, enc: seg_tool(
+        "train", TINY_SEG, "--work-dir", str(tmp / "seg2"), "--cfg-options", f"model.backbone.checkpoint={url}",
+        *seg_data(derived)),
+    "seg test.py": lambda url, tmp, derived, enc: seg_tool(
+        "test", TINY_SEG, url, "--work-dir", str(tmp / "seg3"), "--cfg-options", *seg_data(derived)),
+    "det train.init_checkpoint": lambda url, tmp, derived, enc: det_main(
+        "--config", TINY_DET, f"train.output_dir={tmp / 'det1'}", f"train.init_checkpoint={url}",
+        "dataloader.train.num_workers=0"),
+    "det --eval-only": lambda url, tmp, derived, enc: det_main(
+        "--eval-only", "--config", TINY_DET, f"train.output_dir={tmp / 'det2'}", f"train.init_checkpoint={url}"),
+    "cls --encoder": lambda url, tmp, derived, enc: __import__("cls.knn").knn.main(
+        ["--data", str(derived / "crops"), "--encoder", url, "--output-dir", str(tmp / "knn"), "--device", "cpu"]),
+    "converter": lambda url, tmp, derived, enc: convert_checkpoint.main([url, str(tmp / "out.pth")]),
+    "teacher": lambda url, tmp, derived, enc: load_teacher("dino", url, img_size=SIZE, embed_dim=192, depth=2,
+                                                           num_heads=3),
+}
+
+
+def test_a_remote_checkpoint_is_refused_by_every_entry_point_before_it_is_fetched(served, tmp_path, derived,
+                                                                                   demo_encoder):
+    """A payload served on the loopback address, given to each entry point that reads a checkpoint:
+    each refuses the address by name before fetching it (mmengine's http:// loader would download it
+    and torch.load it, running the payload)."""
+    import urllib.request
+
+    url, marker, requested = served
+    for name, call in REMOTE_ENTRY_POINTS.items():
+        with pytest.raises((CheckpointError, SystemExit)) as err:
+            call(url, tmp_path, derived, demo_encoder[0])
+        assert f"{url} is a http:// address" in str(err.value) and "Download it" in str(err.value), (name, err.value)
+        assert not marker.exists() and not requested, f"{name} fetched or ran the file"
+    assert urllib.request.urlopen(url, timeout=10).read()[:2] == b"PK" and requested  # the server did serve it
+
+
+@pytest.mark.parametrize("address", ["https://example.org/x.pth", "torchvision://resnet50", "modelzoo://resnet50",
+                                     "open-mmlab://resnet50_v1c", "openmmlab://resnet50_v1c", "mmcls://vit",
+                                     "s3://bucket/x.pth", "open-mmlab:s3://bucket/x.pth", "petrel://b/x.pth",
+                                     "pavi://x/y.pth", "detectron2://ImageNetPretrained/MAE/mae_pretrain_vit_base.pth",
+                                     "file:///tmp/x.pth", "my-plugin+v2://x.pth"])
+def test_every_scheme_mmengine_or_detectron2_resolves_is_refused_by_name(address):
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
+
+    CheckpointLoader.register_scheme("my-plugin+v2://", lambda f, m=None: torch.load(f), force=True)  # a plugin's
+    scheme = address.split("://")[0].split(":")[-1]
+    for read in (lambda a: _load_checkpoint(a, map_location="cpu"), load_file, read_encoder):
+        with pytest.raises(CheckpointError, match=f"is a {re.escape(scheme)}:// address.*local files only"):
+            read(address)
+    with pytest.raises(CheckpointError, match="address"):
+        AtomicCheckpointer(torch.nn.Linear(1, 1), "unused").load(address)
+
+
+class ArrayBomb:
+    """Unpickles as numpy's ``_reconstruct`` asked for a 74.5 GiB array (a real array pickles shape (0,) there)."""
+
+    def __reduce__(self):
+        return np._core.multiarray._reconstruct, (np.ndarray, (100_000, 100_000), np.dtype("float64"))
+
+
+def deflated_record(path, tmp_path, encoder):
+    """A torch checkpoint plus one record stored deflate-compressed: 64 MiB of zeros in 65 kB."""
+    import zipfile
+
+    torch.save({"model": encoder}, path)
+    with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr(f"{path.stem}/extra", bytes(64 << 20))
+
+
+def oversized_record(path, tmp_path, encoder):
+    """A torch checkpoint whose central directory claims 2 GiB for its first tensor record."""
+    torch.save({"model": encoder}, path)
+    raw = bytearray(path.read_bytes())
+    at = raw.index(b"PK\x01\x02")  # central directory entries: sizes at +20 and +24, the name at +46
+    while not raw[at + 46:at + 46 + int.from_bytes(raw[at + 28:at + 30], "little")].endswith(b"/data/0"):
+        at = raw.index(b"PK\x01\x02", at + 4)
+    raw[at + 20:at + 28] = (2 << 30).to_bytes(4, "little") * 2
+    path.write_bytes(bytes(raw))
+
+
+def nested_meta(path, tmp_path, encoder):
+    save_file(dict(encoder), path, metadata={"format": "semaim-encoder", "meta": "[" * 100_000})
+
+
+BOMBS = {
+    "deflated record": (deflated_record, "evil.pth", r"record evil/extra is stored compressed \(zip method 8, "
+                                                     r"[\d,]+ bytes that expand to 67,108,864\)"),
+    "oversized record": (oversized_record, "evil.pth", r"record evil/data/0 declares 2,147,483,648 bytes, more than "
+                                                       r"the [\d,]+-byte file holds"),
+    "numpy array": (lambda p, t, enc: torch.save({"model": enc, "args": ArrayBomb()}, p), "evil.pth",
+                    r"declares a numpy array of shape \(100000, 100000\) \(80,000,000,000 bytes\) in a file of"),
+    "nested JSON": (nested_meta, "evil.safetensors", "'meta' entry of its safetensors header is nested too deeply"),
+}
+
+
+@pytest.mark.parametrize("bomb", BOMBS)
+def test_a_file_cannot_make_the_reader_allocate_more_than_it_holds(bomb, encoder, tmp_path):
+    """Each file is a few MB at most and asks for GBs (or for unbounded recursion): every reader
+    refuses it by name before allocating, and the converter writes nothing."""
+    build, name, message = BOMBS[bomb]
+    path = tmp_path / name
+    build(path, tmp_path, encoder)
+    assert path.stat().st_size < 8 << 20
+    with pytest.raises(CheckpointError, match=f"{re.escape(str(path))}.*{message}"):
+        read_encoder(path)
+    with pytest.raises(SystemExit) as exit_:
+        convert_checkpoint.main([str(path), str(tmp_path / "out.pth")])
+    assert re.search(message, str(exit_.value)) and not (tmp_path / "out.pth").exists()

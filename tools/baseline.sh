@@ -13,7 +13,8 @@
 # Settings (environment): OUT (runs/baselines/NAME), TASKS (convert det seg ft lin attn knn),
 # GPUS (8), IMAGENET (the ImageNet root for ft/lin/attn/knn; required by them), SEED (0: change it
 # for another seed of every downstream run), DET_CONFIG, SEG_CONFIG, PYTHON (.venv/bin/python),
-# DRY_RUN (1: print).
+# CONVERT_ARGS (more converter flags, e.g. "--depth 4" for a checkpoint of a standard width whose
+# depth is not standard and not recorded), DRY_RUN (1: print).
 set -euo pipefail
 case "${1:-}" in -h|--help|"") sed -n '2,/^set -euo/{/^#/s/^# \{0,1\}//p}' "$0"; [ -n "${1:-}" ]; exit $? ;; esac
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -35,7 +36,8 @@ TORCHRUN=("$PY" -m torch.distributed.run --nproc_per_node "$GPUS")
 rows=()
 for task in $TASKS; do
   case "$task" in
-    convert) run mkdir -p "$OUT" && run "$PY" tools/convert_checkpoint.py "$CKPT" "$ENC" --to encoder ;;
+    # shellcheck disable=SC2086  # CONVERT_ARGS: flags, split on purpose
+    convert) run mkdir -p "$OUT" && run "$PY" tools/convert_checkpoint.py "$CKPT" "$ENC" --to encoder ${CONVERT_ARGS:-} ;;
     det) run "$PY" -m det.train_net --config "$DET_CONFIG" --num-gpus "$GPUS" train.init_checkpoint="$ENC" \
            train.output_dir="$OUT/det_s$SEED" train.seed="$SEED"; rows+=("$OUT/det_s$SEED") ;;
     seg) run "${TORCHRUN[@]}" -m seg.tools.train "$SEG_CONFIG" --launcher pytorch --work-dir "$OUT/seg_s$SEED" \

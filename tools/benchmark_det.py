@@ -16,6 +16,7 @@ from detectron2.utils.events import EventStorage
 from det.checkpoint import load_backbone
 from det.data import register_tiny_coco
 from semaim_core import build_model
+from semaim_core.errors import command
 from semaim_core.export import export_encoder
 from semaim_core.files import save_atomic
 from tools.lib.benchmark import time_steps
@@ -66,4 +67,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

@@ -21,6 +21,7 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
+from semaim_core.errors import command
 from tools.lib.benchmark import time_steps
 
 STOCK = os.path.join(os.path.dirname(mmseg.__file__),
@@ -85,4 +86,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

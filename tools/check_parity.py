@@ -33,6 +33,7 @@ from pathlib import Path
 
 import torch
 
+from semaim_core.errors import command
 from tools.lib.official import build_aim, import_official
 
 REPO = Path(__file__).resolve().parents[1]
@@ -329,5 +330,7 @@ def main(argv=None) -> int:
     return 0 if report.ok else 1
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -17,6 +17,7 @@ import json
 import sys
 from pathlib import Path
 
+from semaim_core.errors import command
 from semaim_core.pretrain import OPERATIONAL, STOPPING
 
 
@@ -114,4 +115,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main)())

@@ -22,11 +22,13 @@ run code; a warning says so) to safetensors and use that from then on:
 """
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
 from semaim_core import MODEL_SIZES
-from semaim_core.checkpoint import detectron2_keys, mmseg_keys, read_encoder, to_encoder
+from semaim_core.checkpoint import describe_kind, detectron2_keys, mmseg_keys, read_encoder, to_encoder
+from semaim_core.errors import command, positive_int
 from semaim_core.export import save_encoder
 from semaim_core.files import CheckpointError, load_file, save_atomic, save_safetensors
 
@@ -57,8 +59,11 @@ def main(argv=None):
     ap.add_argument("output", help="where to write the converted file (written atomically)")
     ap.add_argument("--to", choices=["encoder", *sorted(WRITERS)], default="encoder", help="the layout to write")
     standard = ", ".join(f"{c['embed_dim']}: {c['num_heads']}" for c in MODEL_SIZES.values())
-    ap.add_argument("--num-heads", type=int, help="attention heads, for a checkpoint whose width is not a standard "
-                    f"ViT width (width: heads {standard}) and that does not record them")
+    ap.add_argument("--num-heads", type=positive_int, help="attention heads, for a checkpoint whose width is not a "
+                    f"standard ViT width (width: heads {standard}) and that does not record them")
+    ap.add_argument("--depth", type=positive_int, help="blocks, for a checkpoint that does not record its depth and "
+                    "whose width is a standard ViT's but whose depth is not (a file of a standard width is otherwise "
+                    "taken to have that ViT's depth, so that one that lost its last blocks is refused)")
     ap.add_argument("--trust-pickle", action="store_true",
                     help="read a pickle outside the allow-list, or a TorchScript archive, with full unpickling: "
                          "THIS MAY RUN CODE THE FILE HOLDS. Only for a file you trust; write safetensors and use "
@@ -68,6 +73,9 @@ def main(argv=None):
                          "(e.g. a teacher's weights: OpenAI's TorchScript CLIP archive)")
     args = ap.parse_args(argv)
     try:
+        if Path(args.output).is_dir():
+            raise CheckpointError(f"the output {args.output} is a folder: name the file to write (e.g. "
+                                  f"{Path(args.output) / 'encoder.pth'})")
         if args.state_dict:
             if not args.output.endswith(".safetensors") or args.to != "encoder":
                 raise CheckpointError("--state-dict writes the tensors as they are: name an OUT.safetensors and "
@@ -76,16 +84,18 @@ def main(argv=None):
             save_safetensors(sd, args.output)
             print(f"{args.input}: {len(sd)} tensors -> {args.output} (as they are)")
             return
-        sd, meta = read_encoder(args.input, args.num_heads, trust_pickle=args.trust_pickle)
+        sd, meta = read_encoder(args.input, args.num_heads, trust_pickle=args.trust_pickle, depth=args.depth)
     except CheckpointError as e:
         sys.exit(f"error: {e}")
     if args.to == "encoder":  # .pth or .safetensors (by the output's suffix), with a model card beside it
         save_encoder(to_encoder(sd, meta), args.output)
     else:
         save_atomic(WRITERS[args.to](sd), args.output)
-    print(f"{args.input} ({meta['source_kind']}): {len(sd)} encoder tensors, ViT depth {meta['depth']}, "
+    print(f"{args.input} ({describe_kind(meta)}): {len(sd)} encoder tensors, ViT depth {meta['depth']}, "
           f"width {meta['embed_dim']}, patch {meta['patch_size']} -> {args.output} ({args.to})")
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -5,7 +5,8 @@
 """
 import sys
 
+from semaim_core.errors import command
 from tools.lib.gpu_check import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main)())

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from semaim_core.errors import command
 from semaim_core.rundir import suite_commit, write_json_atomic
 from tools.lib.fit_checks import cls_failure, det_failure, seg_failure, seg_majority
 
@@ -132,4 +133,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(command(main)())

@@ -6,15 +6,19 @@
     python tools/make_tables.py --ablation --row raster runs/raster runs/ft_raster --row semantic runs/sem runs/ft_sem
 
 Each --row is a name and the directories of one encoder's runs (pretraining, det, seg, cls).
-Every column names the dataset its numbers come from. Problems with any run (missing folder,
-malformed or unknown metric files, values that are not numbers, files without provenance) are
-listed and flagged in the table ('?' no provenance, '!' not a score); the exit status is then 1,
-so a script notices. --provenance prints where each cell came from (checkpoint and hash, iteration,
-dataset size, suite commit).
+Every column names the dataset its numbers come from. Several runs of one task in a row are seeds:
+their cell is the mean ± sample std (n) when their recipes (run.json) differ in the seed alone and
+each was scored at the same iteration or epoch; otherwise the cell stays empty and says why (two
+recipes, the same seed twice, or a run scored half-way, e.g. one that died after a periodic evaluation).
+Problems with any run (missing folder, malformed or unknown metric files, values that are not
+numbers, files without provenance) are listed and flagged in the table ('?' no provenance, '!' not
+a score); the exit status is then 1, so a script notices. --provenance prints where each cell came
+from (checkpoint and hash, iteration, dataset size, suite commit).
 """
 import argparse
 import sys
 
+from semaim_core.errors import command
 from tools.lib.results import ablation, bar_chart, collect, provenance_lines, published_rows, table
 
 
@@ -53,5 +57,7 @@ def main(argv=None):
     return 1 if problems else 0
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

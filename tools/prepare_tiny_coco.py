@@ -8,6 +8,7 @@ import json
 import sys
 from dataclasses import fields
 
+from semaim_core.errors import command
 from tools.lib.coco_derive import CropSettings, DatasetError, derive
 
 
@@ -29,4 +30,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

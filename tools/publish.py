@@ -17,6 +17,7 @@ import argparse
 import os
 import sys
 
+from semaim_core.errors import command
 from semaim_core.files import CheckpointError
 from tools.lib.publish import PublishError, publish, push, verify
 
@@ -57,5 +58,7 @@ def main(argv=None):
     return 0
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())

@@ -6,6 +6,7 @@ image, similarity map S, then raster / stochastic / similarity / semantic / mult
 """
 import argparse
 
+from semaim_core.errors import command
 from tools.lib.visualize import visualize
 
 
@@ -22,5 +23,7 @@ def main(argv=None):
     print(f"wrote {out}")
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    main()
+    cli()

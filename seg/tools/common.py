@@ -13,7 +13,8 @@ from mmseg.registry import RUNNERS
 
 import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
-from semaim_core.configs import resolve_config
+from semaim_core.configs import check_override_kind, resolve_config
+from semaim_core.errors import UnknownKeyError
 from semaim_core.rundir import flatten
 
 
@@ -46,7 +47,7 @@ def recipe(cfg: Config) -> dict:
 def check_overrides(cfg: Config, options: dict):
     """mmengine adds any key given to --cfg-options (``train_cfg.max_iter=3`` trains the default
     length): every key's parents must exist, and a new last key must not be a near miss of an
-    existing one; otherwise an error names the closest key."""
+    existing one; otherwise an error names the closest key. A value must be of the kind it replaces."""
     for key in options:
         node, path = cfg, []
         for part in key.split("."):
@@ -56,13 +57,16 @@ def check_overrides(cfg: Config, options: dict):
             if part not in children and (not last or close):
                 where = ".".join(path) or "the config"
                 hint = f"; did you mean '{'.'.join([*path, close[0]])}'?" if close else ""
-                raise KeyError(f"unknown key '{key}' in --cfg-options: {where} has no '{part}'{hint}")
+                raise UnknownKeyError(f"unknown key '{key}' in --cfg-options: {where} has no '{part}'{hint}")
             if part not in children:
                 break  # a new leaf under an existing parent (e.g. dataset.indices)
             node = node[int(part)] if isinstance(node, (list, tuple)) else node[part]
             path.append(part)
             if not isinstance(node, (dict, list, tuple)) and not last:
-                raise KeyError(f"unknown key '{key}' in --cfg-options: {'.'.join(path)} is a value, not a section")
+                raise UnknownKeyError(f"unknown key '{key}' in --cfg-options: {'.'.join(path)} is a value, not a "
+                                      "section")
+            if last:
+                check_override_kind(key, node, options[key])
 
 
 def load_config(args) -> Config:

@@ -12,6 +12,7 @@ import os
 import torch
 
 from seg.tools.common import build_runner, load_config, parser
+from semaim_core.errors import command
 from semaim_core.files import CheckpointError, load_file
 from semaim_core.rundir import check_replaceable, result_source
 from semaim_core.weights import load_verified
@@ -63,4 +64,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

@@ -7,7 +7,9 @@
 """
 import os
 
+from seg.engine import own_last_checkpoint
 from seg.tools.common import STOPPING, build_runner, load_config, parser, recipe
+from semaim_core.errors import command
 from semaim_core.rundir import open_run, release_lock, with_input_digests
 
 
@@ -25,10 +27,14 @@ def main(argv=None):
     if rank == 0:  # one run per work dir; a resume must keep the recipe
         open_run(cfg.work_dir, with_input_digests(recipe(cfg), ["model.backbone.checkpoint"]),
                  overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
-    runner = build_runner(cfg)
-    runner.train()
-    release_lock(cfg.work_dir)
+    try:
+        if rank == 0 and args.resume and not cfg.get("load_from"):
+            own_last_checkpoint(cfg.work_dir)  # named now, before the runner starts its log folder
+        build_runner(cfg).train()
+    finally:
+        if rank == 0:
+            release_lock(cfg.work_dir)
 
 
 if __name__ == "__main__":
-    main()
+    command(main)()

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from semaim_core.errors import UserError
+
 SPLITS = ("train2017", "val2017")
 COCO_THING_IDS = (
     1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
@@ -41,7 +43,7 @@ THING_TRAIN_ID = {cat_id: i for i, cat_id in enumerate(COCO_THING_IDS)}
 IGNORE_INDEX = 255
 
 
-class DatasetError(RuntimeError):
+class DatasetError(UserError, RuntimeError):
     """The COCO source is missing or inconsistent; the message names the file and the fix."""
 
 

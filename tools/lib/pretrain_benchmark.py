@@ -34,6 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from semaim_core import MODEL_SIZES, MODELS, build_model
 from semaim_core.data import ImageDataset, find_images, pretrain_transform
+from semaim_core.errors import command
 from semaim_core.optim import build_optimizer
 from semaim_core.pretrain import SeededSamples
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
@@ -351,5 +352,7 @@ def main(argv=None):
     return results
 
 
+cli = command(main)  # the console script (pyproject.toml): bad input as one line, no traceback
+
 if __name__ == "__main__":
-    main()
+    cli()

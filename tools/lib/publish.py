@@ -7,7 +7,10 @@ detectron2 and mmseg, the pretraining log, a model-zoo row, and ``SHA256SUMS`` o
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import re
 import shutil
 from pathlib import Path
 
@@ -15,8 +18,9 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from semaim_core.checkpoint import read_encoder
 from semaim_core.data import eval_crop_pct
+from semaim_core.errors import UserError
 from semaim_core.files import CheckpointError, load_file, save_atomic
-from semaim_core.rundir import file_digest
+from semaim_core.rundir import acquire_lock, file_digest, release_lock
 from tools.convert_checkpoint import WRITERS
 from tools.lib.results import METRICS, OPERATIONAL, collect
 
@@ -33,7 +37,7 @@ ZOO_HEADER = ("| model | architecture | recipe | epochs | model.safetensors sha2
               "| downstream (run directory, commit) |\n|---|---|---|---:|---|---|")
 
 
-class PublishError(ValueError):
+class PublishError(UserError, ValueError):
     pass
 
 
@@ -132,22 +136,66 @@ features = model.forward_features(images)                          # B x (1 + N)
 
 def publish(run: str | Path, out: str | Path, *, name: str | None = None, results=(), license: str = "mit",
             dataset: str | None = None, overwrite: bool = False) -> Path:
-    """Write the Hub folder for the pretraining run ``run`` into ``out``; returns ``out``."""
+    """Write the Hub folder for the pretraining run ``run`` into ``out``; returns ``out``.
+
+    The folder is written whole under a temporary name of this process, then renamed into place
+    (the old one stays until the new one is whole); a lock beside ``out`` refuses a second
+    publisher into the same folder while one runs."""
+    run, out = Path(run), Path(out)
+    encoder = find_encoder(run)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PublishError(f"cannot create {out.parent} ({e.strerror}): choose a folder you can write to") from None
+    lock = f".{out.name}.lock"
+    acquire_lock(out.parent, lock, what=f"{out} (another tools/publish.py writes it)")
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+            raise PublishError(f"{out} is not empty: publish into a new folder, or pass --overwrite to replace it")
+        _write_folder(run, encoder, tmp, name, list(results), license, dataset)
+        if out.exists():
+            shutil.rmtree(out) if out.is_dir() else out.unlink()
+        tmp.rename(out)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if _disk_full(e):
+            free = shutil.disk_usage(out.parent).free
+            raise PublishError(f"writing {out} failed: no space left on its disk ({free:,} bytes free; {e}). The "
+                               "partial folder was removed; free space (the folder needs about 3 x the encoder's "
+                               "size) and publish again") from None
+        raise
+    finally:
+        release_lock(out.parent, lock)
+    return out
+
+
+# how the writers the folder goes through say that the disk is full: Python's OSError (ENOSPC), torch's
+# zip writer (a short write: "unexpected pos"), safetensors' Rust writer ("os error 28")
+DISK_FULL = ("No space left on device", "os error 28", "unexpected pos", "file write failed")
+
+
+def _disk_full(e: BaseException) -> bool:
+    return (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or (
+        isinstance(e, Exception) and any(words in str(e) for words in DISK_FULL))
+
+
+def _write_folder(run: Path, encoder: Path, tmp: Path, name: str | None, results: list, license: str,
+                  dataset: str | None):
     from timm.models import save_for_hf
 
     from cls.backbone import timm_vit_from_encoder
 
-    run, out = Path(run), Path(out)
-    encoder = find_encoder(run)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise PublishError(f"{out} is not empty: publish into a new folder, or pass --overwrite to replace it")
-    foreign = foreign_results(run, list(results))
+    foreign = foreign_results(run, results)
     if foreign:
         raise PublishError("\n  ".join(["the model-zoo row would hold another encoder's numbers:", *foreign]))
     sd, meta = read_encoder(encoder)
     name = name or f"semaim_{meta['timm_arch'].removesuffix('_224')}_{meta.get('order')}_{meta.get('epochs')}ep"
-    tmp = out.with_name(f".{out.name}.tmp")  # the old folder stays until the new one is whole
-    shutil.rmtree(tmp, ignore_errors=True)
+    row, problems = zoo_row(name, meta, "", results)  # checked before anything is written
+    if len(problems) == 1:
+        raise PublishError(f"a downstream run given has a problem: {problems[0]}")
+    if problems:
+        raise PublishError("the downstream runs given have problems:\n  " + "\n  ".join(problems))
     model = timm_vit_from_encoder(encoder, num_classes=0).eval()
     tag = dict(tag=name, license=license)  # not the timm architecture's own ImageNet tag and license
     save_for_hf(model, str(tmp), safe_serialization=True, model_config=dict(pretrained_cfg=tag),
@@ -156,17 +204,10 @@ def publish(run: str | Path, out: str | Path, *, name: str | None = None, result
         save_atomic(WRITERS[framework](sd), tmp / filename)
     if (run / LOG).is_file():
         shutil.copyfile(run / LOG, tmp / LOG)
-    row, problems = zoo_row(name, meta, file_digest(tmp / WEIGHTS), list(results))
-    if problems:
-        shutil.rmtree(tmp)
-        raise PublishError("the downstream runs given have problems:\n  " + "\n  ".join(problems))
+    row, _ = zoo_row(name, meta, file_digest(tmp / WEIGHTS), results)
     (tmp / ZOO_ROW).write_text(f"{ZOO_HEADER}\n{row}\n")
     (tmp / CARD).write_text(card(name, meta, run, license, dataset or str(meta.get("data") or "unknown"), row))
     (tmp / SUMS).write_text("".join(f"{file_digest(f)}  {f.name}\n" for f in sorted(tmp.iterdir())))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
 
 
 def verify(folder: str | Path) -> list[str]:
@@ -178,7 +219,17 @@ def verify(folder: str | Path) -> list[str]:
     folder = Path(folder)
     if not (folder / SUMS).is_file():
         return [f"{folder}: no {SUMS} (not a folder tools/publish.py wrote)"]
-    listed = dict(reversed(line.split("  ", 1)) for line in (folder / SUMS).read_text().splitlines() if line)
+    listed, problems = {}, []
+    for n, line in enumerate((folder / SUMS).read_text().splitlines(), 1):
+        m = re.fullmatch(r"([0-9a-f]{64})  (.+)", line)
+        if not m:
+            problems.append(f"{SUMS}, line {n}: not '<sha256>  <file name>' ({line[:60]!r})")
+        elif m.group(2) in (".", "..") or "/" in m.group(2) or "\\" in m.group(2):
+            problems.append(f"{SUMS}, line {n}: names {m.group(2)!r}, which is not a file of this folder")
+        else:
+            listed[m.group(2)] = m.group(1)
+    if problems:
+        return problems
     problems = [f"{name}: not listed in {SUMS}" for name in sorted(p.name for p in folder.iterdir())
                 if name not in listed and name != SUMS]
     for name, digest in listed.items():

@@ -10,9 +10,10 @@ A column is a metric *on a dataset*: the label names the dataset the numbers cam
 ImageNet top-1 never stands above a top-1 measured on other images.
 
 Seeds: a row may hold several runs of one task (one directory each). When their recipes (each
-run's ``run.json``) differ in the seed alone, the cell is their mean ± sample std (n); when they
-differ in anything else, the cell is left empty and the differing setting is named: runs of two
-recipes are never averaged.
+run's ``run.json``) differ in the seed alone and each file was scored at the same point of training
+(the iteration or epoch its provenance records), the cell is their mean ± sample std (n); otherwise
+the cell is left empty and the difference is named: runs of two recipes, or a finished run and one
+that stopped half-way, are never averaged.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from semaim_core import pretrain
+from semaim_core.errors import UserError
 from tools.lib.figures import pyplot, save_figure
 
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
@@ -53,7 +55,7 @@ OPERATIONAL = (*pretrain.OPERATIONAL, *pretrain.STOPPING, "world_size", "effecti
 SEED_KEYS = ("train.seed", "randomness.seed", "seed")
 
 
-class MetricsError(ValueError):
+class MetricsError(UserError, ValueError):
     pass
 
 
@@ -104,6 +106,10 @@ def _dataset(kind: str, data: dict) -> str:
 
 def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
     if name == "det_metrics.json":
+        if data.get("task") == "det" and data.get("bbox") == {} and data.get("segm") == {}:
+            raise MetricsError(f"{path}: the evaluation had no predictions to score (the detector predicted nothing "
+                               f"on {_dataset('det', data)}, so detectron2 reports no AP): an untrained or diverged "
+                               "detector; check its training log")
         return _dataset("det", data), dict(ap_box=_get(data, "bbox.AP", path), ap_mask=_get(data, "segm.AP", path))
     if name == "seg_metrics.json":
         return _dataset("seg", data), dict(miou=_get(data, "mIoU", path))
@@ -184,6 +190,13 @@ def seed_groups(samples: list[tuple]) -> tuple[float, tuple[float, int] | None, 
             return math.nan, None, (f"{files}: not seeds of one recipe, not averaged: they differ in {k} "
                                     f"({first.get(k)!r} -> {other.get(k)!r})"
                                     + (f" and {len(differ) - 1} more settings" if len(differ) > 1 else ""))
+    points = [next((f"{k} {src[k]}" for k in ("iteration", "epoch") if src.get(k) is not None), "an unrecorded point")
+              for _, src, _ in samples]
+    if len(set(points)) > 1:  # e.g. a run that died after a periodic evaluation: its file is half-trained
+        scored = ", ".join(f"{src['file']} at {point}" for (_, src, _), point in zip(samples, points))
+        return math.nan, None, (f"scored at different points of training, not averaged: {scored}. A run that "
+                                "stopped early (or died after a periodic evaluation) is not a seed of the finished "
+                                "ones: finish it (the same command with --resume) or leave it out")
     seeds = [next((r[k] for k in SEED_KEYS if k in r), None) for r in recipes]
     if len(set(map(str, seeds))) < len(seeds):
         return math.nan, None, f"{files}: the same seed twice ({seeds}): one run counted twice?"
