@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import ImageFolder
 
+from semaim_core.data import EpochKeys, SeededSamples
 from semaim_core.errors import DataError
 
 
@@ -46,12 +47,15 @@ def check_layout(root: str, fit_images: int | None = None):
 
 
 def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
-    """With ``shuffle`` the order of epoch e is a function of (seed, e) alone (``set_epoch``), so a
-    resumed run sees the data in the order the uninterrupted one would."""
+    """With ``shuffle`` (training) the order of epoch e is a function of (seed, e) alone
+    (``set_epoch``) and each image's augmentation of (seed, e, index) (``SeededSamples``), so a
+    resumed run sees the data the uninterrupted one would, whatever the number of workers."""
     if world > 1:
         sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
     else:
         sampler = EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)
+    if shuffle:
+        dataset, sampler = SeededSamples(dataset, seed), EpochKeys(sampler)
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available())
 

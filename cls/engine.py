@@ -11,6 +11,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from semaim_core.files import load_file, refuse_address, save_atomic
 from semaim_core.rundir import open_run, provenance, release_lock
 from semaim_core.training import (
     AMP_DTYPES,
+    LossWatch,
     MetricsLog,
     NonFiniteError,
     all_rng_states,
@@ -169,6 +171,7 @@ class EpochTrainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         batch, workers, seed = args.batch_size, args.num_workers, args.seed
+        self.train_set = train_set
         self.train_loader = loader(train_set, batch, workers, self.world, self.rank, True, seed, True)
         self.val_loader = loader(val_set, batch, workers, self.world, self.rank, False, seed, False)
         if len(self.train_loader) == 0:
@@ -177,6 +180,7 @@ class EpochTrainer:
         self.amp = AMP_DTYPES[args.dtype]
         self.scaler = grad_scaler(self.device, self.amp)
         self.epoch, self.best = 0, dict(top1=-1.0, top5=-1.0)
+        self.watch = LossWatch(advice="Lower the lr (--blr, or --lr-grid) or raise the warm-up (--warmup-epochs).")
         self.resume()
 
     def state(self, rng: list[dict] | None = None):
@@ -218,6 +222,9 @@ class EpochTrainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach()
+            jump = self.watch.update(loss.item(), f"in epoch {self.epoch}, step {i}")
+            if jump and self.rank == 0:
+                tqdm.write(jump, file=sys.stderr)
             bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
         return float(all_reduce_mean(total / n, self.world))
 
@@ -248,7 +255,7 @@ class EpochTrainer:
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
         result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"],
                       best=self.best,
-                      majority_top1=majority_top1(self.train_loader.dataset, self.val_loader.dataset),
+                      majority_top1=majority_top1(self.train_set, self.val_loader.dataset),
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if "head_top1" in metrics:
             result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])

@@ -74,6 +74,15 @@ def stop_iter(cfg) -> int:
     return stop
 
 
+def quote_non_ascii(opt: str) -> str:
+    """``key=value`` with a value that hydra's override grammar reads only quoted (a path such as
+    /data/données: its lexer takes ASCII alone) quoted, so that it stays the string it was."""
+    key, sep, value = opt.partition("=")
+    if sep and not value.isascii() and value[:1] not in "'\"":
+        value = "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return key + sep + value
+
+
 def apply_overrides(cfg, opts):
     """detectron2's overrides, checked: detectron2 adds an unknown key silently (``train.max_iters=2``
     trains the default length), so every key must exist unless it asks to be added with
@@ -89,7 +98,7 @@ def apply_overrides(cfg, opts):
             close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else " (prefix it with + to add a new key)"
             raise UnknownKeyError(f"unknown config key '{key}' in override '{opt}'{hint}")
-    cfg = LazyConfig.apply_overrides(cfg, opts)
+    cfg = LazyConfig.apply_overrides(cfg, [quote_non_ascii(opt) for opt in opts])
     for key, old in before.items():
         check_override_kind(key, old, OmegaConf.select(cfg, key))
     return cfg

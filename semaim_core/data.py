@@ -2,8 +2,10 @@
 augmentation (RandomResizedCrop 0.2-1.0, bicubic, flip). Labels are ignored."""
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -105,3 +107,48 @@ class ImageDataset(torch.utils.data.Dataset):
                     raise
                 self.skipped.add(str(self.files[i]))
         raise UnreadableImageError(f"none of the {len(self.files)} images is readable")
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """Draws each sample's augmentation from generators seeded by (seed, epoch, index), with keys
+    ``(epoch, index)`` (``EpochKeys``): the images a run trains on depend neither on the number of
+    loader workers nor on where the run was resumed. torch's, Python's and numpy's generators are
+    seeded (torchvision draws from the first, timm's RandAugment and crops from the second) and
+    restored after, so loading leaves the caller's draws (drop path, orders, mixup) alone."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        epoch, index = key
+        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        python, numpy = random.getstate(), np.random.get_state()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                random.seed(seed)
+                np.random.seed(seed % 2 ** 32)
+                return self.dataset[index]
+        finally:
+            random.setstate(python)
+            np.random.set_state(numpy)
+
+
+class EpochKeys(torch.utils.data.Sampler):
+    """A sampler's indices as the ``(epoch, index)`` keys of ``SeededSamples``."""
+
+    def __init__(self, sampler):
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int):
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        return ((self.epoch, i) for i in self.sampler)
+
+    def __len__(self):
+        return len(self.sampler)

@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import json
 import re
+import sys
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from . import MODEL_SIZES, MODELS, build_model
 from .checkpoint import FORMAT_TRAIN
-from .data import MAX_IMAGE_PIXELS, ImageDataset, find_images, pretrain_transform
+from .data import MAX_IMAGE_PIXELS, ImageDataset, SeededSamples, find_images, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .errors import SettingError, command
 from .export import export_encoder, save_encoder
@@ -46,6 +47,7 @@ from .rundir import (
 )
 from .training import (
     AMP_DTYPES,
+    LossWatch,
     MetricsLog,
     NonFiniteError,
     all_rng_states,
@@ -180,23 +182,6 @@ class ResumableSampler(torch.utils.data.Sampler):
     @property
     def batches_per_epoch(self) -> int:
         return self.per_rank // self.batch_size
-
-
-class SeededSamples(torch.utils.data.Dataset):
-    """Seeds the augmentation of each sample from (seed, epoch, index): the crops do not depend on
-    worker count or on where a run was resumed."""
-
-    def __init__(self, dataset, seed: int):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):  # leave the caller's RNG (drop path, orders) untouched
-            torch.manual_seed((self.seed * 1_000_003 + epoch) * 10_000_019 + index)
-            return self.dataset[index]
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -394,6 +379,7 @@ class Trainer:
             text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
             text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")
             bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
+        watch = LossWatch(advice="Lower the lr (--blr) or raise the warm-up (--warmup-epochs).")
         self.model.train()
         while self.step < end:
             epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
@@ -409,6 +395,10 @@ class Trainer:
                     skipped = max(skipped, int(n_skipped.max()))
                 loss, grad_norm = self.train_step(micro)
                 self.last_loss = loss
+                jump = watch.update(loss, f"at step {self.step}")
+                if jump and self.is_main:
+                    tqdm.write(jump, file=sys.stderr)
+                    text_log.write(jump + "\n")
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 ips = self.eff_batch / (time.perf_counter() - tick)

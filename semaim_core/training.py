@@ -4,8 +4,10 @@ non-finite guard, training checkpoints recognized by their format tag and resume
 included), and the metrics log (JSON lines + TensorBoard)."""
 from __future__ import annotations
 
+import collections
 import json
 import random
+import statistics
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +51,35 @@ def optimizer_step(optimizer, scaler, params, clip: float | None, where: str = "
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
     return norm
+
+
+class LossWatch:
+    """Says when the training loss jumps far above its recent level (an lr too high for the batch,
+    most often), when it comes back, and when it stays up: such a run goes on, it is only a NaN that
+    stops it, so without these lines a diverged run would look like any other in the log."""
+
+    def __init__(self, factor: float = 10.0, window: int = 20, advice: str = ""):
+        self.recent, self.factor, self.window, self.advice = collections.deque(maxlen=window), factor, window, advice
+        self.level, self.high = None, 0  # the level before a jump, steps since it
+
+    def update(self, loss: float, where: str) -> str | None:
+        """The line to print for ``loss`` (reached ``where``), or None."""
+        if self.level is not None:
+            self.high += 1
+            if loss <= 2 * self.level:
+                line, self.level = f"the loss is back to {loss:.4g} {where} (before its jump: {self.level:.4g})", None
+                self.recent.append(loss)
+                return line
+            if self.high == self.window:
+                return (f"WARNING: the loss has stayed above {2 * self.level:.4g} for {self.window} steps, now "
+                        f"{loss:.4g} {where}: this run is unlikely to recover. {self.advice}")
+            return None
+        if len(self.recent) >= 2 and loss > self.factor * statistics.median(self.recent):
+            self.level, self.high = statistics.median(self.recent), 0
+            return (f"WARNING: the loss jumped to {loss:.4g} {where}, {loss / self.level:.0f} x its recent level "
+                    f"{self.level:.4g}: the lr may be too high. The run goes on (a NaN would stop it). {self.advice}")
+        self.recent.append(loss)
+        return None
 
 
 def rng_state() -> dict:

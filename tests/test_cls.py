@@ -322,3 +322,18 @@ def test_attentive_probe_grid_heads_are_solo_runs_and_resume_exactly(derived, en
     assert not torch.equal(ours["heads.0.linear.weight"], ours["heads.1.linear.weight"])
     metrics = json.loads((tmp_path / "grid" / "cls_metrics.json").read_text())
     assert metrics["head_top1"] == grid["head_top1"] and metrics["provenance"]["config"]["lr_grid"] == [1e-3, 4e-2]
+
+
+@pytest.mark.slow
+def test_the_number_of_loader_workers_does_not_change_the_result(derived, encoder, tmp_path):
+    """Fine-tuning (RandAugment, random crops, RandomErasing, mixup) with 0 and with 2 loader workers:
+    each image's augmentation is drawn from its own (seed, epoch, index), so the weights are equal."""
+    from cls.finetune import main
+
+    runs = {}
+    for workers in ("0", "2"):
+        argv = common(derived, encoder, tmp_path / f"w{workers}")
+        argv[argv.index("--num-workers") + 1] = workers
+        main(argv + ["--epochs", "1", "--dtype", "fp32", "--fit-images", "64"])
+        runs[workers] = load_file(tmp_path / f"w{workers}" / "checkpoint.pth")["model"]
+    assert all(torch.equal(runs["0"][k], runs["2"][k]) for k in runs["0"])

@@ -169,8 +169,15 @@ def test_tables_flag_what_they_cannot_vouch_for(demo, tmp_path):
     odd.mkdir()
     (odd / "cls_metrics.json").write_text(json.dumps(dict(record, mode="zero_shot")))
     (odd / "bbox_metrics.json").write_text("{}")
-    rows = collect([("nan", [str(nan)]), ("old", [str(old)]), ("odd", [str(odd)])])
+    big = tmp_path / "big"
+    shutil.copytree(out / "seg", big)
+    record = json.loads((big / "seg_metrics.json").read_text())
+    (big / "seg_metrics.json").write_text(json.dumps(dict(record, mIoU=150.0)))
+    rows = collect([("nan", [str(nan)]), ("old", [str(old)]), ("odd", [str(odd)]), ("a | b & c_d", [str(big)])])
     assert any("miou is nan, not a score" in p for p in rows[0].problems)
+    assert any("miou is 150.0, outside 0-100: not a percentage" in p for p in rows[3].problems)
+    assert r"| a \| b & c_d | same harness |" in table(rows) and "150.0!" in table(rows)  # one cell, flagged
+    assert r"a \textbar{} b \& c\_d & same harness" in table(rows, "latex")
     assert any("no provenance" in p for p in rows[1].problems)
     assert any("unknown cls mode 'zero_shot'" in p for p in rows[2].problems)
     assert any("bbox_metrics.json: unknown metrics file" in p for p in rows[2].problems)

@@ -108,6 +108,21 @@ def test_corrupt_image_is_named(source_copy, tmp_path):
         derive(source_copy, tmp_path / "out")
 
 
+def test_a_decompression_bomb_and_an_empty_annotation_file_are_named(source_copy, tiny_coco, tmp_path):
+    (source_copy / "annotations" / "instances_val2017.json").write_text("")
+    with pytest.raises(DatasetError, match=r"instances_val2017.json is empty \(0 bytes of annotations\)"):
+        derive(source_copy, tmp_path / "out")
+    shutil.copy(tiny_coco / "annotations" / "instances_val2017.json", source_copy / "annotations")
+    victim = sorted((source_copy / "train2017").glob("*.jpg"))[0]
+    Image.new("L", (20_000, 20_000)).save(victim, format="PNG")  # 400 Mpx in a few hundred kB, named .jpg
+    ann_file = source_copy / "annotations" / "instances_train2017.json"
+    data = json.loads(ann_file.read_text())
+    next(im for im in data["images"] if im["file_name"] == victim.name).update(width=20_000, height=20_000)
+    ann_file.write_text(json.dumps(data))
+    with pytest.raises(DatasetError, match=f"image .*{victim.name} is too large to decode safely.*decompression bomb"):
+        derive(source_copy, tmp_path / "out2")
+
+
 def test_annotation_for_missing_file_is_named(source_copy, tmp_path):
     victim = sorted((source_copy / "train2017").glob("*.jpg"))[0]
     victim.unlink()
@@ -129,7 +144,8 @@ def test_a_record_missing_a_field_is_named(source_copy, tmp_path, kind, field):
 
 
 def test_an_exif_rotated_image_gets_its_labels_rotated_as_the_loader_reads_it(derived, source_copy, tmp_path):
-    """mmseg reads images with OpenCV, which applies the EXIF orientation; COCO annotates the stored pixels."""
+    """COCO annotates the stored pixels; mmseg's loaders apply the EXIF orientation or not (by backend and
+    color type): the image is written upright without the tag, and the label turned with it."""
     import cv2
 
     victim = sorted((source_copy / "train2017").glob("*.jpg"))[0]
@@ -145,3 +161,10 @@ def test_an_exif_rotated_image_gets_its_labels_rotated_as_the_loader_reads_it(de
     assert np.array_equal(rotated, np.rot90(upright, k=-1))  # the same labels, turned as the image is shown
     image = cv2.imread(str(out / "coco_stuff" / "images" / "train2017" / victim.name))
     assert image.shape[:2] == rotated.shape
+    # the image is stored upright, untagged: mmseg's loaders agree with the label whatever the backend and color type
+    from mmcv.transforms import LoadImageFromFile
+    for backend in ("cv2", "pillow"):
+        for color in ("color", "unchanged"):
+            loaded = LoadImageFromFile(imdecode_backend=backend, color_type=color)(dict(img_path=str(
+                out / "coco_stuff" / "images" / "train2017" / victim.name)))
+            assert loaded["img"].shape[:2] == rotated.shape, (backend, color)

@@ -207,6 +207,20 @@ def test_a_killed_run_resumes_exactly_and_logs_each_iteration_once(tiny_encoder,
     assert [r["lr"] for r in rows[0] if "lr" in r] == [r["lr"] for r in rows[1] if "lr" in r]  # one schedule
 
 
+def test_overrides_keep_unicode_paths_and_the_kind_of_each_value():
+    """hydra's override lexer takes ASCII alone: a path such as /data/données is quoted for it."""
+    from det.train_net import apply_overrides
+    from semaim_core.errors import SettingError
+
+    cfg = apply_overrides(load("vitdet_semaim_tiny_coco"), ["train.output_dir=/tmp/dét_ü/l'été", "train.max_iter=3"])
+    assert cfg.train.output_dir == "/tmp/dét_ü/l'été" and cfg.train.max_iter == 3
+    with pytest.raises(SettingError, match=r"train.max_iter='abc': train.max_iter takes a whole number"):
+        apply_overrides(load("vitdet_semaim_tiny_coco"), ["train.max_iter=abc"])
+    with pytest.raises(SettingError, match=r"optimizer.lr='fast': optimizer.lr takes a number"):
+        apply_overrides(load("vitdet_semaim_tiny_coco"), ["optimizer.lr=fast"])
+    assert apply_overrides(load("vitdet_semaim_tiny_coco"), ["optimizer.lr=1"]).optimizer.lr == 1  # an int is a number
+
+
 def test_bad_inputs_are_named(tiny_encoder, tmp_path):
     from det.checkpoint import load_backbone, load_detector
     from det.data import check_datasets

@@ -177,3 +177,19 @@ def test_the_command_line_prints_the_line_and_no_traceback(argv, expected, tmp_p
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1 and done.stderr.strip().splitlines() == [done.stderr.strip()], done.stderr
     assert done.stderr.startswith(expected) and not (tmp_path / "out").exists(), done.stderr
+
+
+def test_a_read_only_output_folder_is_named(tmp_path):
+    """A run directory on a read-only mount (a bind mount in a namespace of the test's own)."""
+    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount --bind -o ro {ro} {ro} && {sys.executable} -m semaim_core.pretrain --preset demo --data "
+              f"{REPO / 'data/tiny_coco/train2017'} --output-dir {ro / 'run'} --max-steps 1")
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"error: cannot create the output directory {ro / 'run'} (Read-only file system): choose a folder you "
+        "can write to"), done.stderr

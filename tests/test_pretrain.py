@@ -500,3 +500,25 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_run(tiny_coco, tmp_path):
                                           r"this suite, so nothing in it is replaced or deleted, --overwrite or not"):
         Trainer(cfg(tiny_coco, thesis, max_steps=1, depth=1, decoder_depth=1, overwrite=True, resume=None))
     assert sorted(p.name for p in thesis.iterdir()) == [".git", "chapter1.tex"]
+
+
+def test_a_loss_that_jumps_is_reported_when_it_jumps_recovers_or_stays_up():
+    from semaim_core.training import LossWatch
+
+    watch = LossWatch(window=5, advice="Lower the lr.")
+    said = [watch.update(loss, f"at step {i}") for i, loss in enumerate([1.2, 1.1, 1.15, 1.0, 1613.0, 4e5, 30.0, 1.9])]
+    assert said[:4] == [None] * 4 and said[5:7] == [None, None]
+    assert said[4].startswith("WARNING: the loss jumped to 1613 at step 4, 1434 x its recent level 1.125") \
+        and said[4].endswith("Lower the lr.")
+    assert said[7] == "the loss is back to 1.9 at step 7 (before its jump: 1.125)"
+    stuck = [watch.update(loss, f"at step {i}") for i, loss in enumerate([50.0] + [60.0] * 5, start=8)]
+    assert stuck[0].startswith("WARNING: the loss jumped") and stuck[1:5] == [None] * 4
+    assert stuck[5].startswith("WARNING: the loss has stayed above 2.3 for 5 steps, now 60 at step 13: this run is "
+                               "unlikely to recover")
+
+
+@pytest.mark.slow
+def test_pretraining_at_a_far_too_high_lr_says_so(tiny_coco, tmp_path, capsys):
+    Trainer(cfg(tiny_coco, tmp_path, max_steps=6, depth=1, decoder_depth=1, blr=10.0, warmup_epochs=0)).fit()
+    assert "WARNING: the loss jumped to" in capsys.readouterr().err
+    assert "WARNING: the loss jumped to" in (tmp_path / "log.txt").read_text()

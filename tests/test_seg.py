@@ -121,6 +121,20 @@ def test_tiny_config_trains_tests_and_writes_miou(tiny_encoder, derived, tmp_pat
     assert json.loads((work / "seg_metrics.json").read_text())["mIoU"] == pytest.approx(result["mIoU"], abs=0.01)
 
 
+@pytest.mark.parametrize("typo,message", [
+    ("default_hooks.checkpoint.max_keep_ckpt=2", "CheckpointHook has no setting 'max_keep_ckpt'; did you mean "
+                                                 "'default_hooks.checkpoint.max_keep_ckpts'"),
+    ("default_hooks.checkpoint.save_bst=mIoU", "CheckpointHook has no setting 'save_bst'; did you mean "
+                                               "'default_hooks.checkpoint.save_best'"),
+])
+def test_a_typo_in_a_hook_setting_is_named_before_training(typo, message, tmp_path):
+    """mmengine's CheckpointHook hands settings it does not know to save_checkpoint, which fails at the
+    first checkpoint, after training: the suite names them before the run directory is claimed."""
+    with pytest.raises(KeyError, match=re.escape(message)):
+        run_tool("train", TINY, "--work-dir", str(tmp_path / "w"), "--cfg-options", typo)
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.mark.slow
 def test_bad_inputs_are_named(tiny_encoder, derived, tmp_path):
     path, sd = tiny_encoder

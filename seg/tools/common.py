@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import inspect
 import os
 import os.path as osp
 import time
 from pathlib import Path
 
 from mmengine.config import Config, DictAction
-from mmseg.registry import RUNNERS
+from mmengine.hooks import CheckpointHook
+from mmengine.runner import Runner
+from mmseg.registry import HOOKS, RUNNERS
 
 import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
@@ -75,6 +78,7 @@ def load_config(args) -> Config:
     if args.cfg_options:
         check_overrides(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
+    check_hooks(cfg)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "./work_dirs", osp.splitext(osp.basename(args.config))[0])
@@ -96,6 +100,29 @@ def load_config(args) -> Config:
     # second runner started within that second (train then test) would log into the first's file
     cfg.experiment_name = f"{Path(cfg.filename).stem}_{os.getpid()}_{time.time_ns()}"
     return cfg
+
+
+def check_hooks(cfg: Config):
+    """Every setting of every hook is one its class takes. mmengine's CheckpointHook passes settings
+    it does not know on to ``Runner.save_checkpoint``, so a typo there (``max_keep_ckpt``) would stop
+    the run at its first checkpoint, after hours of training: it is named before training instead."""
+    hooks = [(f"default_hooks.{name}", h) for name, h in (cfg.get("default_hooks") or {}).items() if h]
+    hooks += [(f"custom_hooks.{i}", h) for i, h in enumerate(cfg.get("custom_hooks") or [])]
+    for where, hook in hooks:
+        kind = hook.get("type")
+        cls = HOOKS.get(kind) if isinstance(kind, str) else kind
+        if cls is None:
+            raise UnknownKeyError(f"{where}.type={kind!r}: no such hook is registered")
+        params = inspect.signature(cls.__init__).parameters
+        takes = set(params) - {"self"}
+        if issubclass(cls, CheckpointHook):  # the rest goes to save_checkpoint
+            takes |= set(inspect.signature(Runner.save_checkpoint).parameters)
+        elif any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            continue
+        for key in sorted(k for k in set(hook) - takes - {"type", "priority"} if not k.startswith("_")):
+            close = difflib.get_close_matches(key, sorted(takes), n=1)
+            hint = f"; did you mean '{where}.{close[0]}'?" if close else f" (it takes: {', '.join(sorted(takes))})"
+            raise UnknownKeyError(f"{where}.{key}: {cls.__name__} has no setting '{key}'{hint}")
 
 
 def build_runner(cfg: Config, splits=("train", "val", "test")):

@@ -66,10 +66,13 @@ def load_split(source: Path, split: str):
             f"COCO split '{split}' not found under {source}: expected {ann_file} and {img_dir}/ "
             "(the layout of COCO 2017 and of data/tiny_coco)."
         )
+    text = ann_file.read_text()
+    if not text.strip():
+        raise DatasetError(f"{ann_file} is empty (0 bytes of annotations): copy it again from the dataset")
     try:
-        dataset = json.loads(ann_file.read_text())
+        dataset = json.loads(text)
     except ValueError as e:
-        raise DatasetError(f"{ann_file} is not valid JSON ({e})") from None
+        raise DatasetError(f"{ann_file} is not valid JSON ({e}): copy it again from the dataset") from None
     check_records(ann_file, dataset)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco = COCO()
@@ -103,7 +106,9 @@ def check_records(ann_file: Path, dataset: dict):
 
 
 # EXIF orientation -> the PIL transpose that shows the image upright. COCO's annotations are in the
-# stored pixel frame, but mmseg's loader (OpenCV) applies the orientation: the label map must follow.
+# stored pixel frame, but mmseg's loaders apply the orientation or not depending on the backend and
+# color_type ('color': applied, 'unchanged': not). An image with an orientation tag is therefore
+# written upright without the tag (re-encoded, JPEG quality 95), its label map turned the same way.
 EXIF_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
                   5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
                   8: Image.Transpose.ROTATE_90}
@@ -119,6 +124,9 @@ def read_image(path: Path, expected_hw: tuple[int, int] | None = None) -> Image.
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
+    except Image.DecompressionBombError as e:  # PIL refuses past 2 x Image.MAX_IMAGE_PIXELS, before decoding
+        raise DatasetError(f"image {path} is too large to decode safely ({e}): a decompression bomb, or not an "
+                           "image of this dataset. Replace the file or drop it from the annotations.") from None
     except (OSError, SyntaxError, ValueError) as e:
         raise DatasetError(f"cannot read image {path}: {e}. Replace the file or drop it from the annotations.") from e
     if expected_hw is not None and (im.height, im.width) != tuple(expected_hw):
@@ -149,12 +157,16 @@ def _write_semantic(source: Path, out: Path) -> dict:
             info = coco.imgs[img_id]
             src = img_dir / info["file_name"]
             read_image(src, (info["height"], info["width"]))
-            shutil.copyfile(src, out / "images" / split / info["file_name"])
             stem = Path(info["file_name"]).stem
             label = Image.fromarray(semantic_map(coco, img_id))
             orientation = exif_orientation(src)
-            if orientation in EXIF_TRANSPOSE:  # as the image will be read for training
+            if orientation in EXIF_TRANSPOSE:  # stored upright, without the tag: every loader sees one frame
+                with Image.open(src) as im:
+                    im.transpose(EXIF_TRANSPOSE[orientation]).save(out / "images" / split / info["file_name"],
+                                                                   quality=95)
                 label = label.transpose(EXIF_TRANSPOSE[orientation])
+            else:
+                shutil.copyfile(src, out / "images" / split / info["file_name"])
             label.save(out / "annotations" / split / f"{stem}_labelTrainIds.png")
         counts[split] = len(coco.imgs)
     return counts

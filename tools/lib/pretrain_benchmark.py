@@ -33,10 +33,9 @@ from timm.optim import param_groups_weight_decay
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from semaim_core import MODEL_SIZES, MODELS, build_model
-from semaim_core.data import ImageDataset, find_images, pretrain_transform
+from semaim_core.data import ImageDataset, SeededSamples, find_images, pretrain_transform
 from semaim_core.errors import command
 from semaim_core.optim import build_optimizer
-from semaim_core.pretrain import SeededSamples
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
 from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, read_records, time_steps
 

@@ -150,6 +150,9 @@ def collect_dir(run: Path, row: Row) -> None:
                 row.problems.append(f"{path}: {metric} is {value!r}, not a number")
             elif math.isnan(value) or math.isinf(value):
                 row.problems.append(f"{path}: {metric} is {value}, not a score")
+            elif not 0 <= value <= 100:
+                row.problems.append(f"{path}: {metric} is {value}, outside 0-100: not a percentage (the file was "
+                                    "edited, or written by another tool)")
             row.samples.setdefault((metric, dataset), []).append((value, source, _recipe(run)))
     cfg = run / "config.json"
     if cfg.is_file():
@@ -283,11 +286,11 @@ def table(rows: list[Row], fmt: str = "md", cols=None, first: str = "method", ma
         csv.writer(buf, lineterminator="\n").writerows([heads, *lines])
         return buf.getvalue()
     if fmt == "latex":
-        body = "\n".join(" & ".join(c.replace("_", r"\_").replace("±", r"$\pm$") for c in line) + r" \\"
-                         for line in lines)
-        return (f"\\begin{{tabular}}{{l{'l' * marks}{'r' * len(cols)}}}\n\\toprule\n" + " & ".join(heads)
+        body = "\n".join(" & ".join(_latex(c) for c in line) + r" \\" for line in lines)
+        return (f"\\begin{{tabular}}{{l{'l' * marks}{'r' * len(cols)}}}\n\\toprule\n" + " & ".join(map(_latex, heads))
                 + " \\\\\n\\midrule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"
                 + (f"% {HARNESS_NOTE}\n" if mixed else ""))
+    lines = [[c.replace("|", r"\|") for c in line] for line in lines]  # a | in a name would split its cell
     out = ["| " + " | ".join(heads) + " |", "|" + "---|" * (1 + marks) + "---:|" * len(cols)]
     notes = [f"- {r.method}: {r.note}" for r in rows if r.note]
     text = "\n".join(out + ["| " + " | ".join(line) + " |" for line in lines]) + "\n"
@@ -369,7 +372,17 @@ def chart_panels(rows: list[Row]) -> list[tuple[str, list[tuple[str, bool, dict]
 
 
 def _is_score(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A number that can be a percentage (every metric in the tables is one)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and \
+        0 <= value <= 100
+
+
+LATEX_SPECIAL = {c: "\\" + c for c in "&%$#_{}"} | {"\\": r"\textbackslash{}", "|": r"\textbar{}",
+                                                      "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def _latex(text: str) -> str:
+    return "".join(LATEX_SPECIAL.get(c, c) for c in text).replace("±", r"$\pm$")
 
 
 def bar_chart(rows: list[Row], path: str | Path) -> Path:
