@@ -59,8 +59,8 @@ CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --
 stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"
 # a working pipeline fits a handful of images; a broken one cannot. The recipes are those of
 # tests/test_fit_checks.py, and the last stage holds them to its pass marks (a failure stops the demo)
-# (quick: no loader workers; starting two for each 16-image epoch was most of its time. The
-# augmentation draws then differ from the full run's, so its top-1 may too; the pass mark does not)
+# (quick: no loader workers; starting two for each 16-image epoch was most of its time. Each image's
+# augmentation is drawn from its own seed, so the result is the full run's all the same)
 "$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/fit_cls" --fit-images 16 --batch-size 16 --img-size 64 \
   --num-workers "$(pick 2 0)" \
   --epochs 100 --warmup-epochs 2 --save-every 100 \
