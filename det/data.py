@@ -7,6 +7,8 @@ from pathlib import Path
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
+from semaim_core.errors import DataError, UnknownKeyError
+
 REPO = Path(__file__).resolve().parents[1]
 TINY_COCO = REPO / "data" / "tiny_coco"
 
@@ -40,9 +42,9 @@ def check_datasets(names) -> None:
     """Fail early, naming the expected layout, when a dataset's files are not there."""
     for name in [names] if isinstance(names, str) else names:
         if name not in DatasetCatalog.list():
-            raise KeyError(f"dataset '{name}' is not registered: use coco_2017_train / coco_2017_val or "
-                           "lvis_v1_train / lvis_v1_val (under $DETECTRON2_DATASETS) or tiny_coco_train / "
-                           "tiny_coco_val")
+            raise UnknownKeyError(f"dataset '{name}' is not registered: use coco_2017_train / coco_2017_val or "
+                                  "lvis_v1_train / lvis_v1_val (under $DETECTRON2_DATASETS) or tiny_coco_train / "
+                                  "tiny_coco_val")
         meta = MetadataCatalog.get(name)
         json_file, image_root = getattr(meta, "json_file", None), getattr(meta, "image_root", None)
         missing = [p for p in (json_file, image_root) if p and not os.path.exists(p)]
@@ -53,5 +55,5 @@ def check_datasets(names) -> None:
                       "holds lvis/ and coco/" if name.startswith("lvis") else
                       f"COCO 2017 must be laid out as {root}/coco/{{annotations/instances_{{train,val}}2017.json,"
                       f"train2017/,val2017/}}: set DETECTRON2_DATASETS to the folder that holds coco/")
-            raise FileNotFoundError(f"dataset '{name}' expects {json_file} and {image_root}/, but {missing[0]} does "
-                                    f"not exist. {layout} (now: {root!r}).")
+            raise DataError(f"dataset '{name}' expects {json_file} and {image_root}/, but {missing[0]} does "
+                            f"not exist. {layout} (now: {root!r}).")

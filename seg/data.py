@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import os
 
+from semaim_core.errors import DataError
+
 LAYOUT_HINTS = {
     "ADE20KDataset": "ADE20K must be laid out as data/ade/ADEChallengeData2016/{images,annotations}/"
                      "{training,validation} (mmseg's layout; set data_root with --cfg-options or a symlink)",
@@ -19,5 +21,5 @@ def check_dataset(dataset_cfg) -> None:
         path = os.path.join(root, prefix.get(key, ""))
         if not os.path.isdir(path):
             kind = dataset_cfg.get("type", "the dataset")
-            raise FileNotFoundError(f"{kind}: {path} does not exist. "
-                                    + LAYOUT_HINTS.get(kind, f"expected {key} under data_root {root!r}"))
+            raise DataError(f"{kind}: {path} does not exist. "
+                            + LAYOUT_HINTS.get(kind, f"expected {key} under data_root {root!r}"))
