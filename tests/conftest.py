@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,15 @@ def pytest_collection_modifyitems(config, items):
         return slow is None, -(slow.kwargs.get("seconds", 0) if slow else 0)  # slow(seconds=N): longest first
 
     items.sort(key=order)
+
+
+def in_own_mount_namespace(script: str) -> subprocess.CompletedProcess:
+    """Run the shell ``script`` in user and mount namespaces of its own (its mounts, a small tmpfs or a
+    read-only bind mount, are seen by it alone), from the repository, with this Python first on PATH;
+    the test is skipped where the kernel does not allow such namespaces."""
+    unshare = ["unshare", "--user", "--map-root-user", "--mount"]
+    probe = subprocess.run([*unshare, "true"], capture_output=True)
+    if probe.returncode:
+        pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    return subprocess.run([*unshare, "sh", "-c", script], cwd=REPO, capture_output=True, text=True, env=env)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import in_own_mount_namespace
 from safetensors.torch import save_file
 
 from semaim_core.errors import command
@@ -181,15 +182,10 @@ def test_the_command_line_prints_the_line_and_no_traceback(argv, expected, tmp_p
 
 def test_a_read_only_output_folder_is_named(tmp_path):
     """A run directory on a read-only mount (a bind mount in a namespace of the test's own)."""
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
-    if probe.returncode:
-        pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
     ro = tmp_path / "ro"
     ro.mkdir()
-    script = (f"mount --bind -o ro {ro} {ro} && {sys.executable} -m semaim_core.pretrain --preset demo --data "
-              f"{REPO / 'data/tiny_coco/train2017'} --output-dir {ro / 'run'} --max-steps 1")
-    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script], cwd=REPO,
-                          capture_output=True, text=True)
+    done = in_own_mount_namespace(f"mount --bind -o ro {ro} {ro} && python -m semaim_core.pretrain --preset demo "
+                                  f"--data {REPO / 'data/tiny_coco/train2017'} --output-dir {ro / 'run'} --max-steps 1")
     assert done.returncode == 1 and done.stderr.strip() == (
         f"error: cannot create the output directory {ro / 'run'} (Read-only file system): choose a folder you "
         "can write to"), done.stderr

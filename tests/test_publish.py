@@ -1,16 +1,15 @@
 """tools/publish.py: a tiny pretraining run published as a Hub folder that timm loads offline with
 the encoder's features, its checksums verified, and a corrupted or foreign file caught."""
 import json
-import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import safetensors.torch
 import timm
 import torch
+from conftest import in_own_mount_namespace
 
 from semaim_core.export import semaim_from_encoder
 from semaim_core.files import load_file
@@ -141,16 +140,10 @@ def test_two_publishers_into_one_folder_one_wins(run, tmp_path):
 
 def test_a_full_disk_is_named_and_leaves_nothing(run, tmp_path):
     """publish.py into a 1 MiB tmpfs (its own mount namespace): 'no space left', and no temporary folder."""
-    probe = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "true"], capture_output=True)
-    if probe.returncode:
-        pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
     disk = tmp_path / "disk"
     disk.mkdir()
-    script = (f"mount -t tmpfs -o size=1m tmpfs {disk} && python tools/publish.py {run} {disk}/hub; rc=$?; "
-              f"echo LEFT: $(ls -A {disk}); exit $rc")
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script],
-                          capture_output=True, text=True, env=env)
+    done = in_own_mount_namespace(f"mount -t tmpfs -o size=1m tmpfs {disk} && python tools/publish.py {run} "
+                                  f"{disk}/hub; rc=$?; echo LEFT: $(ls -A {disk}); exit $rc")
     assert done.returncode == 1, done.stdout + done.stderr
     assert "no space left on its disk" in done.stderr and "partial folder was removed" in done.stderr, done.stderr
     assert done.stdout.strip().endswith("LEFT:"), done.stdout  # nothing behind: no hub, no .hub.tmp-PID
