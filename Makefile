@@ -6,7 +6,7 @@ TORCH_CUDA ?=
 DATA   ?= data/derived
 JOBS   ?= 2
 
-.PHONY: help setup data test test-fast demo clean-data
+.PHONY: help setup data test test-fast test-real-size demo clean-data
 
 help:                 ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 22
@@ -27,6 +27,9 @@ test: setup           ## set up if needed, lint (ruff), then run the test suite 
 test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -m "not slow" -q -n $(JOBS) --dist loadgroup
+
+test-real-size: setup ## every production config at its real size, one step each, alone (~15 min on 2 cores)
+	$(PY) -m pytest tests -m real_size -v
 
 clean-data:           ## remove the derived datasets
 	rm -rf $(DATA)

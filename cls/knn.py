@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
-from cls.engine import base_parser, majority_top1, start, write_metrics
+from cls.engine import base_parser, majority_top1, scored_folder, start, write_metrics
 from semaim_core.data import eval_transform
 from semaim_core.errors import command
 from semaim_core.rundir import release_lock
@@ -65,7 +65,8 @@ def main(argv=None):
     args = parse_args(argv)
     start(args)
     device = torch.device(args.device)
-    train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size))
+    train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size),
+                                       args.fit_images)  # a fit check: the memory bank is the images scored
     model = feature_model(args).to(device).eval()
     train_f, train_y = features(model, train_set, args.batch_size, args.num_workers, device)
     val_f, val_y = features(model, val_set, args.batch_size, args.num_workers, device)
@@ -79,8 +80,8 @@ def main(argv=None):
                   top5=round(top5, 3), encoder=str(args.encoder), data=str(args.data))
     path = write_metrics(args, result, epoch=None, images=len(val_set))
     release_lock(Path(args.output_dir))
-    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} on {len(val_set)} images of {args.data}/val (always answering "
-          f"the most frequent class: {result['majority_top1']:.2f}) -> {path}")
+    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} on {len(val_set)} images of {scored_folder(args)} (always "
+          f"answering the most frequent class: {result['majority_top1']:.2f}) -> {path}")
     return result
 
 

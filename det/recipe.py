@@ -45,12 +45,21 @@ def lsj_augmentations(image_size: int) -> list:
             T.FixedSizeCrop(crop_size=(image_size, image_size), pad=False)]
 
 
+# what a Mask R-CNN box predictor sets that each Cascade stage keeps (LVIS: sigmoid + federated loss,
+# 300 detections per image scored from 0.02; COCO: 100 from 0.05)
+PREDICTOR_SETTINGS = ("test_score_thresh", "test_topk_per_image", "use_sigmoid_ce", "use_fed_loss",
+                      "get_fed_loss_cls_weights")
+
+
 def to_cascade(roi_heads, conv_dims=(256, 256, 256, 256), fc_dim: int = 1024) -> None:
     """Turn a Mask R-CNN ``roi_heads`` config into ViTDet's Cascade R-CNN heads, in place: three
     stages of a conv + LN box head, class-agnostic box regression, IoU thresholds 0.5 / 0.6 / 0.7
-    and box weights (10, 5), (20, 10), (30, 15) (projects/ViTDet/configs/COCO/
-    cascade_mask_rcnn_vitdet_b_100ep.py). The mask head and the sampling stay as they are."""
+    and box weights (10, 5), (20, 10), (30, 15) (projects/ViTDet/configs/{COCO,LVIS}/
+    cascade_mask_rcnn_vitdet_b_100ep.py). Each stage's predictor keeps what the Mask R-CNN predictor
+    set (``PREDICTOR_SETTINGS``); the mask head and the sampling stay as they are."""
     channels = roi_heads.box_head.input_shape.channels
+    kept = {k: roi_heads.box_predictor[k] for k in PREDICTOR_SETTINGS if k in roi_heads.box_predictor}
+    kept.setdefault("test_score_thresh", 0.05)
     for key in ("box_head", "box_predictor", "proposal_matcher"):  # Mask R-CNN's single-stage arguments
         roi_heads.pop(key)
     roi_heads.update(
@@ -58,13 +67,22 @@ def to_cascade(roi_heads, conv_dims=(256, 256, 256, 256), fc_dim: int = 1024) ->
         box_heads=[L(FastRCNNConvFCHead)(input_shape=ShapeSpec(channels=channels, height=7, width=7),
                                          conv_dims=list(conv_dims), fc_dims=[fc_dim], conv_norm="LN")
                    for _ in range(3)],
-        box_predictors=[L(FastRCNNOutputLayers)(input_shape=ShapeSpec(channels=fc_dim), test_score_thresh=0.05,
+        box_predictors=[L(FastRCNNOutputLayers)(input_shape=ShapeSpec(channels=fc_dim),
                                                 box2box_transform=L(Box2BoxTransform)(weights=(w1, w1, w2, w2)),
-                                                cls_agnostic_bbox_reg=True, num_classes="${...num_classes}")
+                                                cls_agnostic_bbox_reg=True, num_classes="${...num_classes}", **kept)
                         for w1, w2 in ((10, 5), (20, 10), (30, 15))],
         proposal_matchers=[L(Matcher)(thresholds=[iou], labels=[0, 1], allow_low_quality_matches=False)
                            for iou in (0.5, 0.6, 0.7)],
     )
+
+
+def to_vit_large(net, lr_factor_func) -> None:
+    """ViTDet's ViT-L settings on a ViT-B backbone config, in place: width 1024, 24 blocks of 16
+    heads, drop path 0.4, global attention in blocks 5, 11, 17 and 23 (window attention elsewhere),
+    and layer decay 0.8 (projects/ViTDet/configs/{COCO,LVIS}/mask_rcnn_vitdet_l_100ep.py)."""
+    net.update(embed_dim=1024, depth=24, num_heads=16, drop_path_rate=0.4,
+               window_block_indexes=[i for i in range(24) if i % 6 != 5])
+    lr_factor_func.lr_decay_rate = 0.8
 
 
 def fed_loss_weights(dataset_names: str, freq_weight_power: float = 0.5):

@@ -145,7 +145,8 @@ def do_train(args, cfg):
         hooks.LRScheduler(scheduler=LRMultiplier(optimizer, instantiate(cfg.lr_multiplier), cfg.train.max_iter)),
         ExactResumeHook(),
         hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer) if comm.is_main_process() else None,
-        hooks.EvalHook(cfg.train.eval_period, evaluate),
+        # train.eval_period=0: no evaluation at all (detectron2 would still evaluate after the last iteration)
+        hooks.EvalHook(cfg.train.eval_period, evaluate) if cfg.train.eval_period > 0 else None,
     ])
     if args.resume and checkpointer.has_checkpoint():
         # a full training checkpoint of this run: model, optimizer, scheduler, iteration and RNG (strict)

@@ -125,6 +125,11 @@ def test_knn(derived, encoder, tmp_path):
     with pytest.raises(CheckpointError, match=r"NaN or infinite weights in 1 tensors \(\['blocks.0.mlp.fc1.weight'\]"):
         main(common(derived, copy, tmp_path / "nan"))
     assert not (tmp_path / "nan").exists()
+    # a fit check scores the images it keeps as its memory bank (each finds itself), and says so
+    fit = main(common(derived, encoder, tmp_path / "fit") + ["--fit-images", "6"])
+    record = json.loads((tmp_path / "fit" / "cls_metrics.json").read_text())
+    assert fit["top1"] == 100.0 and record["provenance"]["images"] == 6
+    assert record["provenance"]["dataset"].endswith("crops/train")
     # the vote: nearest neighbours of a point that is itself in the training set
     train = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
     labels = torch.arange(10) % 3

@@ -113,9 +113,9 @@ def make_inputs(t: Path, enc: Path):
     (t / "det_run").mkdir()
     from semaim_core.rundir import file_digest
     (t / "det_run" / "run.json").write_text(json.dumps({"train.init_checkpoint.sha256": file_digest(enc)}))
+    nothing = {"bbox": dict.fromkeys(("AP", "AP50", "AP75")), "segm": {}}  # COCOEvaluator, no detections
     (t / "det_run" / "det_metrics.json").write_text(json.dumps(
-        {"task": "det", "dataset": "coco_2017_val", "iteration": 10, "bbox": {}, "segm": {},
-         "provenance": {"iteration": 10}}))
+        {"task": "det", "dataset": "coco_2017_val", "iteration": 10, **nothing, "provenance": {"iteration": 10}}))
 
 
 def snapshot(folder: Path) -> dict:

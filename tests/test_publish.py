@@ -162,8 +162,9 @@ def test_results_without_predictions_are_named(run, tmp_path):
     det = tmp_path / "det"
     det.mkdir()
     (det / "run.json").write_text(json.dumps({"train.init_checkpoint.sha256": file_digest(run / "encoder.pth")}))
+    nothing = {"bbox": dict.fromkeys(("AP", "AP50", "AP75")), "segm": {}}  # COCOEvaluator, no detections
     (det / "det_metrics.json").write_text(json.dumps({"task": "det", "dataset": "coco_2017_val", "iteration": 10,
-                                                      "bbox": {}, "segm": {}, "provenance": {"iteration": 10}}))
+                                                      **nothing, "provenance": {"iteration": 10}}))
     with pytest.raises(PublishError, match="det_metrics.json: the evaluation had no predictions to score"):
         publish(run, tmp_path / "hub", results=[str(det)])
     assert not (tmp_path / "hub").exists()

@@ -20,11 +20,10 @@ dataloader.test.dataset.names = "lvis_v1_val"
 dataloader.evaluator = L(LVISEvaluator)(dataset_name="${..test.dataset.names}", max_dets_per_image=300)
 
 model.roi_heads.num_classes = 1203
-predictor = model.roi_heads.box_predictor
-predictor.test_score_thresh = 0.02
-predictor.test_topk_per_image = 300
-predictor.use_sigmoid_ce = predictor.use_fed_loss = True
-predictor.get_fed_loss_cls_weights = L(fed_loss_weights)(dataset_names="${dataloader.train.dataset.names}")
+# (no module-level alias of the predictor: LazyConfig would keep it as a top-level key of the config)
+model.roi_heads.box_predictor.update(
+    test_score_thresh=0.02, test_topk_per_image=300, use_sigmoid_ce=True, use_fed_loss=True,
+    get_fed_loss_cls_weights=L(fed_loss_weights)(dataset_names="${dataloader.train.dataset.names}"))
 
 train.max_iter = epochs_to_iters(100, dataloader.train.total_batch_size, images=LVIS_TRAIN_IMAGES)
 train.eval_period = train.checkpointer.period = 30_000

@@ -106,7 +106,9 @@ def _dataset(kind: str, data: dict) -> str:
 
 def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
     if name == "det_metrics.json":
-        if data.get("task") == "det" and data.get("bbox") == {} and data.get("segm") == {}:
+        # detectron2's COCOEvaluator with no detection to score: box AP null (NaN) and no mask task at all
+        if data.get("task") == "det" and not data.get("segm") and all(
+                v is None for v in (data.get("bbox") or {}).values()):
             raise MetricsError(f"{path}: the evaluation had no predictions to score (the detector predicted nothing "
                                f"on {_dataset('det', data)}, so detectron2 reports no AP): an untrained or diverged "
                                "detector; check its training log")
