@@ -316,6 +316,34 @@ def test_cascade_configs_are_vitdets_cascade_on_the_semaim_recipe():
         assert cfg.train.init_checkpoint == plain.train.init_checkpoint
 
 
+def test_lvis_cascade_configs_are_vitdets_on_the_semaim_recipe():
+    """ViTDet's LVIS/cascade_mask_rcnn_vitdet_{b,l}_100ep.py: each of the three stages keeps the LVIS
+    predictor's settings (1203 classes, sigmoid + federated loss, 300 detections from 0.02)."""
+    from detectron2.modeling.roi_heads import CascadeROIHeads
+
+    from det.train_net import recipe
+
+    for name, depth, decay in (("vitdet_semaim_lvis_cascade", 12, 0.7), ("vitdet_semaim_lvis_cascade_large", 24, 0.8)):
+        cfg = load(name)
+        heads = cfg.model.roi_heads
+        assert heads._target_ is CascadeROIHeads and heads.num_classes == 1203 and len(heads.box_predictors) == 3
+        for p in heads.box_predictors:
+            assert (p.test_score_thresh, p.test_topk_per_image, p.use_sigmoid_ce, p.use_fed_loss) == (0.02, 300, True,
+                                                                                                      True)
+            assert p.get_fed_loss_cls_weights.dataset_names == "${dataloader.train.dataset.names}"
+            assert p.cls_agnostic_bbox_reg and p.num_classes == "${...num_classes}"
+        assert cfg.model.backbone.net.depth == depth and cfg.optimizer.params.lr_factor_func.lr_decay_rate == decay
+        assert (cfg.train.max_iter, cfg.optimizer.lr, cfg.dataloader.train.dataset.names) == (156_250, 2e-4,
+                                                                                              "lvis_v1_train")
+    box = ("model.roi_heads.box", "model.roi_heads.proposal_matcher", "model.roi_heads._target_")
+    settings, reference = recipe(load("vitdet_semaim_lvis_cascade")), recipe(load("vitdet_semaim_lvis"))
+    assert {k: v for k, v in settings.items() if not k.startswith(box)} == {
+        k: v for k, v in reference.items() if not k.startswith(box)}  # the rest is the LVIS Mask R-CNN recipe
+    large = load("vitdet_semaim_lvis_cascade_large").model.backbone.net
+    assert (large.embed_dim, large.num_heads, large.drop_path_rate) == (1024, 16, 0.4)
+    assert large.window_block_indexes == [i for i in range(24) if i not in (5, 11, 17, 23)]
+
+
 @pytest.mark.slow
 def test_cascade_trains_an_iteration_and_is_scored(tiny_encoder, tmp_path):
     """The Cascade heads (det.recipe.to_cascade) on the tiny model, one iteration on tiny_coco, with the

@@ -87,6 +87,7 @@ def run_pretrain(step: Step, work: Path, device: str) -> dict:
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(rows[-1]["loss"]), rows[-1]
     assert (out / "encoder.pth").is_file() and (out / "encoder.safetensors").is_file()
+    drop_checkpoints(out, "checkpoint-*.pth")
     return dict(loss=rows[-1]["loss"], detail="1 step at batch 2, then encoder.pth / .safetensors")
 
 
@@ -218,11 +219,14 @@ def run_det_eval(step: Step, work: Path, device: str) -> dict:
             f"train.init_checkpoint={final}"]
     if "lvis" not in step.config:
         main(parse_args(["--eval-only", *args]))
+        drop_checkpoints(work / step.config)
         metrics = json.loads((work / step.config / "det_metrics.json").read_text())
         when = f"after iteration {metrics['iteration']}" if metrics["iteration"] else "untrained"
         return dict(detail=f"COCO evaluation of 1 image ({when}): box AP {metrics['bbox'].get('AP')}, mask AP "
                            f"{metrics['segm'].get('AP')} (None: no detection above the score threshold yet)")
-    return lvis_inference(parse_args(args), final)
+    result = lvis_inference(parse_args(args), final)
+    drop_checkpoints(work / step.config)
+    return result
 
 
 def lvis_inference(args, checkpoint: Path) -> dict:
@@ -298,6 +302,7 @@ def run_seg_eval(step: Step, work: Path, device: str) -> dict:
 
     metrics = main([str(work / f"{step.config}.py"), str(work / step.config / "iter_1.pth"), "--work-dir",
                     str(work / step.config)])
+    drop_checkpoints(work / step.config)
     return dict(detail=f"slide inference (512, stride 341) on one 640 x 480 image: mIoU {metrics['mIoU']}")
 
 
@@ -309,7 +314,17 @@ def run_cls(step: Step, work: Path, device: str) -> dict:
                    "--output-dir", str(work / f"cls_{step.config}"), "--img-size", "224", "--batch-size", "2",
                    "--fit-images", "2", "--num-workers", "0", "--device", device,
                    *([] if step.config == "knn" else ["--epochs", "1"])])
-    return dict(detail=f"1 step at 224 px, batch 2, scored on those 2 images: top-1 {result['top1']}")
+    drop_checkpoints(work / f"cls_{step.config}")
+    what = "the features of 2 images at 224 px as memory bank and queries" if step.config == "knn" else \
+        "1 step at 224 px, batch 2, scored on those 2 images"
+    return dict(detail=f"{what}: top-1 {result['top1']}")
+
+
+def drop_checkpoints(folder: Path, pattern: str = "*.pth"):
+    """A step's checkpoints, once read (a ViT-L detector's with its optimizer state is 4 GB): the
+    check would otherwise leave some 15 GB behind."""
+    for path in folder.glob(pattern):
+        path.unlink()
 
 
 RUNNERS = dict(pretrain=run_pretrain, convert=run_convert, export=run_export, det_train=run_det_train,
@@ -356,6 +371,10 @@ def main(argv=None):
     step = next(s for s in steps() if s.name == args.step)
     work = Path(args.work)
     result = RUNNERS[step.kind](step, work, args.device)
+    if args.device.startswith("cuda"):  # the device's own peak, beside the process's resident memory
+        import torch
+
+        result["gpu_peak_gib"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
     out = work / "results" / f"{step.name.replace(' ', '_')}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result))
