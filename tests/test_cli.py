@@ -73,7 +73,7 @@ def test_make_help_lists_the_targets():
     proc = subprocess.run(["make", "-s", "help"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     targets = [line.split()[0] for line in proc.stdout.splitlines()]
-    assert targets == ["help", "setup", "data", "demo", "test", "test-fast", "clean-data"]
+    assert targets == ["help", "setup", "data", "demo", "test", "test-fast", "test-real-size", "clean-data"]
 
 
 @pytest.mark.slow

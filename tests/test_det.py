@@ -320,6 +320,7 @@ def test_lvis_cascade_configs_are_vitdets_on_the_semaim_recipe():
     """ViTDet's LVIS/cascade_mask_rcnn_vitdet_{b,l}_100ep.py: each of the three stages keeps the LVIS
     predictor's settings (1203 classes, sigmoid + federated loss, 300 detections from 0.02)."""
     from detectron2.modeling.roi_heads import CascadeROIHeads
+    from omegaconf import OmegaConf
 
     from det.train_net import recipe
 
@@ -330,8 +331,9 @@ def test_lvis_cascade_configs_are_vitdets_on_the_semaim_recipe():
         for p in heads.box_predictors:
             assert (p.test_score_thresh, p.test_topk_per_image, p.use_sigmoid_ce, p.use_fed_loss) == (0.02, 300, True,
                                                                                                       True)
-            assert p.get_fed_loss_cls_weights.dataset_names == "${dataloader.train.dataset.names}"
-            assert p.cls_agnostic_bbox_reg and p.num_classes == "${...num_classes}"
+            weights = OmegaConf.to_container(p.get_fed_loss_cls_weights, resolve=False)  # not a copy of the value:
+            assert weights["dataset_names"] == "${dataloader.train.dataset.names}"  # it follows the data's override
+            assert p.cls_agnostic_bbox_reg and p.num_classes == 1203  # the heads' own, through "${...num_classes}"
         assert cfg.model.backbone.net.depth == depth and cfg.optimizer.params.lr_factor_func.lr_decay_rate == decay
         assert (cfg.train.max_iter, cfg.optimizer.lr, cfg.dataloader.train.dataset.names) == (156_250, 2e-4,
                                                                                               "lvis_v1_train")
