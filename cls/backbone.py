@@ -7,7 +7,7 @@ from pathlib import Path
 import timm
 import torch
 
-from semaim_core.checkpoint import read_encoder, timm_model_args
+from semaim_core.layouts import read_encoder, timm_model_args
 from semaim_core.weights import load_verified, resize_pos_embed
 
 

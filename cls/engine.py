@@ -22,12 +22,13 @@ from timm.utils import accuracy, random_seed
 from tqdm import tqdm
 
 from cls.data import check_layout, loader
-from semaim_core import rundir
-from semaim_core.checkpoint import read_encoder
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.errors import SettingError
-from semaim_core.files import load_file, refuse_address, save_atomic
-from semaim_core.rundir import open_run, provenance, release_lock
+from semaim_core.layouts import read_encoder
+from semaim_core.provenance import provenance
+from semaim_core.provenance import write_metrics as write_record
+from semaim_core.rundir import open_run, release_lock, with_input_digests
+from semaim_core.safe_io import load_file, refuse_address, save_atomic
 from semaim_core.training import (
     AMP_DTYPES,
     LossWatch,
@@ -94,7 +95,7 @@ def start(args, check_encoder=None) -> bool:
     if rank != 0:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()
     recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
-    return open_run(args.output_dir, rundir.with_input_digests(recipe, ["encoder"]), overwrite=args.overwrite)
+    return open_run(args.output_dir, with_input_digests(recipe, ["encoder"]), overwrite=args.overwrite)
 
 
 @torch.no_grad()
@@ -151,7 +152,7 @@ def write_metrics(args, record: dict, epoch: int | None, images: int) -> Path:
         args.encoder, run=str(Path(args.output_dir).resolve()), epoch=epoch,
         dataset=str(Path(scored_folder(args)).resolve()), images=images,
         config={k: v for k, v in vars(args).items() if k not in OPERATIONAL})
-    return rundir.write_metrics(Path(args.output_dir) / "cls_metrics.json", record, overwrite=True)
+    return write_record(Path(args.output_dir) / "cls_metrics.json", record, overwrite=True)
 
 
 class EpochTrainer:

@@ -11,8 +11,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-from semaim_core.checkpoint import describe_kind, detectron2_keys, read_encoder
-from semaim_core.files import CheckpointError, atomic_write, commit, load_file, refuse_address
+from semaim_core.layouts import describe_kind, detectron2_keys, read_encoder
+from semaim_core.safe_io import CheckpointError, atomic_write, commit, load_file, refuse_address
 from semaim_core.training import all_rng_states, own_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified, resize_pos_embed
 

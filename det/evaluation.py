@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 import os
 
-from semaim_core import rundir
-from semaim_core.rundir import provenance
+from semaim_core.provenance import check_replaceable, provenance, result_source
+from semaim_core.provenance import write_metrics as write_record
 
 
 def _finite_or_none(d: dict) -> dict:
@@ -15,8 +15,8 @@ def _finite_or_none(d: dict) -> dict:
 
 def check_writable(output_dir: str, checkpoint: str | None = None, overwrite: bool = False):
     """Before an evaluation: refuse now, not after inference, what ``write_metrics`` would refuse."""
-    source = rundir.result_source(checkpoint, run=os.path.abspath(output_dir))
-    rundir.check_replaceable(os.path.join(output_dir, "det_metrics.json"), source, overwrite)
+    source = result_source(checkpoint, run=os.path.abspath(output_dir))
+    check_replaceable(os.path.join(output_dir, "det_metrics.json"), source, overwrite)
 
 
 def write_metrics(results: dict, output_dir: str, iteration: int, dataset: str, checkpoint: str | None = None,
@@ -28,4 +28,4 @@ def write_metrics(results: dict, output_dir: str, iteration: int, dataset: str, 
               "bbox": _finite_or_none(results.get("bbox", {})), "segm": _finite_or_none(results.get("segm", {})),
               "provenance": provenance(checkpoint, run=os.path.abspath(output_dir), iteration=iteration,
                                        dataset=dataset, images=images, config=config)}
-    return str(rundir.write_metrics(os.path.join(output_dir, "det_metrics.json"), record, overwrite))
+    return str(write_record(os.path.join(output_dir, "det_metrics.json"), record, overwrite))

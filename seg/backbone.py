@@ -7,7 +7,7 @@ from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
 from mmseg.registry import MODELS
 
-from semaim_core.checkpoint import describe_kind, mmseg_keys, read_encoder
+from semaim_core.layouts import describe_kind, mmseg_keys, read_encoder
 from semaim_core.weights import load_verified
 
 # What a pretrained encoder does not have: mmseg's layer scale (gamma, 1.0 = none with

@@ -20,8 +20,8 @@ from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
 from seg.fast_config import FormattedOnceConfig
-from semaim_core.files import CheckpointError, allow_globals, commit, load_file
 from semaim_core.rundir import RunDirError, drop_rows_after
+from semaim_core.safe_io import CheckpointError, allow_globals, commit, load_file
 from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified
 

@@ -8,7 +8,7 @@ from mmengine.logging import MessageHub
 from mmseg.evaluation import IoUMetric
 from mmseg.registry import METRICS
 
-from semaim_core.rundir import provenance, write_metrics
+from semaim_core.provenance import provenance, write_metrics
 
 
 @METRICS.register_module()

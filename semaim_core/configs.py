@@ -19,7 +19,7 @@ def resolve_config(name: str, folder: Path) -> str:
         if candidate.is_file():
             return str(candidate)
     known = sorted(p.name for p in folder.glob("*.py") if not p.name.startswith("_"))
-    raise SystemExit(f"config {name!r} is neither a file nor one of the configs in {folder}: {', '.join(known)}")
+    raise SettingError(f"config {name!r} is neither a file nor one of the configs in {folder}: {', '.join(known)}")
 
 
 def check_override_kind(key: str, old, new):

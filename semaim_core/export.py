@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .checkpoint import FORMAT_ENCODER, FORMAT_TRAIN, encoder_from_checkpoint, read_encoder, to_encoder
-from .files import atomic_write, save_atomic, save_safetensors
+from .layouts import FORMAT_ENCODER, FORMAT_TRAIN, encoder_from_checkpoint, read_encoder, to_encoder
 from .model import build_model
+from .safe_io import atomic_write, save_atomic, save_safetensors
 from .weights import load_verified, resize_pos_embed
 
 

@@ -30,7 +30,7 @@ from timm.layers import DropPath, Mlp, PatchEmbed
 from timm.models.vision_transformer import Block
 from torch.utils.checkpoint import checkpoint
 
-from . import orders as O
+from . import orders
 from .targets import FeatureTarget, PixelTarget
 
 ATTENTION = ("sorted", "dense")
@@ -132,8 +132,8 @@ class SemAIM(nn.Module):
         decoder_depth = depth if decoder_depth is None else decoder_depth
         # the authors take the order's similarity from the teacher whenever the target is a teacher's
         similarity_source = similarity_source or ("online" if target == "pixel" else "teacher")
-        if order not in O.ORDERS:
-            raise ValueError(f"unknown order '{order}': choose one of {', '.join(O.ORDERS)}")
+        if order not in orders.ORDERS:
+            raise ValueError(f"unknown order '{order}': choose one of {', '.join(orders.ORDERS)}")
         if attention not in ATTENTION:
             raise ValueError(f"unknown attention '{attention}': choose 'sorted' or 'dense'")
         if similarity_source not in SIMILARITY_SOURCES:
@@ -256,7 +256,7 @@ class SemAIM(nn.Module):
         """S (B x N) from an unmasked, no-grad, eval-mode pass (no drop path) of the online
         encoder, its EMA, or the teacher; outside the step's autocast unless asked otherwise."""
         if self.similarity_source == "teacher":  # the authors run the teacher in the step's autocast
-            return O.similarity_map(self.target.tokens(images))
+            return orders.similarity_map(self.target.tokens(images))
         encoder = self if self.similarity_source == "online" else self.ema_encoder
         exact = self.similarity_precision == "fp32"
         with torch.autocast(images.device.type, enabled=False) if exact else nullcontext():
@@ -264,13 +264,13 @@ class SemAIM(nn.Module):
             h = torch.cat([cls, x], dim=1)
             for blk in encoder.blocks:
                 h = eval_block(blk, h)
-            return O.similarity_map(encoder.norm(h))
+            return orders.similarity_map(encoder.norm(h))
 
     def make_order(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(order C, similarity map S or None) for a batch, as the training step draws them."""
-        s = self.forward_similarity(images) if self.order in O.NEEDS_SIMILARITY else None
+        s = self.forward_similarity(images) if self.order in orders.NEEDS_SIMILARITY else None
         b = images.shape[0]
-        c = O.make_order(self.order, b, self.grid(images), images.device, s, lam=self.order_lambda,
+        c = orders.make_order(self.order, b, self.grid(images), images.device, s, lam=self.order_lambda,
                          smooth=self.order_smooth, num_centers=self.num_centers)
         return c, s
 

@@ -1,17 +1,17 @@
-"""One run per directory, and numbers that say where they came from.
+"""One run per directory: its lock, its recorded recipe, and the logs a resumed run must not repeat.
 
 ``open_run`` is called by every trainer and evaluator (pretraining, cls, det, seg) before it touches
 its output directory:
 
-* a lock file (``.lock``, holding the owner's pid) keeps a second process out;
+* a lock file (``.lock``, naming its owner process) keeps a second process out;
 * temporary files of a write that was killed (``.<name>.tmp*``) are removed;
-* the run's recipe is recorded in ``run.json``. A later start resumes or re-scores only when its
-  recipe matches (settings that only say where to stop may change); otherwise it stops before
-  touching anything and names each differing setting. A fresh start into a directory that
-  holds another run is refused unless ``overwrite``, which clears the directory first.
+* the run's recipe is recorded in ``run.json``, its input files by content. A later start resumes
+  or re-scores only when its recipe matches (settings that only say where to stop may change);
+  otherwise it stops before touching anything and names each differing setting. A fresh start
+  into a directory that holds another run is refused unless ``overwrite``, which clears it first
+  (never a folder that is not a run of the suite).
 
-``provenance`` describes a scored checkpoint for a metrics file: its path and content hash, the
-suite's commit, and whatever the caller adds (iteration, dataset, number of images, config).
+What a metrics file records about the number it holds is ``provenance``'s.
 """
 from __future__ import annotations
 
@@ -22,14 +22,11 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
-import torch
-
 from .errors import UserError
-from .files import atomic_write
+from .safe_io import atomic_write, write_json_atomic
 
 LOCK, RECIPE, CHANGES = ".lock", "run.json", "recipe_changes.jsonl"
 REPO = Path(__file__).resolve().parents[1]
@@ -278,11 +275,6 @@ def read_recipe(path: Path) -> dict:
     return recipe
 
 
-def write_json_atomic(path: str | Path, record) -> Path:
-    return atomic_write(path, lambda f: f.write(json.dumps(record, indent=2, allow_nan=False).encode()))
-
-
-# ---------------------------------------------------------------------------- provenance
 _DIGESTS: dict = {}
 
 
@@ -299,7 +291,6 @@ def file_digest(path: str | Path) -> str:
         _DIGESTS[key] = h.hexdigest()
     return _DIGESTS[key]
 
-
 def with_input_digests(recipe: dict, keys) -> dict:
     """``recipe`` plus the sha256 of each input file it names under ``keys`` (as ``<key>.sha256``):
     a run is tied to the content of its encoder, init checkpoint or teacher, so another file copied
@@ -311,74 +302,11 @@ def with_input_digests(recipe: dict, keys) -> dict:
             out[f"{key}.sha256"] = file_digest(value)
     return out
 
-
 def file_list_digest(files: list[Path], root: Path) -> dict:
     """How many files, and a sha256 of their sorted names relative to ``root``: cheap, and any image
     added, removed or renamed between two starts changes it."""
     names = "\n".join(sorted(str(Path(f).relative_to(root)) for f in files))
     return dict(count=len(files), names_sha256=hashlib.sha256(names.encode()).hexdigest())
-
-
-def suite_commit() -> str:
-    """The suite's git commit (with "+dirty" for uncommitted changes), or "unknown" outside a checkout."""
-    try:
-        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return head + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def provenance(checkpoint: str | Path | None, **facts) -> dict:
-    """What a metrics file records about the number it holds: the scored checkpoint (path and
-    sha256), the suite's commit, torch's CPU thread count (a CPU run's numbers depend on it), and
-    ``facts`` (iteration or epoch, dataset, images, config)."""
-    ckpt = None
-    if checkpoint and Path(checkpoint).is_file():
-        ckpt = dict(path=str(Path(checkpoint).resolve()), sha256=file_digest(checkpoint))
-    elif checkpoint:
-        ckpt = dict(path=str(checkpoint), sha256=None)
-    return dict(checkpoint=ckpt, suite_commit=suite_commit(), torch_threads=torch.get_num_threads(), **facts)
-
-
-def _source(record: dict):
-    """What a metrics record scored: a checkpoint file (by content) or a run's in-training model."""
-    p = record.get("provenance") or {}
-    ckpt = p.get("checkpoint") or {}
-    return ("checkpoint", ckpt["sha256"]) if ckpt.get("sha256") else ("run", p.get("run"))
-
-
-def result_source(checkpoint: str | Path | None = None, run: str | None = None) -> tuple:
-    """What a new result scores, as ``_source`` reads it back from its record: a checkpoint file
-    (by content), or else the run's in-training model."""
-    if checkpoint and Path(checkpoint).is_file():
-        return "checkpoint", file_digest(checkpoint)
-    return "run", run
-
-
-def check_replaceable(path: str | Path, source: tuple, overwrite: bool = False, flag: str = "--overwrite"):
-    """Refuse to replace a metrics file that holds the result of another checkpoint or run than
-    ``source`` (``result_source``), unless ``overwrite``. Evaluations call it before inference too,
-    so that a refusal does not come after the whole evaluation."""
-    path = Path(path)
-    if path.is_file() and not overwrite:
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        if _source(old) != source:
-            what = (old.get("provenance") or {}).get("checkpoint") or (old.get("provenance") or {}).get("run")
-            raise RunDirError(f"{path} holds the result of another evaluation ({what or 'no provenance'}): "
-                              f"write to another directory, or pass {flag} to replace it")
-
-
-def write_metrics(path: str | Path, record: dict, overwrite: bool = False, flag: str = "--overwrite") -> Path:
-    """Write a metrics record (with its ``provenance``) atomically, never replacing another
-    evaluation's silently (``check_replaceable``)."""
-    check_replaceable(path, _source(record), overwrite, flag)
-    return write_json_atomic(path, record)
 
 
 def flatten(tree, prefix: str = "") -> dict:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .errors import UserError
-from .files import CheckpointError, load_file, refuse_address
+from .safe_io import CheckpointError, load_file, refuse_address
 from .weights import load_verified
 
 # Teacher architectures (timm names) and the normalization their weights were trained with. The
@@ -77,7 +77,7 @@ class TeacherWeightsError(UserError, FileNotFoundError):
 
 def read_teacher_state_dict(path: Path) -> dict:
     """The weights in a teacher file: a state dict (possibly wrapped, as DINO and MAE save them), with
-    OpenAI CLIP keys under ``visual.``. Read without running code (``files.load_file``): OpenAI's
+    OpenAI CLIP keys under ``visual.``. Read without running code (``safe_io.load_file``): OpenAI's
     TorchScript ``ViT-B-16.pt`` is extracted to safetensors once with the converter's --state-dict."""
     try:
         sd = load_file(path)

@@ -8,6 +8,7 @@ import collections
 import json
 import random
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .files import CheckpointError
 from .rundir import drop_rows_after
+from .safe_io import CheckpointError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -35,17 +36,20 @@ def grad_scaler(device: torch.device, amp: torch.dtype | None) -> torch.amp.Grad
     return torch.amp.GradScaler(device.type, enabled=amp is torch.float16)
 
 
-def optimizer_step(optimizer, scaler, params, clip: float | None, where: str = "", advice: str = "") -> torch.Tensor:
+def optimizer_step(optimizer, scaler, params, clip: float | None, where: str = "",
+                   advice: str | Callable[[], str] = "") -> torch.Tensor:
     """Unscale, clip to ``clip`` (None: measure only), step and zero the gradients; returns the
     gradient norm before clipping. ``params`` is a list of tensors, or a list of such lists each
     clipped on its own (the norm returned is then the largest). fp16: the GradScaler skips a step
     with inf/NaN gradients and lowers its scale. Otherwise a non-finite gradient would write NaN
-    into every weight, so stop before the update (the error says ``where`` and ``advice``)."""
+    into every weight, so stop before the update (the error says ``where`` and ``advice``, a text or
+    a function that builds it, called only then)."""
     scaler.unscale_(optimizer)
     groups = params if params and isinstance(params[0], (list, tuple)) else [params]
     norm = torch.stack([torch.nn.utils.clip_grad_norm_(g, clip or float("inf")) for g in groups]).max()
     if not torch.isfinite(norm) and not scaler.is_enabled():
         optimizer.zero_grad(set_to_none=True)
+        advice = advice() if callable(advice) else advice
         raise NonFiniteError(f"gradient norm is {norm.item()} {where}: stopping before the update. {advice}")
     scaler.step(optimizer)
     scaler.update()

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from .files import CheckpointError
+from .safe_io import CheckpointError
 
 
 def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:

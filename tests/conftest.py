@@ -38,7 +38,7 @@ def demo_encoder(tmp_path_factory):
 
     from semaim_core import build_model
     from semaim_core.export import export_encoder
-    from semaim_core.files import save_atomic
+    from semaim_core.safe_io import save_atomic
 
     torch.manual_seed(0)
     model = build_model("semaim_vit_tiny_patch16", img_size=96, depth=4)

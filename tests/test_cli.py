@@ -13,11 +13,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_bare_config_names_resolve_in_the_framework_folders():
     from semaim_core.configs import resolve_config
+    from semaim_core.errors import SettingError
 
     assert resolve_config("vitdet_semaim.py", REPO / "det/configs") == str(REPO / "det/configs/vitdet_semaim.py")
     assert resolve_config("upernet_semaim", REPO / "seg/configs") == str(REPO / "seg/configs/upernet_semaim.py")
     assert resolve_config(str(REPO / "det/configs/vitdet_semaim.py"), REPO / "seg/configs").endswith("vitdet_semaim.py")
-    with pytest.raises(SystemExit, match=r"'vitdet_semaim_xl.py' is neither a file nor one of the configs in .*"
+    with pytest.raises(SettingError, match=r"'vitdet_semaim_xl.py' is neither a file nor one of the configs in .*"
                                          r"vitdet_semaim.py, vitdet_semaim_ablation.py"):
         resolve_config("vitdet_semaim_xl.py", REPO / "det/configs")
 
@@ -137,7 +138,7 @@ def test_slurm_scripts_take_ranks_and_sizes_from_slurm(tmp_path, script, expecte
 def test_a_baseline_runs_through_the_same_recipes(demo_encoder, tmp_path):
     """tools/baseline.sh: an MAE-layout release is converted, then sent through the very configs the
     README runs SemAIM with, and the row it prints is marked 'same harness'."""
-    from semaim_core.files import save_atomic
+    from semaim_core.safe_io import save_atomic
 
     mae = tmp_path / "mae_release.pth"
     save_atomic({"model": demo_encoder[1]}, mae)  # MAE's main_pretrain save: {"model": timm keys}
@@ -161,3 +162,33 @@ def test_a_baseline_runs_through_the_same_recipes(demo_encoder, tmp_path):
     missing = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, capture_output=True,
                              text=True, env=dict(env, TASKS="ft", DRY_RUN="1"), timeout=60)
     assert missing.returncode == 2 and "task ft needs IMAGENET=" in missing.stderr
+
+
+def test_the_pretraining_flags_are_built_from_the_settings_and_their_types():
+    """Each ``recipe.Config`` field is a flag of its annotated type with its metadata's help; a type the
+    builder cannot parse is an error when the parser is built (a list of ints never becomes a string)."""
+    import argparse
+    from dataclasses import dataclass
+
+    from semaim_core.pretrain import add_arguments
+    from semaim_core.recipe import setting
+
+    @dataclass
+    class Toy:
+        sizes: list[int] = setting((1,), "sizes")
+        limit: int | None = setting(None, "a limit")
+        pair: tuple[float, float] = setting((0.9, 0.95), "a pair")
+        on: bool = setting(False, "a switch")
+
+    ap = argparse.ArgumentParser()
+    add_arguments(ap, Toy, {})
+    args = ap.parse_args(["--sizes", "3", "4", "--limit", "7", "--pair", "0.5", "0.25", "--on"])
+    assert (args.sizes, args.limit, args.pair, args.on) == ([3, 4], 7, [0.5, 0.25], True)
+    assert "a limit (default: None)" in ap.format_help()
+
+    @dataclass
+    class Odd:
+        table: dict = setting(None, "no flag can hold this")
+
+    with pytest.raises(TypeError, match="Odd.table: no command-line form for <class 'dict'>"):
+        add_arguments(argparse.ArgumentParser(), Odd, {})

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from semaim_core.files import CheckpointError, load_file
+from semaim_core.safe_io import CheckpointError, load_file
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
     result = main(common(derived, encoder, tmp_path) + ["--epochs", "1", "--warmup-epochs", "0", "--dtype", "fp32"])
     assert result["mode"] == "linprobe"
     sd = load_file(tmp_path / "checkpoint.pth")["model"]
-    from semaim_core.checkpoint import read_encoder
+    from semaim_core.layouts import read_encoder
     enc, _ = read_encoder(encoder)
     assert torch.equal(sd["blocks.1.mlp.fc2.weight"], enc["blocks.1.mlp.fc2.weight"])  # frozen
     assert "head.0.running_mean" in sd  # BatchNorm without affine, then the linear layer
@@ -106,8 +106,8 @@ def test_knn(derived, encoder, tmp_path):
     import shutil
 
     from cls.knn import knn_classify, main
-    from semaim_core.files import save_atomic
     from semaim_core.rundir import RunDirError
+    from semaim_core.safe_io import save_atomic
 
     copy = tmp_path / "encoder.pth"
     shutil.copy(encoder, copy)

@@ -10,8 +10,8 @@ from detectron2.config import LazyConfig, instantiate
 
 from semaim_core import build_model
 from semaim_core.export import export_encoder
-from semaim_core.files import CheckpointError, load_file, save_atomic
 from semaim_core.rundir import RunDirError, file_digest
+from semaim_core.safe_io import CheckpointError, load_file, save_atomic
 
 CONFIGS = "det/configs"
 REPO = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ from conftest import in_own_mount_namespace
 from safetensors.torch import save_file
 
 from semaim_core.errors import command
-from semaim_core.files import load_file
+from semaim_core.safe_io import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_SEG = "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py"
@@ -37,7 +37,8 @@ def entry(module):
 def seg_run_expecting_a_resume(t, derived):
     """A seg work dir whose run.json is the recipe of the command below and whose last_checkpoint is empty."""
     from seg.tools.common import load_config, parser, recipe
-    from semaim_core.rundir import canonical, with_input_digests, write_json_atomic
+    from semaim_core.rundir import canonical, with_input_digests
+    from semaim_core.safe_io import write_json_atomic
 
     work = t / "segwork"
     argv = [TINY_SEG, "--work-dir", str(work), "--resume", "--cfg-options", "model.backbone.checkpoint=None",

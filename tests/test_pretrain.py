@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from semaim_core import pretrain
+from semaim_core import build_model, recipe
 from semaim_core.data import UnreadableImageError
-from semaim_core.files import CheckpointError, load_file, save_atomic
-from semaim_core.pretrain import Config, Trainer, checkpoint_paths, parse_args
+from semaim_core.pretrain import parse_args
+from semaim_core.recipe import Config
 from semaim_core.rundir import RunDirError
+from semaim_core.safe_io import CheckpointError, load_file, save_atomic
+from semaim_core.trainer import Trainer, checkpoint_paths, non_finite
 from semaim_core.training import NonFiniteError
 
 
@@ -140,7 +142,7 @@ def test_nan_gradient_with_a_finite_loss_never_reaches_the_weights(tiny_coco, tm
     assert saved
     for path in saved:
         ckpt = load_file(path)
-        assert pretrain.non_finite(ckpt["model"]) == [] and pretrain.non_finite(ckpt["optimizer"]["state"]) == []
+        assert non_finite(ckpt["model"]) == [] and non_finite(ckpt["optimizer"]["state"]) == []
 
 
 def test_non_finite_state_is_never_saved(tiny_coco, tmp_path):
@@ -270,12 +272,12 @@ def test_cli_presets_and_overrides(tmp_path):
     assert c.model == "semaim_vit_tiny_patch16" and c.img_size == 64 and c.order_smooth and c.device == "cpu"
     base = parse_args(["--preset", "base", "--data", "d", "--output-dir", "o"])
     assert (base.blr, base.batch_size * base.accum_iter, base.clip_grad, base.betas) == (2e-4, 256, 3.0, (0.9, 0.95))
-    assert set(pretrain.PRESETS) >= {"tiny", "small", "base", "large", "huge", "demo"}
+    assert set(recipe.PRESETS) >= {"tiny", "small", "base", "large", "huge", "demo"}
     assert (base.epochs, base.warmup_epochs, base.pixel_blur) == (800, 30, True)  # the authors' main_pretrain.py
     short = parse_args(["--preset", "base_400ep", "--data", "d", "--output-dir", "o", "--no-pixel-blur"])
     assert (short.model, short.epochs, short.pixel_blur) == ("semaim_vit_base_patch16", 400, False)
-    trainer_target = pretrain.build_model("semaim_vit_tiny_patch16", img_size=32, depth=1,
-                                          **{k: v for k, v in short.model_overrides().items() if k == "pixel_blur"})
+    trainer_target = build_model("semaim_vit_tiny_patch16", img_size=32, depth=1,
+                                 **{k: v for k, v in short.model_overrides().items() if k == "pixel_blur"})
     assert trainer_target.target.blur is False  # the switch reaches the model
 
 

@@ -12,10 +12,11 @@ import torch
 from conftest import in_own_mount_namespace
 
 from semaim_core.export import semaim_from_encoder
-from semaim_core.files import load_file
 from semaim_core.model import eval_block
-from semaim_core.pretrain import Config, Trainer
+from semaim_core.recipe import Config
 from semaim_core.rundir import file_digest
+from semaim_core.safe_io import load_file
+from semaim_core.trainer import Trainer
 from tools.convert_checkpoint import WRITERS
 from tools.lib.publish import PublishError, publish, verify
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from semaim_core.files import load_file
+from semaim_core.safe_io import load_file
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow

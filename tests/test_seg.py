@@ -11,9 +11,9 @@ from mmseg.utils import register_all_modules
 
 import seg  # noqa: F401
 from semaim_core import build_model
-from semaim_core.checkpoint import mmseg_keys
 from semaim_core.export import export_encoder
-from semaim_core.files import CheckpointError, load_file, save_atomic
+from semaim_core.layouts import mmseg_keys
+from semaim_core.safe_io import CheckpointError, load_file, save_atomic
 from tools.convert_checkpoint import WRITERS
 
 MAIN = "seg/configs/upernet_semaim.py"

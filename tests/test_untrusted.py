@@ -19,9 +19,9 @@ from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
 from seg.backbone import SemAIMViT
 from seg.tools.test import load_segmentor
 from semaim_core import build_model
-from semaim_core.checkpoint import encoder_from_checkpoint, read_encoder
 from semaim_core.export import semaim_from_encoder
-from semaim_core.files import CheckpointError, UnsafeCheckpointError, load_file
+from semaim_core.layouts import encoder_from_checkpoint, read_encoder
+from semaim_core.safe_io import CheckpointError, UnsafeCheckpointError, load_file
 from semaim_core.targets import TeacherWeightsError, load_teacher
 from tools import convert_checkpoint
 
@@ -227,17 +227,17 @@ def test_tampered_safetensors_are_named(encoder, tmp_path):
 
 
 def test_the_suite_reads_nothing_with_full_unpickling():
-    """Only the explicit --trust-pickle path of files.load_file may unpickle fully."""
+    """Only the explicit --trust-pickle path of safe_io.load_file may unpickle fully."""
     pattern = r"weights_only=False|jit\.load\(|pickle\.loads?\("
     found = subprocess.run(["grep", "-rnE", pattern, "semaim_core", "det", "seg", "cls", "tools"],
                            cwd=REPO, capture_output=True, text=True).stdout.splitlines()
-    assert found and {line.split(":")[0] for line in found} == {"semaim_core/files.py"}, found
+    assert found and {line.split(":")[0] for line in found} == {"semaim_core/safe_io.py"}, found
 
 
 def test_the_suites_own_checkpoints_need_nothing_else(model, tmp_path):
     """A training checkpoint (RNG states, config) and an export load with the allow-list alone."""
     from semaim_core.export import export_encoder
-    from semaim_core.files import save_atomic
+    from semaim_core.safe_io import save_atomic
     from semaim_core.training import grad_scaler, training_state
 
     opt = torch.optim.AdamW(model.parameters())

@@ -5,8 +5,8 @@ from PIL import Image
 
 from semaim_core import build_model
 from semaim_core.export import export_encoder, semaim_from_encoder
-from semaim_core.files import save_atomic
 from semaim_core.orders import ORDERS
+from semaim_core.safe_io import save_atomic
 from tools.lib.visualize import order_figure, order_maps, visualize
 
 

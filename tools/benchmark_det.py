@@ -18,7 +18,7 @@ from det.data import register_tiny_coco
 from semaim_core import build_model
 from semaim_core.errors import command
 from semaim_core.export import export_encoder
-from semaim_core.files import save_atomic
+from semaim_core.safe_io import save_atomic
 from tools.lib.benchmark import time_steps
 
 

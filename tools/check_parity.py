@@ -12,7 +12,7 @@ Both models are built at the same small size (112 px, patch 8: the authors' 14 x
   training    both from the same initialization, each computing its own semantic order (same
               random draw for the tie-break), 4 AdamW steps with each side's own parameter groups,
               lr schedule and clipping (the official step as engines/engine_pretrain.py runs it,
-              the suite's as semaim_core.pretrain.Trainer.train_step): loss, centers and lr per
+              the suite's as semaim_core.trainer.Trainer.train_step): loss, centers and lr per
               step, then the drift of every weight;
   dino, clip  the feature-target losses and orders on the same teacher weights (the official
               CLIP tower's weights are saved in OpenAI's layout and read by the suite's loader).
@@ -180,7 +180,8 @@ def check_training(off, batches, seed, lr, report: Report, steps: int, dtype=tor
     but the key-bias slices."""
     check = f"train-{str(dtype).removeprefix('torch.')}"
     batches = [b.to(dtype) for b in batches]
-    from semaim_core.pretrain import Config, Trainer
+    from semaim_core.recipe import Config
+    from semaim_core.trainer import Trainer
 
     per_epoch = 2
     args = types.SimpleNamespace(accum_iter=1, epochs=math.ceil(steps / per_epoch), warmup_epochs=1, lr=lr, min_lr=0.0,

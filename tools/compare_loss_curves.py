@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from semaim_core.errors import command
-from semaim_core.pretrain import OPERATIONAL, STOPPING
+from semaim_core.recipe import OPERATIONAL, STOPPING
 
 
 def read_run(run: Path) -> tuple[dict[int, float], dict]:

@@ -27,10 +27,10 @@ from pathlib import Path
 import torch
 
 from semaim_core import MODEL_SIZES
-from semaim_core.checkpoint import describe_kind, detectron2_keys, mmseg_keys, read_encoder, to_encoder
 from semaim_core.errors import command, positive_int
 from semaim_core.export import save_encoder
-from semaim_core.files import CheckpointError, load_file, save_atomic, save_safetensors
+from semaim_core.layouts import describe_kind, detectron2_keys, mmseg_keys, read_encoder, to_encoder
+from semaim_core.safe_io import CheckpointError, load_file, save_atomic, save_safetensors
 
 # The file each framework's own loader reads (the encoder layout is written by save_encoder).
 WRITERS = {

@@ -20,7 +20,8 @@ import time
 from pathlib import Path
 
 from semaim_core.errors import command
-from semaim_core.rundir import suite_commit, write_json_atomic
+from semaim_core.provenance import suite_commit
+from semaim_core.safe_io import write_json_atomic
 from tools.lib.fit_checks import cls_failure, det_failure, seg_failure, seg_majority
 
 RECORD = "docs/demo_evidence.json"  # beside README.md: the full run its demo block shows

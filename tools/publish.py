@@ -18,7 +18,7 @@ import os
 import sys
 
 from semaim_core.errors import command
-from semaim_core.files import CheckpointError
+from semaim_core.safe_io import CheckpointError
 from tools.lib.publish import PublishError, publish, push, verify
 
 

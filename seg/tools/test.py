@@ -12,9 +12,9 @@ import os
 import torch
 
 from seg.tools.common import build_runner, load_config, parser
-from semaim_core.errors import command
-from semaim_core.files import CheckpointError, load_file
-from semaim_core.rundir import check_replaceable, result_source
+from semaim_core.errors import SettingError, command
+from semaim_core.provenance import check_replaceable, result_source
+from semaim_core.safe_io import CheckpointError, load_file
 from semaim_core.weights import load_verified
 
 
@@ -44,7 +44,7 @@ def main(argv=None):
         check_replaceable(json_file, result_source(args.checkpoint), args.overwrite)
     if args.tta:
         if "tta_pipeline" not in cfg or "tta_model" not in cfg:
-            raise SystemExit(f"--tta: {args.config} defines no tta_pipeline / tta_model")
+            raise SettingError(f"--tta: {args.config} defines no tta_pipeline / tta_model")
         cfg.test_dataloader.dataset.pipeline = cfg.tta_pipeline
         cfg.tta_model.module = cfg.model
         cfg.model = cfg.tta_model

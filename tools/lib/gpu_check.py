@@ -42,7 +42,7 @@ class Check:
     """The run's settings, scratch folder and output files."""
 
     def __init__(self, args):
-        self.a = args
+        self.args = args
         self.out = Path(args.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work or tempfile.mkdtemp(prefix="gpu_check-"))
@@ -63,13 +63,13 @@ class Check:
 
     def bench(self, model: str, batch: int, *extra: str) -> list[dict]:
         """pretrain_benchmark's rows for ``extra`` (variants, compile, data), appended to bench.jsonl."""
-        a = self.a
-        argv = ["--model", model, "--batch", str(batch), "--steps", str(a.steps), "--warmup", str(a.warmup),
-                "--device", a.device, "--dtype", a.dtype, "--json", str(self.bench_json), *extra]
-        return pretrain_benchmark.main(argv + (["--depth", str(a.depth)] if a.depth else []))
+        args = self.args
+        argv = ["--model", model, "--batch", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+                "--device", args.device, "--dtype", args.dtype, "--json", str(self.bench_json), *extra]
+        return pretrain_benchmark.main(argv + (["--depth", str(args.depth)] if args.depth else []))
 
     def compile_flags(self) -> list[str]:
-        return ["--compile"] if self.a.compile else []
+        return ["--compile"] if self.args.compile else []
 
 
 def by_variant(rows: list[dict], data: str = "synthetic") -> dict:
@@ -77,12 +77,13 @@ def by_variant(rows: list[dict], data: str = "synthetic") -> dict:
 
 
 def stage_exact(c: Check) -> dict:
-    if not c.a.official:
+    if not c.args.official:
         raise SystemExit("the exact stage needs --official PATH (a copy of the authors' code, carried to the device)")
-    rows = by_variant(c.bench(c.a.model, c.a.batch, "--variants", "sorted", "official", "--official", c.a.official))
+    rows = by_variant(c.bench(c.args.model, c.args.batch, "--variants", "sorted", "official", "--official",
+                              c.args.official))
     ratio = rows["sorted"]["img_per_s"] / rows["official"]["img_per_s"]
     line = (f"sorted {rows['sorted']['img_per_s']} img/s, official {rows['official']['img_per_s']} img/s: "
-            f"{ratio:.2f}x (target >= {TARGETS['official_ratio']}x), eager, {c.a.model}, batch {c.a.batch}")
+            f"{ratio:.2f}x (target >= {TARGETS['official_ratio']}x), eager, {c.args.model}, batch {c.args.batch}")
     return dict(line=line, met=ratio >= TARGETS["official_ratio"], ratio=round(ratio, 3))
 
 
@@ -100,29 +101,29 @@ def stage_fast(c: Check) -> dict:
     no_fp8 = float8_missing()
     if not no_fp8:
         variants.append("fp8")
-    rows = by_variant(c.bench(c.a.model, c.a.batch, "--variants", *variants, *c.compile_flags(), "--profile"))
+    rows = by_variant(c.bench(c.args.model, c.args.batch, "--variants", *variants, *c.compile_flags(), "--profile"))
     fast = rows["fast"]
     line = (f"fast {fast['img_per_s']} img/s (target >= {TARGETS['fast_img_per_s']}), peak {fast['peak_mem_gib']} "
             f"GiB (<= {TARGETS['fast_peak_gib']}), MFU {fast['mfu']}; sorted {rows['sorted']['img_per_s']} img/s; "
             + (f"fp8 not measured: {no_fp8}" if no_fp8 else f"fp8 {rows['fp8']['img_per_s']} img/s")
-            + f"; compile={'yes' if c.a.compile else 'no'}")
+            + f"; compile={'yes' if c.args.compile else 'no'}")
     met = fast["img_per_s"] >= TARGETS["fast_img_per_s"] and (fast["peak_mem_gib"] or 0) <= TARGETS["fast_peak_gib"]
     return dict(line=line, met=met, fp8=no_fp8 or "measured")
 
 
 def stage_jpeg(c: Check) -> dict:
     images = str(TINY_COCO / "train2017")
-    rows = c.bench(c.a.model, c.a.batch, "--variants", "sorted", *c.compile_flags(), "--data", images,
-                   "--workers", str(c.a.workers), "--compare-synthetic")
+    rows = c.bench(c.args.model, c.args.batch, "--variants", "sorted", *c.compile_flags(), "--data", images,
+                   "--workers", str(c.args.workers), "--compare-synthetic")
     ratio = rows[1]["img_per_s"] / rows[0]["img_per_s"]
     line = (f"JPEG {rows[1]['img_per_s']} img/s / synthetic {rows[0]['img_per_s']} img/s = {ratio:.3f} "
-            f"(target >= {TARGETS['jpeg_ratio']}), {c.a.workers} loader processes")
+            f"(target >= {TARGETS['jpeg_ratio']}), {c.args.workers} loader processes")
     return dict(line=line, met=ratio >= TARGETS["jpeg_ratio"], ratio=round(ratio, 3))
 
 
 def stage_large(c: Check) -> dict:
-    row = c.bench(c.a.large_model, c.a.large_batch, "--variants", "sorted")[0]  # eager: no minute of compiling
-    return dict(line=f"{c.a.large_model}, batch {c.a.large_batch}: {row['img_per_s']} img/s, "
+    row = c.bench(c.args.large_model, c.args.large_batch, "--variants", "sorted")[0]  # eager: no minute of compiling
+    return dict(line=f"{c.args.large_model}, batch {c.args.large_batch}: {row['img_per_s']} img/s, "
                      f"peak {row['peak_mem_gib']} GiB, MFU {row['mfu']}")
 
 
@@ -143,17 +144,17 @@ def pretrain(c: Check, out: Path, steps: int, *extra: str, data: Path = TINY_COC
     """semaim_core.pretrain for ``steps`` steps into ``out``, every step logged; ``extra``: the recipe."""
     from semaim_core.pretrain import main
 
-    main(["--data", str(data), "--output-dir", str(out), "--device", c.a.device, "--max-steps", str(steps),
-          "--num-workers", str(min(c.a.workers, 4) if workers is None else workers), "--log-every", "1",
+    main(["--data", str(data), "--output-dir", str(out), "--device", c.args.device, "--max-steps", str(steps),
+          "--num-workers", str(min(c.args.workers, 4) if workers is None else workers), "--log-every", "1",
           "--save-every", str(save_every), "--keep", "1", *extra])
     return out
 
 
 def smoke_pretrain(c: Check) -> str:
     """10 steps, then 5 more from the checkpoint: the losses and weights of 15 straight steps."""
-    from semaim_core.files import load_file
+    from semaim_core.safe_io import load_file
 
-    recipe = ["--preset", "demo", "--dtype", c.a.dtype, "--epochs", "10"]  # 3 steps an epoch: 15 stop mid-schedule
+    recipe = ["--preset", "demo", "--dtype", c.args.dtype, "--epochs", "10"]  # 3 steps an epoch: 15 stop mid-schedule
     straight = pretrain(c, c.work / "pretrain_straight", 15, *recipe, "--resume", "none", "--overwrite")
     resumed = c.work / "pretrain"
     pretrain(c, resumed, 10, *recipe, "--resume", "none", "--overwrite")
@@ -176,15 +177,15 @@ def smoke_pretrain(c: Check) -> str:
 def smoke_workers(c: Check) -> int:
     """Loader processes of the smoke runs: 2, as the demo runs them; none when --workers is 0 (the
     CPU test), where starting them would be most of a 2-iteration run."""
-    return min(2, c.a.workers)
+    return min(2, c.args.workers)
 
 
 def smoke_det(c: Check, encoder: Path) -> str:
     from det.train_net import main, parse_args
 
-    iters, out = str(c.a.smoke_iters), c.work / "det"
+    iters, out = str(c.args.smoke_iters), c.work / "det"
     main(parse_args(["--config", str(REPO / "det/configs/vitdet_semaim_tiny_coco.py"), "--overwrite",
-                     f"train.init_checkpoint={encoder}", f"train.output_dir={out}", f"train.device={c.a.device}",
+                     f"train.init_checkpoint={encoder}", f"train.output_dir={out}", f"train.device={c.args.device}",
                      f"train.amp.enabled={c.gpu}", f"train.max_iter={iters}", f"train.eval_period={iters}",
                      f"train.checkpointer.period={iters}", "dataloader.test.dataset.names=tiny_coco_fit",
                      *(f"dataloader.{split}.num_workers={smoke_workers(c)}" for split in ("train", "test"))]))
@@ -195,7 +196,7 @@ def smoke_det(c: Check, encoder: Path) -> str:
 def smoke_seg(c: Check, encoder: Path, derived: Path) -> str:
     from seg.tools.train import main  # the seg package installs the mmcv-lite layer before mmseg loads
 
-    iters, out = str(c.a.smoke_iters), c.work / "seg"
+    iters, out = str(c.args.smoke_iters), c.work / "seg"
     root = derived / "coco_stuff"
     main([str(REPO / "seg/configs/upernet_semaim-vit-tiny_1xb4-100iters_tiny-coco-stuff-256x256.py"),
           "--work-dir", str(out), "--overwrite", *(["--amp"] if c.gpu else []), "--cfg-options",
@@ -212,9 +213,9 @@ def smoke_cls(c: Check, encoder: Path, derived: Path) -> str:
 
     result = main(["--data", str(derived / "crops"), "--encoder", str(encoder), "--output-dir", str(c.work / "cls"),
                    "--img-size", "96", "--batch-size", "32", "--num-workers", str(smoke_workers(c)),
-                   "--device", c.a.device,
-                   "--epochs", "1", "--warmup-epochs", "0", "--dtype", c.a.dtype, "--overwrite"])
-    return f"cls.finetune 1 epoch ({c.a.dtype}): top-1 {result['top1']:.1f}"
+                   "--device", c.args.device,
+                   "--epochs", "1", "--warmup-epochs", "0", "--dtype", c.args.dtype, "--overwrite"])
+    return f"cls.finetune 1 epoch ({c.args.dtype}): top-1 {result['top1']:.1f}"
 
 
 def smoke_convert(c: Check, encoder: Path) -> str:
@@ -249,22 +250,23 @@ def stage_smoke(c: Check) -> dict:
 
 def short_pretraining(c: Check, name: str, *extra: str) -> Path:
     """--agree-steps steps of --model on the train images (linked to fill 10 batches an epoch)."""
-    steps = c.a.agree_steps
-    images = linked_images(c.work / "train_images", TINY_COCO / "train2017", 10 * c.a.batch)
-    return pretrain(c, c.work / name, steps, "--model", c.a.model, "--batch-size", str(c.a.batch), "--accum-iter",
-                    "1", "--epochs", str(-(-steps // 10)), "--warmup-epochs", "1", "--dtype", c.a.dtype,
+    steps = c.args.agree_steps
+    images = linked_images(c.work / "train_images", TINY_COCO / "train2017", 10 * c.args.batch)
+    return pretrain(c, c.work / name, steps, "--model", c.args.model, "--batch-size", str(c.args.batch), "--accum-iter",
+                    "1", "--epochs", str(-(-steps // 10)), "--warmup-epochs", "1", "--dtype", c.args.dtype,
                     "--similarity-precision", "autocast", "--resume", "none", "--overwrite",
-                    *(["--depth", str(c.a.depth)] if c.a.depth else []), *extra,
-                    data=images, workers=c.a.workers, save_every=steps)
+                    *(["--depth", str(c.args.depth)] if c.args.depth else []), *extra,
+                    data=images, workers=c.args.workers, save_every=steps)
 
 
 def stage_agreement(c: Check) -> dict:
     run = short_pretraining(c, "short_bf16")
-    share = pretrain_benchmark.main(["--agreement-images", str(TINY_COCO / "val2017"), "--device", c.a.device,
-                                     "--dtype", "bf16", "--model", c.a.model, "--agreement-checkpoint",
+    share = pretrain_benchmark.main(["--agreement-images", str(TINY_COCO / "val2017"), "--device", c.args.device,
+                                     "--dtype", "bf16", "--model", c.args.model, "--agreement-checkpoint",
                                      str(run / "encoder.pth")])
     line = (f"{100 * share:.1f}% of the val images keep their fp32 center with the similarity pass in bf16 "
-            f"(target >= {100 * TARGETS['agreement']}%), encoder pretrained {c.a.agree_steps} steps ({c.a.model})")
+            f"(target >= {100 * TARGETS['agreement']}%), encoder pretrained {c.args.agree_steps} steps "
+            f"({c.args.model})")
     return dict(line=line, met=share >= TARGETS["agreement"], share=share)
 
 
@@ -280,10 +282,10 @@ def stage_curve(c: Check) -> dict:
         reference = short_pretraining(c, "short_bf16")
     fp8 = short_pretraining(c, "short_fp8", "--float8")
     curves = {"bf16": compare_loss_curves.read_run(reference)[0], "fp8": compare_loss_curves.read_run(fp8)[0]}
-    gap = compare_loss_curves.compare(curves, window=min(20, c.a.agree_steps))["fp8"]
+    gap = compare_loss_curves.compare(curves, window=min(20, c.args.agree_steps))["fp8"]
     compare_loss_curves.plot(curves, c.out / "loss.png")
     return dict(line=f"fp8 loss / bf16 - 1 over {gap['shared_steps']} steps: mean {100 * gap['mean_gap']:+.2f}%, "
-                     f"last {min(20, c.a.agree_steps)} steps {100 * gap['last_gap']:+.2f}% (loss.png)",
+                     f"last {min(20, c.args.agree_steps)} steps {100 * gap['last_gap']:+.2f}% (loss.png)",
                 mean_gap=gap["mean_gap"], last_gap=gap["last_gap"])
 
 

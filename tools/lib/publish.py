@@ -16,11 +16,11 @@ from pathlib import Path
 
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from semaim_core.checkpoint import read_encoder
 from semaim_core.data import eval_crop_pct
 from semaim_core.errors import UserError
-from semaim_core.files import CheckpointError, load_file, save_atomic
+from semaim_core.layouts import read_encoder
 from semaim_core.rundir import acquire_lock, file_digest, release_lock
+from semaim_core.safe_io import CheckpointError, load_file, save_atomic
 from tools.convert_checkpoint import WRITERS
 from tools.lib.results import METRICS, OPERATIONAL, collect
 

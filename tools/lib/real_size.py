@@ -95,8 +95,8 @@ def run_convert(step: Step, work: Path, device: str) -> dict:
     import timm
     import torch
 
-    from semaim_core.checkpoint import read_encoder
-    from semaim_core.files import load_file
+    from semaim_core.layouts import read_encoder
+    from semaim_core.safe_io import load_file
     from tools.convert_checkpoint import main
 
     enc = encoder_path(work, "b")
@@ -169,8 +169,8 @@ def run_det_train(step: Step, work: Path, device: str) -> dict:
     import torch
 
     from det.train_net import main, parse_args
-    from semaim_core.checkpoint import read_encoder
-    from semaim_core.files import load_file
+    from semaim_core.layouts import read_encoder
+    from semaim_core.safe_io import load_file
 
     one_image_datasets()
     enc = encoder_path(work, step.size)

@@ -25,7 +25,7 @@ import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from semaim_core import pretrain
+from semaim_core import recipe
 from semaim_core.errors import UserError
 from tools.lib.figures import pyplot, save_figure
 
@@ -48,7 +48,7 @@ CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "attnprobe": "attnprobe
 METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
 # config.json entries that are not pretraining settings to compare: the trainer's operational and
 # stopping settings, and the values it derives (world size, effective batch, absolute lr)
-OPERATIONAL = (*pretrain.OPERATIONAL, *pretrain.STOPPING, "world_size", "effective_batch", "lr")
+OPERATIONAL = (*recipe.OPERATIONAL, *recipe.STOPPING, "world_size", "effective_batch", "lr")
 
 
 # the seed in each trainer's recipe (run.json): det (detectron2 LazyConfig), seg (mmengine), cls

@@ -4,7 +4,7 @@ import torch
 
 from cls.backbone import timm_vit_from_encoder
 from semaim_core import build_model
-from semaim_core.checkpoint import (
+from semaim_core.layouts import (
     detect_kind,
     detectron2_keys,
     encoder_from_checkpoint,
@@ -12,7 +12,7 @@ from semaim_core.checkpoint import (
     read_encoder,
     to_encoder,
 )
-from semaim_core.files import CheckpointError, save_atomic
+from semaim_core.safe_io import CheckpointError, save_atomic
 from semaim_core.weights import load_verified
 from tools.convert_checkpoint import WRITERS
 

@@ -348,6 +348,10 @@ def commit(tmp: str | Path, path: str | Path):
         os.close(dir_fd)
 
 
+def write_json_atomic(path: str | Path, record) -> Path:
+    return atomic_write(path, lambda f: f.write(json.dumps(record, indent=2, allow_nan=False).encode()))
+
+
 def save_atomic(obj, path: str | Path) -> Path:
     """torch.save, atomically (``atomic_write``)."""
     return atomic_write(path, lambda f: torch.save(obj, f))

@@ -1,6 +1,6 @@
 """The kinds of checkpoint the suite reads and their key layouts: an encoder found in any of them
 (checked complete and as deep and wide as it declares), and its names in timm's, detectron2's and
-mmseg's layouts. Files are read by ``files.load_file`` (no code runs); weights are put into modules
+mmseg's layouts. Files are read by ``safe_io.load_file`` (no code runs); weights are put into modules
 by ``weights.load_verified``.
 
 Kinds read (``detect_kind``):
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from .files import CheckpointError, load_file
 from .model import MODEL_SIZES
+from .safe_io import CheckpointError, load_file
 
 FORMAT_TRAIN, FORMAT_ENCODER = "semaim-train", "semaim-encoder"
 KINDS = ("semaim-train", "semaim-encoder", "semaim-authors", "saim", "mae")
@@ -246,7 +246,7 @@ def mmseg_keys(sd: dict) -> dict:
 def read_encoder(path: str | Path, num_heads: int | None = None, trust_pickle: bool = False,
                  depth: int | None = None) -> tuple[dict, dict]:
     """Encoder weights and metadata from any checkpoint kind the suite reads; an error names the file.
-    ``trust_pickle``: only for the converter's explicit flag (``files.load_file``)."""
+    ``trust_pickle``: only for the converter's explicit flag (``safe_io.load_file``)."""
     ckpt = load_file(path, trust_pickle=trust_pickle)
     try:
         return encoder_from_checkpoint(ckpt, num_heads, depth)
