@@ -120,6 +120,50 @@ class SemAIMOutput:
 
 
 class SemAIM(nn.Module):
+    """SemAIM: a ViT encoder and a decoder that predicts each patch's target from the patches before
+    it in an order built per image (the semantic order: from the patch most similar to the others
+    outwards), with the encoder in timm / MAE names so that its export loads into timm, detectron2
+    and mmseg. ``forward(images)`` returns a ``SemAIMOutput``.
+
+    Args:
+        img_size (int): input size (square); other sizes of a multiple of ``patch_size`` also run.
+            Default 224.
+        patch_size (int): patch side. Default 16.
+        in_chans (int): input channels. Default 3.
+        embed_dim (int): width of the encoder and decoder. Default 768 (ViT-B).
+        depth (int): encoder blocks. Default 12.
+        num_heads (int): attention heads per block. Default 12.
+        decoder_depth (int | None): decoder blocks; must divide ``depth`` (decoder block k cross-attends
+            to the output of encoder block (k + 1) x depth / decoder_depth - 1). Default: ``depth``.
+        mlp_ratio (float): MLP hidden width / ``embed_dim``. Default 4.0.
+        drop_path_rate (float): stochastic depth, linear over the blocks. Default 0.0.
+        order (str): the autoregression order, one of ``orders.ORDERS``: raster, snake, stochastic,
+            similarity, semantic, multi_center. Default "semantic".
+        attention (str): "sorted" (patches sorted by the order, causal attention; fast) or "dense"
+            (explicit masks in raster order; the reference). Both compute the same function.
+            Default "sorted".
+        similarity_source (str | None): where the similarity map S the order starts from comes
+            from: "online" (this encoder, no gradient), "ema" (an EMA copy of it) or "teacher" (the
+            target teacher). Default: "online" for the pixel target, "teacher" for dino / clip.
+        similarity_precision (str): "fp32" (the authors': the similarity pass outside autocast) or
+            "autocast" (the step's mixed precision; faster, the center may move). Default "fp32".
+        order_lambda (float): tie-break scale within a distance shell of the center (the released
+            code: 1e-3; the paper writes 0.01). Default 1e-3.
+        order_smooth (bool): the paper's 3x3 mean filter on S before the argmax (not in the
+            released code). Default False.
+        num_centers (int): multi_center: at most this many centers. Default 2.
+        target (str): what is predicted: "pixel" (normalized patches), "dino" or "clip" (teacher
+            tokens). Default "pixel".
+        pixel_blur (bool): blur the pixel target (9 x 9 Gaussian, sigma 1) first, as the authors'
+            README runs it. Default True.
+        teacher (dict | None): for dino / clip: ``weights`` (a local file) and ``input_norm``
+            ("imagenet" or "native"). Default None.
+        grad_checkpointing (bool): recompute each block's activations in the backward pass (less
+            memory, the same loss and gradients). Default False.
+        float8 (bool): FP8 matmuls in the blocks through torchao (not exact; needs
+            ``similarity_precision="autocast"`` with the online source). Default False.
+    """
+
     def __init__(self, img_size: int = 224, patch_size: int = 16, in_chans: int = 3, embed_dim: int = 768,
                  depth: int = 12, num_heads: int = 12, decoder_depth: int | None = None, mlp_ratio: float = 4.0,
                  drop_path_rate: float = 0.0, order: str = "semantic", attention: str = "sorted",
