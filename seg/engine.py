@@ -1,5 +1,6 @@
 """Training machinery for mmseg: a layer-decay constructor that provably covers the SemAIM
-backbone, and a runner whose checkpoints are written atomically and whose resumes are exact."""
+backbone, and a runner whose checkpoints are written atomically, hold only plain data, are read by
+the suite's safe reader, and resume exactly."""
 from __future__ import annotations
 
 import logging
@@ -15,13 +16,12 @@ from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
 from mmengine.runner import CheckpointLoader, Runner
-from mmengine.runner.checkpoint import _load_checkpoint
 from mmseg.models.backbones import BEiT
 from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
 from seg.fast_config import FormattedOnceConfig
 from semaim_core.rundir import RunDirError, drop_rows_after
-from semaim_core.safe_io import CheckpointError, allow_globals, commit, load_file
+from semaim_core.safe_io import CheckpointError, commit, load_file
 from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified
 
@@ -123,17 +123,40 @@ class ExactResumeHook(Hook):
         set_rng_state(self.train_rng)
 
 
+class PlainLogScalarsHook(Hook):
+    """The message hub's logged scalars (``HistoryBuffer``s) go into a checkpoint as plain numbers
+    and come back as ``HistoryBuffer``s on a resume: pickled as they are, they reference their
+    statistics methods through ``getattr``, which no safe reader accepts."""
+
+    priority = "VERY_HIGH"
+
+    def before_save_checkpoint(self, runner, checkpoint):
+        hub = checkpoint["message_hub"]
+        checkpoint["message_hub"] = {**hub, "log_scalars": {
+            key: dict(log_history=buffer._log_history.tolist(), count_history=buffer._count_history.tolist(),
+                      max_length=buffer.max_length) for key, buffer in hub["log_scalars"].items()}}
+
+    def after_load_checkpoint(self, runner, checkpoint):
+        hub = checkpoint.get("message_hub")
+        if hub:
+            hub["log_scalars"] = {key: HistoryBuffer(**v) if isinstance(v, dict) else v
+                                  for key, v in hub["log_scalars"].items()}
+
+
 @RUNNERS.register_module()
 class SemAIMRunner(Runner):
     """mmengine's Runner, with resumes that are exact (``ExactResumeHook``), strict, confined to
     the work dir and free of repeated log rows, and checkpoints written under a temporary name and
-    committed (fsync, rename), so an interrupted save never replaces a good checkpoint with a torn one."""
+    committed (fsync, rename), so an interrupted save never replaces a good checkpoint with a torn one.
+    Building one routes every checkpoint mmengine reads to the safe reader (``route_checkpoint_reads``)."""
 
     def __init__(self, *args, cfg=None, **kwargs):
+        route_checkpoint_reads()  # before the model's init_cfg can read a file
         if isinstance(cfg, Config):
             cfg = FormattedOnceConfig.of(cfg)  # the log, the work dir's copy and each checkpoint format it
         super().__init__(*args, cfg=cfg, **kwargs)
         self.register_hook(ExactResumeHook())
+        self.register_hook(PlainLogScalarsHook())
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):
         tmp = f".{filename}.tmp-{os.getpid()}"
@@ -170,7 +193,7 @@ class SemAIMRunner(Runner):
     def load_checkpoint(self, filename, map_location="cpu", strict=False, revise_keys=((r"^module\.", ""),)):
         """mmengine's, but every weight must fit, for ``load_from`` as for a resume, on every rank:
         mmengine would load what fits, warn, and train on (and its strict mode raises on rank 0 only)."""
-        checkpoint = _load_checkpoint(filename, map_location=map_location)  # the safe reader (below)
+        checkpoint = read_checkpoint(filename)
         self.call_hook("after_load_checkpoint", checkpoint=checkpoint)
         sd = checkpoint.get("state_dict", checkpoint)
         for pattern, replacement in revise_keys:
@@ -207,24 +230,16 @@ def own_last_checkpoint(work_dir: str) -> str | None:
     return str(path)
 
 
-def _history_buffer_reduce(buffer: HistoryBuffer):
-    return HistoryBuffer, (buffer._log_history.tolist(), buffer._count_history.tolist(), buffer.max_length)
-
-
-# mmengine checkpoints hold the message hub's HistoryBuffers, which pickle references to their
-# statistics methods through `getattr`, which no safe loader accepts. Pickled as plain numbers
-# instead, they are plain data, added to the suite's allow-list.
-HistoryBuffer.__reduce__ = _history_buffer_reduce
-allow_globals(HistoryBuffer)
-
-
-def load_from_safe_reader(filename, map_location=None):
+def read_checkpoint(filename, map_location=None):
     """Every file mmengine reads (resume, ``load_from``, ``init_cfg`` Pretrained) goes through the
-    suite's safe loader: no pickled code runs, and a refused file says why and what to do."""
-    return load_file(filename)
+    suite's safe reader: no pickled code runs, and a refused file says why and what to do.
+    ``HistoryBuffer``: checkpoints written before ``PlainLogScalarsHook`` pickled it from plain numbers."""
+    return load_file(filename, extra_globals=(HistoryBuffer,))
 
 
-# mmengine picks a loader by the path's scheme: a local file, http(s)://, torchvision://,
-# open-mmlab://, s3://, ... and any scheme a plugin registers later; the others download and call
-# torch.load. Every path goes to the safe reader, which reads local files and refuses addresses by name.
-CheckpointLoader._get_checkpoint_loader = classmethod(lambda cls, path: load_from_safe_reader)
+def route_checkpoint_reads():
+    """mmengine picks a loader by the path's scheme: a local file, http(s)://, torchvision://,
+    open-mmlab://, s3://, ... and any scheme a plugin registers later; the others download and call
+    torch.load. From this call on, every path goes to ``read_checkpoint``, which reads local files
+    and refuses addresses by name. The runner makes this call when it is built."""
+    CheckpointLoader._get_checkpoint_loader = classmethod(lambda cls, path: read_checkpoint)

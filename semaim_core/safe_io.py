@@ -12,8 +12,9 @@ allow-list, ``SAFE_GLOBALS``, of the plain data objects that genuine releases ho
   pathlib paths                 ``args`` fields declared ``type=Path``
 
 Optimizer, loss-scaler and scheduler states, ``OrderedDict``, ``epoch`` numbers and strings need
-nothing (torch allows them). A framework adds its own plain types with ``allow_globals`` (mmengine's
-``HistoryBuffer``, seg/engine.py). safetensors files hold no code and need none of this.
+nothing (torch allows them). A caller that reads a framework's files passes that framework's plain
+types as ``extra_globals`` (seg/engine.py: mmengine's ``HistoryBuffer`` in checkpoints written before
+the suite stored it as plain numbers). safetensors files hold no code and need none of this.
 
 A file outside the allow-list, or a TorchScript archive (its code is run by ``torch.jit.load``), is
 refused with ``UnsafeCheckpointError``, naming what it would import. The one way past it is
@@ -94,17 +95,11 @@ def _numpy_globals() -> list:
     return [*aliases, np.ndarray, np.dtype, *dtypes]
 
 
-SAFE_GLOBALS = [argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, *_numpy_globals()]
+SAFE_GLOBALS = (argparse.Namespace, pathlib.PosixPath, pathlib.PurePosixPath, *_numpy_globals())
 
 
-def allow_globals(*objs):
-    """Add plain-data types that a framework's checkpoints hold (and whose unpickling runs no code
-    of the file's choosing) to the allow-list of ``load_file``."""
-    SAFE_GLOBALS.extend(o for o in objs if o not in SAFE_GLOBALS)
-
-
-def _global_names() -> set[str]:
-    return {o[1] if isinstance(o, tuple) else f"{o.__module__}.{o.__qualname__}" for o in SAFE_GLOBALS}
+def _global_names(allowed) -> set[str]:
+    return {o[1] if isinstance(o, tuple) else f"{o.__module__}.{o.__qualname__}" for o in allowed}
 
 
 # what `os.system` and friends are called inside a pickle
@@ -211,9 +206,11 @@ def _check_records(path: Path, size: int, records: list[zipfile.ZipInfo]):
                 f"{size:,}-byte file holds (a damaged or forged archive). Use an intact copy of the checkpoint")
 
 
-def load_file(path: str | Path, trust_pickle: bool = False) -> dict:
+def load_file(path: str | Path, trust_pickle: bool = False, extra_globals: tuple = ()) -> dict:
     """The dict in a checkpoint file (safetensors, or a torch pickle read with the allow-list).
 
+    ``extra_globals``: plain-data types of one framework's files, allowed for this read besides
+    ``SAFE_GLOBALS`` (their unpickling must run no code of the file's choosing).
     ``trust_pickle``: read a pickle or TorchScript archive with full unpickling (it may run code);
     only for the explicit ``--trust-pickle`` of the converter."""
     refuse_address(path)
@@ -234,13 +231,14 @@ def load_file(path: str | Path, trust_pickle: bool = False) -> dict:
             _warn_trusted(path, "torch.jit.load")
             return dict(torch.jit.load(path, map_location="cpu").state_dict())
         _check_records(path, size, records)
+    allowed = [*SAFE_GLOBALS, *extra_globals]
     limit = _FILE_BYTES.set(size)
     try:
         if trust_pickle:
             _warn_trusted(path, "full unpickling (torch.load(weights_only=False))")
             ckpt = torch.load(path, map_location="cpu", weights_only=False)  # the one flagged path
         else:
-            with torch.serialization.safe_globals(SAFE_GLOBALS), warnings.catch_warnings():
+            with torch.serialization.safe_globals(allowed), warnings.catch_warnings():
                 warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)  # said in our error
                 ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except OversizedArrayError as e:
@@ -249,7 +247,7 @@ def load_file(path: str | Path, trust_pickle: bool = False) -> dict:
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
             raise CheckpointError(f"cannot read checkpoint {path} (UnpicklingError: {e})") from e
-        raise refuse_unsafe(path, _unsafe_globals(path, str(e)), _reason(str(e))) from None
+        raise refuse_unsafe(path, _unsafe_globals(path, str(e), allowed), _reason(str(e))) from None
     except Exception as e:  # truncated zip, not a checkpoint, ...
         raise CheckpointError(f"cannot read checkpoint {path} ({type(e).__name__}: {e}); "
                               "is it a complete PyTorch checkpoint?") from e
@@ -277,12 +275,12 @@ def _reason(message: str) -> str | None:
     return None
 
 
-def _unsafe_globals(path: Path, message: str) -> list[str]:
+def _unsafe_globals(path: Path, message: str, allowed) -> list[str]:
     """Every global the pickle names outside the allow-list (zip checkpoints: torch lists them without
     loading), else the one torch's error names."""
     try:
         found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        return sorted(set(found) - _global_names())
+        return sorted(set(found) - _global_names(allowed))
     except Exception:  # a legacy (non-zip) pickle: torch's message names the first
         return re.findall(r"GLOBAL ([\w.]+)", message)[:1]
 

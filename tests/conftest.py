@@ -1,14 +1,35 @@
+import copy
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import mmengine.config.utils
 import pytest
 import torch
 
 # The mmcv-lite compatibility layer goes in before any test module imports mmseg (an import sorter
 # places `import seg` after the third-party mmseg imports inside each module).
 import seg  # noqa: F401
+
+_parse_file = mmengine.config.utils.load
+_parsed: dict = {}
+
+
+def parse_file_once(path, *args, **kwargs):
+    """mmengine's file parser, keeping what it parsed per process, keyed by path, size and change time
+    (a changed file is read again). Every ``mmseg::`` base of a config makes mmengine parse mmseg's
+    whole model index (about 200 YAML metafiles, 2 s); the tests load configs hundreds of times."""
+    if args or kwargs or not isinstance(path, str) or not os.path.isfile(path):
+        return _parse_file(path, *args, **kwargs)
+    st = os.stat(path)
+    key = (os.path.abspath(path), st.st_size, st.st_mtime_ns)
+    if key not in _parsed:
+        _parsed[key] = _parse_file(path)
+    return copy.deepcopy(_parsed[key])
+
+
+mmengine.config.utils.load = parse_file_once
 
 # make test runs pytest-xdist workers (-n 2 on the 2-core CI machine): each takes its share of the
 # cores, and the training runs a test starts in a subprocess inherit that share

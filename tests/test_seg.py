@@ -204,8 +204,8 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
     after, expected = load_file(work / "iter_4.pth"), load_file(straight / "iter_4.pth")
     assert after["meta"]["iter"] == 4 and not (work / "iter_5.pth").exists()
     assert all(torch.equal(v, expected["state_dict"][k]) for k, v in after["state_dict"].items())
-    losses = after["message_hub"]["log_scalars"]["train/loss"]
-    assert len(losses._log_history) == 4  # iterations 1-2 restored, then 3-4: resumed, not restarted
+    losses = after["message_hub"]["log_scalars"]["train/loss"]  # stored as plain numbers
+    assert len(losses["log_history"]) == 4  # iterations 1-2 restored, then 3-4: resumed, not restarted
     assert train_rows(work) == train_rows(straight) and [i for i, _ in train_rows(work)] == [1, 2, 3, 4]
 
     # a copied work dir does not resume from the original's checkpoint (last_checkpoint is absolute)
@@ -347,16 +347,60 @@ def test_test_tool_tta_saves_predictions_and_pictures(tiny_encoder, derived, tmp
     assert drawn and Image.open(drawn[0]).mode == "RGB"  # coloured predictions over the image
 
 
-def test_config_text_is_formatted_once_per_content(tmp_path):
-    from seg.fast_config import FormattedOnceConfig, _load_once
+def test_config_text_is_formatted_once_per_content():
+    from seg.fast_config import FormattedOnceConfig
 
     cfg = Config.fromfile(TINY)
     fast = FormattedOnceConfig.of(cfg)
     assert fast.pretty_text == Config.pretty_text.fget(cfg)
     fast.train_cfg.max_iters = 7  # a changed setting is formatted anew
     assert fast.pretty_text == Config.pretty_text.fget(fast) and "max_iters=7" in fast.pretty_text
+
+
+def test_the_tests_config_cache_reads_a_changed_file_again(tmp_path):
+    from conftest import parse_file_once
+
     index = tmp_path / "model-index.yml"  # mmseg's model index, parsed once while it is unchanged
     index.write_text("Import: [a.yml]\n")
-    assert _load_once(str(index)) == {"Import": ["a.yml"]}
+    assert parse_file_once(str(index)) == {"Import": ["a.yml"]}
     index.write_text("Import: [a.yml, b.yml]\n")
-    assert _load_once(str(index)) == {"Import": ["a.yml", "b.yml"]}
+    assert parse_file_once(str(index)) == {"Import": ["a.yml", "b.yml"]}
+
+
+IMPORT_THEN_RUNNER = """
+import tempfile
+import mmengine.config.utils
+from mmengine.logging.history_buffer import HistoryBuffer
+from mmengine.model import BaseModel
+from mmengine.runner import CheckpointLoader
+from mmengine.runner.checkpoint import _load_checkpoint
+
+def mmengine_state():
+    return (mmengine.config.utils.load, HistoryBuffer.__reduce__, HistoryBuffer.__reduce_ex__,
+            CheckpointLoader.__dict__["_get_checkpoint_loader"])
+
+before = mmengine_state()
+import seg
+from mmseg.registry import MODELS, RUNNERS
+assert mmengine_state() == before, "importing seg changed mmengine"
+assert MODELS.get("SemAIMViT") and RUNNERS.get("SemAIMRunner")
+
+class Model(BaseModel):
+    def forward(self, *args, **kwargs):
+        return {}
+
+RUNNERS.get("SemAIMRunner")(model=Model(), work_dir=tempfile.mkdtemp(), experiment_name="import-test")
+_load_checkpoint("https://example.org/x.pth")  # an init_cfg Pretrained read, after the runner is built
+"""
+
+
+def test_importing_seg_only_registers_and_the_runner_routes_reads_to_the_safe_reader():
+    """mmengine's own behaviour is untouched by ``import seg`` (configs import it); building the
+    SemAIMRunner is what sends every checkpoint read to the suite's reader."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", IMPORT_THEN_RUNNER], capture_output=True, text=True)
+    assert "importing seg changed mmengine" not in out.stderr
+    assert out.returncode == 1 and "CheckpointError: checkpoint https://example.org/x.pth is a https:// address" in \
+        out.stderr, out.stderr[-2000:]

@@ -17,6 +17,7 @@ from safetensors.torch import save_file
 from cls.backbone import timm_vit_from_encoder
 from det.checkpoint import AtomicCheckpointer, load_backbone, load_detector
 from seg.backbone import SemAIMViT
+from seg.engine import PlainLogScalarsHook, SemAIMRunner, read_checkpoint, route_checkpoint_reads
 from seg.tools.test import load_segmentor
 from semaim_core import build_model
 from semaim_core.export import semaim_from_encoder
@@ -73,9 +74,14 @@ def call_det_resume(path):
 
 
 def call_mmengine(path):
-    from mmengine.runner.checkpoint import _load_checkpoint  # what Runner.resume / load_from call
+    from mmengine.runner.checkpoint import _load_checkpoint  # what an init_cfg Pretrained calls
 
+    route_checkpoint_reads()  # as the SemAIMRunner does when it is built
     _load_checkpoint(str(path), map_location="cpu")
+
+
+def call_seg_runner(path):
+    SemAIMRunner.load_checkpoint(SimpleNamespace(call_hook=lambda *a, **k: None), str(path))  # resume, load_from
 
 
 READERS = {
@@ -86,7 +92,8 @@ READERS = {
     "seg backbone.checkpoint": lambda p: SemAIMViT(img_size=SIZE, embed_dims=192, num_layers=2,
                                                    num_heads=3).load_encoder(str(p)),
     "seg test": lambda p: load_segmentor(torch.nn.Linear(1, 1), str(p)),
-    "seg resume (mmengine)": call_mmengine,
+    "seg resume / load_from": call_seg_runner,
+    "mmengine init_cfg": call_mmengine,
     "cls --encoder / k-NN": lambda p: timm_vit_from_encoder(p, num_classes=3),
     "order pictures": lambda p: semaim_from_encoder(p, SIZE, "semaim_vit_tiny_patch16"),
     "teacher": lambda p: load_teacher("dino", p, img_size=SIZE, embed_dim=192, depth=2, num_heads=3),
@@ -204,10 +211,31 @@ def test_detectron2_and_mmengine_checkpoints_load(tmp_path):
     mm = {"meta": {"epoch": 0, "iter": 7, "seed": np.int64(0), "dataset_meta": {"classes": ("a", "b")}},
           "state_dict": net.state_dict(), "message_hub": hub.state_dict(), "optimizer": opt.state_dict(),
           "param_schedulers": [{"last_step": 7, "base_values": [0.1]}]}
+    PlainLogScalarsHook().before_save_checkpoint(None, mm)  # as the SemAIMRunner saves it
     torch.save(mm, tmp_path / "iter_7.pth")
-    got = load_file(tmp_path / "iter_7.pth")
+    got = load_file(tmp_path / "iter_7.pth")  # plain data: no type beyond the suite's allow-list
+    PlainLogScalarsHook().after_load_checkpoint(None, got)
     assert got["message_hub"]["log_scalars"]["train/loss"].current() == 0.5
+    assert hub.get_scalar("train/loss").current() == 0.5  # the live hub was not converted
     load_segmentor(torch.nn.Linear(3, 2), str(tmp_path / "iter_7.pth"))
+
+
+class EarlierHistoryBuffer:
+    """How the suite's checkpoints held a logged scalar before ``PlainLogScalarsHook``."""
+
+    def __reduce__(self):
+        from mmengine.logging import HistoryBuffer
+
+        return HistoryBuffer, ([0.25, 0.5], [1, 1], 20)
+
+
+def test_seg_checkpoints_of_earlier_versions_still_resume_and_only_there(tmp_path):
+    path = tmp_path / "iter_3.pth"
+    torch.save({"meta": {"iter": 3}, "state_dict": {}, "message_hub": {"log_scalars": {
+        "train/loss": EarlierHistoryBuffer()}, "runtime_info": {}, "resumed_keys": {}}}, path)
+    assert read_checkpoint(str(path))["message_hub"]["log_scalars"]["train/loss"].mean() == 0.375
+    with pytest.raises(UnsafeCheckpointError, match="imports mmengine.logging.history_buffer.HistoryBuffer"):
+        load_file(path)  # the type is allowed where seg's reader passes it, not everywhere
 
 
 def test_tampered_safetensors_are_named(encoder, tmp_path):
@@ -343,6 +371,7 @@ def test_a_remote_checkpoint_is_refused_by_every_entry_point_before_it_is_fetche
 def test_every_scheme_mmengine_or_detectron2_resolves_is_refused_by_name(address):
     from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint
 
+    route_checkpoint_reads()  # as the SemAIMRunner does when it is built
     CheckpointLoader.register_scheme("my-plugin+v2://", lambda f, m=None: torch.load(f), force=True)  # a plugin's
     scheme = address.split("://")[0].split(":")[-1]
     for read in (lambda a: _load_checkpoint(a, map_location="cpu"), load_file, read_encoder):

@@ -11,16 +11,17 @@ import os
 
 import torch
 
+from seg.engine import read_checkpoint
 from seg.tools.common import build_runner, load_config, parser
 from semaim_core.errors import SettingError, command
 from semaim_core.provenance import check_replaceable, result_source
-from semaim_core.safe_io import CheckpointError, load_file
+from semaim_core.safe_io import CheckpointError
 from semaim_core.weights import load_verified
 
 
 def load_segmentor(model, path: str):
     """Every weight of the trained segmentor must load (mmengine's own loader is non-strict)."""
-    ckpt = load_file(path)
+    ckpt = read_checkpoint(path)
     if ckpt.get("format") in ("semaim-encoder", "semaim-train"):
         raise CheckpointError(f"{path} is a pretrained encoder, not a trained segmentor: pass the iter_*.pth "
                               "that seg/tools/train.py wrote")
