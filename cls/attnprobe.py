@@ -32,7 +32,7 @@ AIM's training framework does (apple/ml-l3m, l3m/model/heads/classifier.py).
         --output-dir runs/attn_semaim_b
 """
 import copy
-import os
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -42,11 +42,13 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
+from semaim_core.distributed import world_size
 from semaim_core.errors import SettingError, command, positive_float, positive_int
-from semaim_core.optim import build_scheduler
 
 LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3)
 GRID_BATCH = 1024  # the batch the grid's lrs are given at
+
+logger = logging.getLogger("cls.attnprobe")  # by name: run with -m, __name__ is __main__
 
 
 def parse_args(argv=None):
@@ -158,17 +160,14 @@ def main(argv=None):
     start(args, check_encoder=lambda meta: check_probe_layers(args.probe_layers, meta["depth"]))
     train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
     classes = len(train_set.classes)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    model, optimizer = model_and_optimizer(args, classes, world)
-    steps = len(train_set) // (args.batch_size * world)
-    scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
+    model, optimizer = model_and_optimizer(args, classes, world_size())
     mixup, criterion = mixup_and_criterion(args, classes)
-    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, SummedHeadLoss(criterion), mixup,
+    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, SummedHeadLoss(criterion), mixup,
                            clip_groups=[g["params"] for g in optimizer.param_groups])  # a head per group
     result = trainer.fit("attnprobe")
     if trainer.rank == 0:
         for lr, top1 in zip(args.lr_grid, result["head_top1"]):
-            print(f"  lr {lr:g} (at batch {GRID_BATCH}): top-1 {top1:.2f}")
+            logger.info(f"  lr {lr:g} (at batch {GRID_BATCH}): top-1 {top1:.2f}")
     return result
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -19,20 +19,20 @@ import torch
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import accuracy, random_seed
-from tqdm import tqdm
 
 from cls.data import check_layout, loader
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.errors import SettingError
 from semaim_core.layouts import read_encoder
+from semaim_core.optim import build_scheduler
 from semaim_core.provenance import provenance
 from semaim_core.provenance import write_metrics as write_record
 from semaim_core.rundir import open_run, release_lock, with_input_digests
+from semaim_core.runlog import RunLog
 from semaim_core.safe_io import load_file, refuse_address, save_atomic
 from semaim_core.training import (
     AMP_DTYPES,
     LossWatch,
-    MetricsLog,
     NonFiniteError,
     all_rng_states,
     autocast,
@@ -44,6 +44,7 @@ from semaim_core.training import (
 )
 
 FORMAT = "semaim-cls-train"
+logger = logging.getLogger(__name__)
 
 
 def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
@@ -156,12 +157,14 @@ def write_metrics(args, record: dict, epoch: int | None, images: int) -> Path:
 
 
 class EpochTrainer:
-    """The loop fine-tuning and the probes share: per-iteration lr schedule, autocast, NaN
-    stop, evaluation and an atomic checkpoint after every epoch, exact resume at epoch starts."""
+    """The loop fine-tuning and the probes share: per-iteration lr schedule (linear warm-up, cosine
+    to ``args.min_lr``, built from the loader's length), autocast, NaN stop, evaluation and an atomic
+    checkpoint after every epoch, exact resume at epoch starts."""
 
-    def __init__(self, args, model, train_set, val_set, optimizer, scheduler, criterion, mixup=None, ema=None,
+    def __init__(self, args, model, train_set, val_set, optimizer, criterion, mixup=None, ema=None,
                  clip_groups=None):
-        """``clip_groups``: parameter lists whose gradients are clipped each on its own (heads that
+        """``optimizer``: its lr already scaled by the effective batch (``effective_batch(args)``).
+        ``clip_groups``: parameter lists whose gradients are clipped each on its own (heads that
         train side by side); by default every trained parameter is clipped together."""
         self.args, self.mixup, self.ema, self.clip_groups = args, mixup, ema, clip_groups
         self.rank, self.world, self.device = init_distributed(args.device)
@@ -175,9 +178,13 @@ class EpochTrainer:
         self.train_set = train_set
         self.train_loader = loader(train_set, batch, workers, self.world, self.rank, True, seed, True)
         self.val_loader = loader(val_set, batch, workers, self.world, self.rank, False, seed, False)
-        if len(self.train_loader) == 0:
-            raise ValueError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size}")
-        self.optimizer, self.scheduler, self.criterion = optimizer, scheduler, criterion
+        self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise SettingError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size} "
+                               f"per process x {self.world} processes: lower --batch-size")
+        self.optimizer, self.criterion = optimizer, criterion
+        self.scheduler = build_scheduler(optimizer, args.epochs * self.steps_per_epoch,
+                                         args.warmup_epochs * self.steps_per_epoch, getattr(args, "min_lr", 0.0))
         self.amp = AMP_DTYPES[args.dtype]
         self.scaler = grad_scaler(self.device, self.amp)
         self.epoch, self.best = 0, dict(top1=-1.0, top5=-1.0)
@@ -198,15 +205,14 @@ class EpochTrainer:
             self.ema.load_state_dict(ckpt["ema"])
         self.epoch, self.best = ckpt["epoch"], ckpt["best"]
         if self.rank == 0:
-            print(f"resumed from {path} at epoch {self.epoch}")
+            logger.info(f"resumed from {path} at epoch {self.epoch}")
 
-    def train_epoch(self):
+    def train_epoch(self, log: RunLog) -> float:
         self.net.train()
         self.train_loader.sampler.set_epoch(self.epoch)
-        n = len(self.train_loader)
+        n = self.steps_per_epoch
         total = torch.zeros((), device=self.device)
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch}", disable=self.rank != 0, dynamic_ncols=True)
-        for i, (images, target) in enumerate(bar):
+        for i, (images, target) in enumerate(self.train_loader):
             self.scheduler.step_update(self.epoch * n + i)
             images, target = images.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
             if self.mixup is not None:
@@ -223,35 +229,34 @@ class EpochTrainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             total += loss.detach()
-            jump = self.watch.update(loss.item(), f"in epoch {self.epoch}, step {i}")
-            if jump and self.rank == 0:
-                tqdm.write(jump, file=sys.stderr)
-            bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
+            log.warn(self.watch.update(loss.item(), f"in epoch {self.epoch}, step {i}"))
+            log.advance(epoch=self.epoch, loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
         return float(all_reduce_mean(total / n, self.world))
 
     def fit(self, mode: str) -> dict:
-        if self.rank == 0:
-            log = MetricsLog(self.out, "log", "epoch", self.epoch, "cls")
         metrics = None
         end = min(self.args.epochs, self.args.stop_after_epochs or self.args.epochs)
-        while self.epoch < end:
-            tick = time.time()
-            loss = self.train_epoch()
-            metrics = evaluate(self.model, self.val_loader, self.device, self.world)
-            if self.ema is not None:
-                ema = evaluate(self.ema.module, self.val_loader, self.device, self.world)
-                metrics.update({f"ema_{k}": v for k, v in ema.items()})
-            self.epoch += 1
-            if metrics["top1"] > self.best["top1"]:
-                self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
-            save = self.epoch % self.args.save_every == 0 or self.epoch == end
-            rng = all_rng_states() if save else None  # every rank takes part; rank 0 writes them all
-            if self.rank == 0:
-                rec = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
-                log.write(rec)
-                if save:
-                    save_atomic(self.state(rng), self.out / "checkpoint.pth")
-                print(json.dumps(rec))
+        n = self.steps_per_epoch
+        with RunLog(self.out, rows="log", key="epoch", start=self.epoch, bar_start=self.epoch * n, total=end * n,
+                    desc=mode, tb_prefix="cls", main=self.rank == 0) as log:
+            while self.epoch < end:
+                tick = time.time()
+                loss = self.train_epoch(log)
+                metrics = evaluate(self.model, self.val_loader, self.device, self.world)
+                if self.ema is not None:
+                    ema = evaluate(self.ema.module, self.val_loader, self.device, self.world)
+                    metrics.update({f"ema_{k}": v for k, v in ema.items()})
+                self.epoch += 1
+                if metrics["top1"] > self.best["top1"]:
+                    self.best = dict(top1=metrics["top1"], top5=metrics["top5"], epoch=self.epoch)
+                save = self.epoch % self.args.save_every == 0 or self.epoch == end
+                rng = all_rng_states() if save else None  # every rank takes part; rank 0 writes them all
+                if self.rank == 0:
+                    row = dict(epoch=self.epoch, train_loss=loss, seconds=round(time.time() - tick, 1), **metrics)
+                    log.write(row)
+                    if save:
+                        save_atomic(self.state(rng), self.out / "checkpoint.pth")
+                    logger.info(json.dumps(row))
         if metrics is None:  # resumed a run that had reached its end: score the weights it ended with
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
         result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"],
@@ -261,12 +266,9 @@ class EpochTrainer:
         if "head_top1" in metrics:
             result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])
         if self.rank == 0:
-            print(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
-                  f"{scored_folder(self.args)} (always answering the most frequent class: "
-                  f"{result['majority_top1']:.2f})")
-        if self.rank == 0:
-            log.close()
-            print(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")
+            logger.info(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
+                        f"{scored_folder(self.args)} (always answering the most frequent class: "
+                        f"{result['majority_top1']:.2f})")
+            logger.info(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")
             release_lock(self.out)
         return result
-

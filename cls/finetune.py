@@ -7,7 +7,6 @@ path 0.1, 20 warm-up epochs, lr = blr x effective batch / 256 with blr 5e-4 (bat
     torchrun --nproc_per_node 8 -m cls.finetune --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/ft_semaim_b --batch-size 128
 """
-import os
 
 import torch
 from timm.data import create_transform
@@ -18,8 +17,8 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
+from semaim_core.distributed import world_size
 from semaim_core.errors import command
-from semaim_core.optim import build_scheduler
 
 # MAE's fine-tuning recipes by size; flags given override them.
 RECIPES = {
@@ -83,13 +82,10 @@ def main(argv=None):
     train_tf, val_tf = transforms_for(args)
     train_set, val_set = image_folders(args.data, train_tf, val_tf, args.fit_images)
     classes = len(train_set.classes)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    model, optimizer = model_and_optimizer(args, classes, world)
-    steps = len(train_set) // (args.batch_size * world)
-    scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps, args.min_lr)
+    model, optimizer = model_and_optimizer(args, classes, world_size())
     mixup, criterion = mixup_and_criterion(args, classes)
     ema = ModelEmaV3(model, decay=args.model_ema) if args.model_ema else None
-    return EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, criterion, mixup, ema).fit("finetune")
+    return EpochTrainer(args, model, train_set, val_set, optimizer, criterion, mixup, ema).fit("finetune")
 
 
 if __name__ == "__main__":

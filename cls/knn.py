@@ -5,6 +5,7 @@ main_knn.py (--global_pool); --pool cls takes the normalized [CLS]. Resize 256 +
 
     python -m cls.knn --data /data/imagenet --encoder runs/semaim_b/encoder.pth --output-dir runs/knn_semaim_b
 """
+import logging
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ def features(model, dataset, batch_size, workers, device):
         feats.append(F.normalize(out, dim=1))
         labels.append(target.to(device))
     return torch.cat(feats), torch.cat(labels)
+
+logger = logging.getLogger("cls.knn")
 
 
 def knn_classify(train_f, train_y, test_f, num_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024):
@@ -80,7 +83,7 @@ def main(argv=None):
                   top5=round(top5, 3), encoder=str(args.encoder), data=str(args.data))
     path = write_metrics(args, result, epoch=None, images=len(val_set))
     release_lock(Path(args.output_dir))
-    print(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} on {len(val_set)} images of {scored_folder(args)} (always "
+    logger.info(f"k-NN top-1 {top1:.2f}  top-5 {top5:.2f} on {len(val_set)} images of {scored_folder(args)} (always "
           f"answering the most frequent class: {result['majority_top1']:.2f}) -> {path}")
     return result
 

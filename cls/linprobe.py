@@ -7,7 +7,6 @@ epochs, Resize 224 + RandomCrop 224 + flip for training, Resize 256 + CenterCrop
     torchrun --nproc_per_node 8 -m cls.linprobe --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/lin_semaim_b
 """
-import os
 
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
@@ -17,8 +16,8 @@ from cls.backbone import timm_vit_from_encoder
 from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, start
 from semaim_core.data import eval_transform
+from semaim_core.distributed import world_size
 from semaim_core.errors import command
-from semaim_core.optim import build_scheduler
 
 
 def parse_args(argv=None):
@@ -59,11 +58,8 @@ def main(argv=None):
     args = parse_args(argv)
     start(args)
     train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
-    world = int(os.environ.get("WORLD_SIZE", 1))
-    model, optimizer = model_and_optimizer(args, len(train_set.classes), world)
-    steps = len(train_set) // (args.batch_size * world)
-    scheduler = build_scheduler(optimizer, args.epochs * steps, args.warmup_epochs * steps)
-    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, scheduler, torch.nn.CrossEntropyLoss())
+    model, optimizer = model_and_optimizer(args, len(train_set.classes), world_size())
+    trainer = EpochTrainer(args, model, train_set, val_set, optimizer, torch.nn.CrossEntropyLoss())
     return trainer.fit("linprobe")
 
 

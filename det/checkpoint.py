@@ -37,7 +37,7 @@ def load_backbone(model, path: str) -> dict:
         sd["pos_embed"] = resize_pos_embed(sd["pos_embed"], want)
     report = load_verified(net, sd, f"detectron2 ViT backbone <- {path} ({describe_kind(meta)})",
                            allowed_missing=BACKBONE_ALLOWED_MISSING)
-    logging.getLogger("detectron2").info(
+    logging.getLogger("detectron2.det").info(
         f"loaded {report['loaded']} backbone tensors from {path}; at initialization: {report['left_at_init']}")
     # re-zero the relative-position tables, as ViTDet does for MAE weights
     for name, p in net.named_parameters():
@@ -139,7 +139,7 @@ class ExactResumeHook(HookBase):
         if not self.pending:
             return
         start = self.trainer.start_iter
-        logging.getLogger("detectron2").info(f"advancing the data loader by {start} iterations to resume exactly")
+        logging.getLogger("detectron2.det").info(f"advancing the data loader by {start} iterations to resume exactly")
         batches = self.trainer._data_loader_iter
         for _ in range(start):
             next(batches)

@@ -46,7 +46,7 @@ OPERATIONAL = ("train.output_dir", "train.eval_period", "train.log_period", "tra
                "train.ddp", "dataloader.evaluator")
 STOPPING = ("train.stop_after_iter",)  # train.max_iter sets the lr schedule: part of the recipe
 
-logger = logging.getLogger("det")
+logger = logging.getLogger("detectron2.det")  # a child: detectron2's handlers print it and write it to log.txt
 _MISSING = object()
 
 

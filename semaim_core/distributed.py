@@ -7,9 +7,15 @@ import torch
 import torch.distributed as dist
 
 
+def world_size() -> int:
+    """How many processes train together (torchrun's ``WORLD_SIZE``; 1 on its own), known before
+    the process group starts: the lr scales with the effective batch."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
 def init_distributed(device: str) -> tuple[int, int, torch.device]:
     """(rank, world size, device) from torchrun's environment; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    world = world_size()
     rank = int(os.environ.get("RANK", 0))
     local = int(os.environ.get("LOCAL_RANK", 0))
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -34,15 +34,18 @@ class DataError(UserError, FileNotFoundError):
 
 
 class command:
-    """``main(argv)`` as a command-line entry point: a ``UserError`` becomes one line on stderr
-    and exit status 1 instead of a traceback. (A class, not a closure, so that detectron2's
-    launcher can pickle it into its worker processes.)"""
+    """``main(argv)`` as a command-line entry point: the suite's messages printed (``logs.setup_logging``),
+    and a ``UserError`` as one line on stderr and exit status 1 instead of a traceback. (A class, not
+    a closure, so that detectron2's launcher can pickle it into its worker processes.)"""
 
     def __init__(self, main):
         self.main = main
         functools.update_wrapper(self, main)
 
     def __call__(self, argv=None):
+        from .logs import setup_logging
+
+        setup_logging()
         try:
             return self.main(argv)
         except UserError as e:

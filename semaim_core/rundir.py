@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +31,8 @@ from .safe_io import atomic_write, write_json_atomic
 
 LOCK, RECIPE, CHANGES = ".lock", "run.json", "recipe_changes.jsonl"
 REPO = Path(__file__).resolve().parents[1]
+
+logger = logging.getLogger(__name__)
 
 
 class RunDirError(UserError, RuntimeError):
@@ -143,7 +146,7 @@ def remove_temp_files(folder: Path) -> list[str]:
             p.unlink()
             removed.append(p.name)
     if removed:
-        print(f"{folder}: removed {len(removed)} temporary files of an interrupted write: {removed[:4]}")
+        logger.warning(f"{folder}: removed {len(removed)} temporary files of an interrupted write: {removed[:4]}")
     return removed
 
 
@@ -162,7 +165,7 @@ def drop_rows_after(path: Path, key: str, last: int):
             if n < len(rows):
                 raise RunDirError(f"{path}, line {n}, is not JSON ({line[:60]!r}): the metrics log was edited or "
                                   "damaged; repair or remove that line, then resume") from None
-            print(f"{path}: dropping a torn last row (the run was stopped while writing it): {line[:60]!r}")
+            logger.warning(f"{path}: dropping a torn last row (the run was stopped while writing it): {line[:60]!r}")
             continue
         if row[key] <= last:
             kept.append(line)
@@ -223,7 +226,7 @@ def _claim(folder: Path, recipe: dict, overwrite, fresh, stopping, flag, allow_c
         for p in folder.iterdir():
             if p.name != LOCK:
                 shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
-        print(f"{folder}: cleared for a new run ({flag})")
+        logger.info(f"{folder}: cleared for a new run ({flag})")
     remove_temp_files(folder)
     if content and not overwrite:
         if fresh:
@@ -233,7 +236,8 @@ def _claim(folder: Path, recipe: dict, overwrite, fresh, stopping, flag, allow_c
         if diffs and allow_change:
             with open(folder / CHANGES, "a") as f:
                 f.write(json.dumps(dict(time=time.strftime("%Y-%m-%dT%H:%M:%S%z"), changes=diffs)) + "\n")
-            print(f"{folder}: continuing with a changed recipe (recorded in {CHANGES}):\n  " + "\n  ".join(diffs))
+            logger.warning(f"{folder}: continuing with a changed recipe (recorded in {CHANGES}):\n  "
+                           + "\n  ".join(diffs))
         elif diffs:
             raise RunDirError(f"{folder} holds a run with another recipe; continuing it would mix two experiments:\n  "
                               + "\n  ".join(diffs) + f"\nUse a new directory for the new recipe, or pass {flag} to "

@@ -36,6 +36,7 @@ import argparse
 import contextvars
 import errno
 import json
+import logging
 import math
 import os
 import pathlib
@@ -44,7 +45,6 @@ import pickletools
 import re
 import stat
 import struct
-import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -53,6 +53,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -122,8 +124,8 @@ def refuse_unsafe(path: Path, names: list[str], reason: str | None = None) -> Un
 
 
 def _warn_trusted(path: Path, how: str):
-    print(f"WARNING: --trust-pickle: reading {path} with {how}, which runs any code the file holds. Do this only "
-          "with a file you trust, and use the safetensors file you write from it from then on.", file=sys.stderr)
+    logger.warning(f"WARNING: --trust-pickle: reading {path} with {how}, which runs any code the file holds. Do "
+                   "this only with a file you trust, and use the safetensors file you write from it from then on.")
 
 
 _ADDRESS = re.compile(r"^(?:[\w.+-]+:)?([A-Za-z][\w.+-]*)://")  # http://, s3://, open-mmlab:s3://, ...

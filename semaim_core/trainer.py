@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import re
-import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 from timm.utils import random_seed
-from tqdm import tqdm
 
 from . import build_model
 from .data import ImageDataset, SeededSamples, find_images, pretrain_transform
@@ -34,7 +33,6 @@ from .rundir import (
     RECIPE,
     RunDirError,
     canonical,
-    drop_text_lines_after,
     file_list_digest,
     open_run,
     read_recipe,
@@ -42,11 +40,11 @@ from .rundir import (
     release_lock,
     with_input_digests,
 )
+from .runlog import RunLog
 from .safe_io import CheckpointError, load_file, save_atomic, write_json_atomic
 from .training import (
     AMP_DTYPES,
     LossWatch,
-    MetricsLog,
     NonFiniteError,
     all_rng_states,
     autocast,
@@ -56,6 +54,8 @@ from .training import (
     restore,
     training_state,
 )
+
+logger = logging.getLogger(__name__)
 
 
 def non_finite(tensors: dict) -> list[str]:
@@ -220,7 +220,7 @@ class Trainer:
         restore(ckpt, self.model, self.optimizer, self.scaler)
         self.step = ckpt["step"]
         if self.is_main:
-            print(f"resumed from {path} at step {self.step}")
+            logger.info(f"resumed from {path} at step {self.step}")
 
     def newest_readable_checkpoint(self):
         """(checkpoint, path) of the newest checkpoint in the run directory that loads; a torn or
@@ -230,7 +230,7 @@ class Trainer:
             try:
                 return load_file(path), path
             except CheckpointError as e:
-                print(f"skipping unreadable checkpoint {path.name} ({e}); trying the one before it")
+                logger.warning(f"skipping unreadable checkpoint {path.name} ({e}); trying the one before it")
         if found:
             raise CheckpointError(f"none of the {len(found)} checkpoints in {self.out} can be read: "
                                   "remove them to start anew, or pass --resume PATH")
@@ -288,58 +288,51 @@ class Trainer:
         cfg = self.cfg
         end = min(self.total_steps, cfg.max_steps or self.total_steps)
         if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
             write_json_atomic(self.out / "config.json", dict(asdict(cfg), world_size=self.world,
                                                              effective_batch=self.eff_batch, lr=self.lr))
-            metrics = MetricsLog(self.out, "metrics", "step", self.step, "train")
-            drop_text_lines_after(self.out / "log.txt", self.step)  # what a killed run logged past its checkpoint
-            text_log = open(self.out / "log.txt", "a")  # the same rows as plain text, as MAE's log.txt
-            text_log.write(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}\n")
-            bar = tqdm(total=end, initial=self.step, desc="pretrain", dynamic_ncols=True)
         watch = LossWatch(advice="Lower the lr (--blr) or raise the warm-up (--warmup-epochs).")
         self.model.train()
-        while self.step < end:
-            epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
-            batches = iter(self.loader(epoch, in_epoch * cfg.accum_iter))
-            for _ in range(in_epoch, self.steps_per_epoch):
-                if self.step >= end:
-                    break
-                tick = time.perf_counter()
-                micro, skipped = [], 0
-                for _ in range(cfg.accum_iter):
-                    images, n_skipped = next(batches)
-                    micro.append(images)
-                    skipped = max(skipped, int(n_skipped.max()))
-                loss, grad_norm = self.train_step(micro)
-                self.last_loss = loss
-                jump = watch.update(loss, f"at step {self.step}")
-                if jump and self.is_main:
-                    tqdm.write(jump, file=sys.stderr)
-                    text_log.write(jump + "\n")
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                ips = self.eff_batch / (time.perf_counter() - tick)
-                if self.is_main:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
-                    if self.step % cfg.log_every == 0 or self.step == end:
-                        rec = dict(step=self.step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, img_per_s=ips,
-                                   skipped_images=skipped)
-                        metrics.write(rec, scalars=("loss", "lr", "grad_norm", "img_per_s"))
-                        text_log.write(f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
-                                       f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}\n")
-                        text_log.flush()
-                if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
-                    self.save()
+        with RunLog(self.out, rows="metrics", key="step", start=self.step, bar_start=self.step, total=end,
+                    desc="pretrain", tb_prefix="train", text_log=True, main=self.is_main) as log:
+            log.note(f"{'resumed at' if self.step else 'started'} step {self.step}: {json.dumps(asdict(cfg))}")
+            while self.step < end:
+                self.train_epoch(end, watch, log)
         encoder = None
         if self.is_main:
-            bar.close()
-            metrics.close()
-            text_log.close()
             encoder = self.export(final_loss=self.last_loss)
-            print(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
+            logger.info(f"wrote {self.out / 'metrics.jsonl'}, checkpoints and the exported encoder {encoder}")
             release_lock(self.out)
         if self.world > 1:
             dist.barrier()
         return encoder
+
+    def train_epoch(self, end: int, watch: LossWatch, log: RunLog):
+        """The rest of the current epoch (from the step the run is at), or up to step ``end``."""
+        cfg = self.cfg
+        epoch, in_epoch = divmod(self.step, self.steps_per_epoch)
+        batches = iter(self.loader(epoch, in_epoch * cfg.accum_iter))
+        for _ in range(in_epoch, self.steps_per_epoch):
+            if self.step >= end:
+                break
+            tick = time.perf_counter()
+            micro, skipped = [], 0
+            for _ in range(cfg.accum_iter):
+                images, n_skipped = next(batches)
+                micro.append(images)
+                skipped = max(skipped, int(n_skipped.max()))
+            loss, grad_norm = self.train_step(micro)
+            self.last_loss = loss
+            log.warn(watch.update(loss, f"at step {self.step}"))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            ips = self.eff_batch / (time.perf_counter() - tick)
+            lr = self.optimizer.param_groups[0]["lr"]
+            log.advance(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
+            if self.step % cfg.log_every == 0 or self.step == end:
+                row = dict(step=self.step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, img_per_s=ips,
+                           skipped_images=skipped)
+                log.write(row, scalars=("loss", "lr", "grad_norm", "img_per_s"),
+                          text=f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
+                               f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}")
+            if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
+                self.save()

@@ -1,11 +1,10 @@
 """What the suite's training loops share (pretraining, cls fine-tuning and linear probing), as MAE's
 util/misc.py serves its three main_*.py: the AMP dtype, the optimizer step with clipping and a
 non-finite guard, training checkpoints recognized by their format tag and resumed exactly (RNG
-included), and the metrics log (JSON lines + TensorBoard)."""
+included). What a run writes as it goes is ``runlog.RunLog``."""
 from __future__ import annotations
 
 import collections
-import json
 import random
 import statistics
 from collections.abc import Callable
@@ -16,7 +15,6 @@ import torch
 import torch.distributed as dist
 
 from .errors import UserError
-from .rundir import drop_rows_after
 from .safe_io import CheckpointError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -148,28 +146,3 @@ def own_rng_state(per_rank: list[dict]) -> dict:
         raise CheckpointError(f"the checkpoint holds the RNG states of {len(per_rank)} processes, this run has "
                               f"{world}: resume with the number of processes that wrote it")
     return per_rank[rank]
-
-
-class MetricsLog:
-    """``<name>.jsonl`` (one JSON object per row) and TensorBoard scalars under ``tb/``, resumed at
-    ``start``: rows a killed run logged past its last checkpoint are dropped, as are TensorBoard's."""
-
-    def __init__(self, folder: Path, name: str, key: str, start: int, tb_prefix: str):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path, self.key, self.prefix = Path(folder) / f"{name}.jsonl", key, tb_prefix
-        drop_rows_after(self.path, key, start)
-        self.file = open(self.path, "a")
-        self.tb = SummaryWriter(Path(folder) / "tb", purge_step=start + 1 if start else None)
-
-    def write(self, row: dict, scalars=None):
-        """Append ``row``; its ``scalars`` (default: every number) go to TensorBoard at ``row[key]``."""
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        for k in scalars if scalars is not None else row:
-            if k != self.key and isinstance(row[k], (int, float)):
-                self.tb.add_scalar(f"{self.prefix}/{k}", row[k], row[self.key])
-
-    def close(self):
-        self.file.close()
-        self.tb.close()

@@ -2,11 +2,14 @@
 fail on anything missing, misplaced or misshapen) and the position-table resize of ViTDet and mmseg."""
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
 
 from .safe_io import CheckpointError
+
+logger = logging.getLogger(__name__)
 
 
 def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
@@ -43,6 +46,6 @@ def load_verified(module: torch.nn.Module, sd: dict, what: str, allowed_missing=
         raise CheckpointError("\n".join(lines))
     result = module.load_state_dict(sd, strict=False)  # strict=False only for the allowed leftovers, checked above
     report = dict(loaded=len(sd), left_at_init=sorted(result.missing_keys))
-    print(f"{what}: loaded {report['loaded']} tensors; left at initialization (allowed): "
+    logger.info(f"{what}: loaded {report['loaded']} tensors; left at initialization (allowed): "
           f"{len(report['left_at_init'])} {report['left_at_init'][:4]}")
     return report

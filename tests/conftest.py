@@ -1,3 +1,17 @@
+"""What every test shares, and how the suite is scheduled.
+
+- Markers: ``slow`` marks the end-to-end runs (minutes: the demo, the fit checks, trainings);
+  ``slow(seconds=N)`` also gives a rough single-core time, used only for ordering (below);
+  ``real_size`` marks the production-size check (``make test-real-size`` runs it alone).
+- Ordering: in one process, the fast tests run first, for quick feedback. Under pytest-xdist
+  (``make test``: ``-n 2 --dist loadgroup``) the slow tests go first, the longest first of all:
+  the workers take tests from one queue, so starting the longest early keeps both busy until the end.
+- ``xdist_group``: tests that share something outside ``tmp_path`` (the demo's one run, the
+  repository's default ``output/`` and ``work_dirs/``) carry the same group, and ``--dist loadgroup``
+  runs a group on one worker, one test after the other.
+- Threads: each worker takes its share of the cores (``OMP_NUM_THREADS``), and so do the training
+  runs a test starts in a subprocess.
+"""
 import copy
 import os
 import subprocess
@@ -11,6 +25,7 @@ import torch
 # The mmcv-lite compatibility layer goes in before any test module imports mmseg (an import sorter
 # places `import seg` after the third-party mmseg imports inside each module).
 import seg  # noqa: F401
+from semaim_core.logs import setup_logging
 
 _parse_file = mmengine.config.utils.load
 _parsed: dict = {}
@@ -30,6 +45,7 @@ def parse_file_once(path, *args, **kwargs):
 
 
 mmengine.config.utils.load = parse_file_once
+setup_logging()  # as every entry point does: the suite's messages reach pytest's capture
 
 # make test runs pytest-xdist workers (-n 2 on the 2-core CI machine): each takes its share of the
 # cores, and the training runs a test starts in a subprocess inherit that share

@@ -109,29 +109,84 @@ def test_setup_refuses_a_torch_build_the_driver_cannot_run(tmp_path, driver, tor
         assert "torch will run on the CPU" in proc.stdout
 
 
-@pytest.mark.parametrize("script,expected", [
-    ("pretrain.sbatch", "--nnodes 2 --nproc_per_node 8 --node_rank $SLURM_NODEID --master_addr node017 "
-                        "--master_port 21234 -m semaim_core.pretrain --preset base"),
-    ("det.sbatch", "--num-gpus 8 --num-machines 2 --machine-rank $SLURM_NODEID --dist-url tcp://node017:21234 "
-                   "--config vitdet_semaim.py"),
-    ("seg.sbatch", "srun --ntasks-per-node=8 --kill-on-bad-exit=1"),
-])
-def test_slurm_scripts_take_ranks_and_sizes_from_slurm(tmp_path, script, expected):
+SRUN = """#!/bin/bash
+# srun as a 2-node allocation runs it: its command once per task, with the task's SLURM variables
+echo "srun $*" >> "$RECORD"
+per_node=1
+while [[ $1 == --* ]]; do [[ $1 == --ntasks-per-node=* ]] && per_node=${1#*=}; shift; done
+for node in 0 1; do for task in $(seq 0 $((per_node - 1))); do
+  SLURM_NODEID=$node SLURM_PROCID=$((node * per_node + task)) SLURM_LOCALID=$task SLURM_NTASKS=$((2 * per_node)) "$@"
+done; done
+"""
+PYTHON = '#!/bin/sh\necho "node $SLURM_NODEID task $SLURM_PROCID: $*" >> "$RECORD"\n'
+SCONTROL = "#!/bin/sh\necho node017\nseq -f node%03g 18 20000\n"  # long: reading one line would SIGPIPE
+
+
+def run_as_slurm_does(script, args, tmp_path):
+    """The batch script copied to a spool folder and run from there, as slurmd runs it, in a 2-node
+    allocation of 8 GPUs each submitted from the repository; what each task would run, in order."""
     import os
 
-    # A long host list: a script that reads only its first line dies of SIGPIPE under pipefail.
-    (tmp_path / "scontrol").write_text("#!/bin/sh\necho node017\nseq -f node%03g 18 20000\n")
-    (tmp_path / "scontrol").chmod(0o755)
-    env = dict(os.environ, PATH=f"{tmp_path}:{os.environ['PATH']}", DRY_RUN="1", SLURM_NNODES="2",
-               SLURM_GPUS_ON_NODE="h100:8", SLURM_JOB_NODELIST="node[017-018]", SLURM_JOB_ID="1234")
-    args = {"pretrain.sbatch": ["--preset", "base"], "det.sbatch": ["--config", "vitdet_semaim.py"],
-            "seg.sbatch": ["upernet_semaim.py"]}[script]
-    proc = subprocess.run(["bash", f"tools/slurm/{script}", *args], cwd=REPO, env=env, capture_output=True,
+    bin_dir, spool = tmp_path / "bin", tmp_path / "spool" / "job1234"
+    for folder in (bin_dir, spool):
+        folder.mkdir(parents=True)
+    for name, text in (("srun", SRUN), ("python", PYTHON), ("scontrol", SCONTROL)):
+        (bin_dir / name).write_text(text)
+        (bin_dir / name).chmod(0o755)
+    (spool / "slurm_script").write_text((REPO / "tools" / "slurm" / script).read_text())
+    record = tmp_path / "record.txt"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", PYTHON=str(bin_dir / "python"), RECORD=str(record),
+               SLURM_NNODES="2", SLURM_GPUS_ON_NODE="h100:8", SLURM_JOB_NODELIST="node[017-018]",
+               SLURM_JOB_ID="1234", SLURM_SUBMIT_DIR=str(REPO))
+    proc = subprocess.run(["bash", str(spool / "slurm_script"), *args], cwd=spool, env=env, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert expected in " ".join(proc.stdout.split()), proc.stdout
-    if script == "seg.sbatch":
-        assert proc.stdout.strip().endswith("upernet_semaim.py --launcher slurm")
+    return record.read_text().splitlines()
+
+
+def test_pretraining_under_sbatch_runs_torchrun_once_per_node(tmp_path):
+    lines = run_as_slurm_does("pretrain.sbatch", ["--preset", "base", "--output-dir", "runs/b"], tmp_path)
+    assert lines[0].startswith("srun --ntasks-per-node=1 bash -c")
+    assert lines[1:] == [f"node {n} task {n}: -m torch.distributed.run --nnodes 2 --nproc_per_node 8 --node_rank {n} "
+                         "--master_addr node017 --master_port 21234 -m semaim_core.pretrain --preset base "
+                         "--output-dir runs/b" for n in (0, 1)]
+
+
+def test_detection_under_sbatch_runs_detectron2s_launcher_once_per_node(tmp_path):
+    lines = run_as_slurm_does("det.sbatch", ["--config", "vitdet_semaim.py", "train.max_iter=10"], tmp_path)
+    assert lines[1:] == [f"node {n} task {n}: -m det.train_net --num-gpus 8 --num-machines 2 --machine-rank {n} "
+                         "--dist-url tcp://node017:21234 --config vitdet_semaim.py train.max_iter=10" for n in (0, 1)]
+
+
+def test_segmentation_under_sbatch_runs_one_task_per_gpu(tmp_path):
+    lines = run_as_slurm_does("seg.sbatch", ["upernet_semaim.py", "--work-dir", "work_dirs/b"], tmp_path)
+    assert lines[0].startswith("srun --ntasks-per-node=8 --kill-on-bad-exit=1")
+    assert lines[1:] == [f"node {t // 8} task {t}: -m seg.tools.train upernet_semaim.py --work-dir work_dirs/b "
+                         "--launcher slurm" for t in range(16)]
+
+
+@pytest.mark.parametrize("script", ["pretrain.sbatch", "det.sbatch", "seg.sbatch"])
+def test_a_batch_script_submitted_outside_the_suite_says_how_to_find_it(script, tmp_path):
+    import os
+
+    (tmp_path / "slurm_script").write_text((REPO / "tools" / "slurm" / script).read_text())
+    env = dict(os.environ, SLURM_SUBMIT_DIR=str(tmp_path), SLURM_NNODES="2")
+    proc = subprocess.run(["bash", str(tmp_path / "slurm_script")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode != 0 and "set SEMAIM_ROOT" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("nodes", ["2", "4"])
+def test_dry_run_outside_an_allocation_prints_the_commands_for_a_stated_node_count(nodes, tmp_path):
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(DRY_RUN="1", NODES=nodes)
+    proc = subprocess.run(["bash", "tools/slurm/pretrain.sbatch", "--preset", "base"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert f"for {nodes} nodes x 8 GPUs" in proc.stdout
+    assert f"--nnodes {nodes} --nproc_per_node 8 --node_rank $SLURM_NODEID" in " ".join(proc.stdout.split())
 
 
 @pytest.mark.slow

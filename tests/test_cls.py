@@ -55,11 +55,11 @@ def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path,
 
     calls, train_epoch = [], EpochTrainer.train_epoch
 
-    def killed_in_epoch_2(self):
+    def killed_in_epoch_2(self, log):
         calls.append(self.epoch)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return train_epoch(self)
+        return train_epoch(self, log)
 
     sparse = common(derived, encoder, tmp_path / "c") + ["--warmup-epochs", "1", "--dtype", "fp32", "--epochs", "2",
                                                          "--save-every", "2"]

@@ -56,7 +56,7 @@ def test_a_torn_last_metrics_row_is_dropped_not_fatal(tiny_coco, tmp_path, capsy
     with open(log, "a") as f:
         f.write('{"step": 3, "epoch": 0, "lo')  # killed while writing row 3
     Trainer(cfg(tiny_coco, tmp_path, max_steps=3, depth=1, decoder_depth=1)).fit()
-    assert "dropping a torn last row" in capsys.readouterr().out
+    assert "dropping a torn last row" in capsys.readouterr().err  # a warning
     assert [json.loads(r)["step"] for r in log.read_text().splitlines()] == [1, 2, 3]
     rows = log.read_text().splitlines()
     log.write_text("\n".join([rows[0], "{torn", *rows[1:]]) + "\n")  # damage elsewhere is not guessed at
@@ -103,7 +103,9 @@ def test_interrupted_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monkeypatch):
+@pytest.fixture
+def nan_stopped_run(tiny_coco, tmp_path, monkeypatch):
+    """A run whose loss turns NaN at step 5 (checkpoints every 2 steps): (trainer, the error)."""
     t = Trainer(cfg(tiny_coco, tmp_path, max_steps=8, save_every=2, depth=1, decoder_depth=1))
     forward = t.model.forward
 
@@ -114,15 +116,28 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_coco, tmp_path, monk
         return out
 
     monkeypatch.setattr(t.model, "forward", poisoned)
-    with pytest.raises(NonFiniteError, match="loss is nan at step 5.*checkpoint-00000004.pth"):
+    with pytest.raises(NonFiniteError) as err:
         t.fit()
+    return t, err.value
+
+
+LOWER_LR = dict(max_steps=8, save_every=2, depth=1, decoder_depth=1, blr=5e-4)  # the remedy the message names
+
+
+def test_a_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(nan_stopped_run, tmp_path):
+    _, error = nan_stopped_run
+    assert re.search("loss is nan at step 5.*checkpoint-00000004.pth", str(error))
     last = load_file(checkpoint_paths(tmp_path)[-1])
     assert last["step"] == 4 and all(torch.isfinite(v).all() for v in last["model"].values() if v.is_floating_point())
-    # each remedy the message names is a recipe change: refused, unless asked for, then recorded
-    lower = dict(max_steps=8, save_every=2, depth=1, decoder_depth=1, blr=5e-4)
+
+
+def test_resuming_a_nan_stopped_run_with_its_remedy_needs_it_said(nan_stopped_run, tiny_coco, tmp_path):
     with pytest.raises(RunDirError, match=r"(?s)blr: 0.001 -> 0.0005.*pass --allow-recipe-change"):
-        Trainer(cfg(tiny_coco, tmp_path, **lower))
-    t = Trainer(cfg(tiny_coco, tmp_path, allow_recipe_change=True, **lower))
+        Trainer(cfg(tiny_coco, tmp_path, **LOWER_LR))
+
+
+def test_a_remedy_said_resumes_from_the_last_good_step_and_is_recorded(nan_stopped_run, tiny_coco, tmp_path):
+    t = Trainer(cfg(tiny_coco, tmp_path, allow_recipe_change=True, **LOWER_LR))
     assert t.step == 4
     t.fit()
     changes = [json.loads(line) for line in (tmp_path / "recipe_changes.jsonl").read_text().splitlines()]
@@ -431,8 +446,8 @@ def test_leftovers_of_a_killed_run_are_cleaned_and_not_repeated(tiny_coco, tmp_p
     (tmp_path / "checkpoint-00000004.pth").rename(tmp_path / ".checkpoint-00000004.pth.tmp-4242")
     (tmp_path / "checkpoint-00000003.pth").write_bytes(b"torn")  # and a corrupt newest checkpoint
     t = Trainer(cfg(tiny_coco, tmp_path, max_steps=4, depth=1, decoder_depth=1, save_every=2))
-    out = capsys.readouterr().out
-    assert "removed 1 temporary files" in out and "skipping unreadable checkpoint checkpoint-00000003.pth" in out
+    warned = capsys.readouterr().err
+    assert "removed 1 temporary files" in warned and "skipping unreadable checkpoint checkpoint-00000003.pth" in warned
     assert t.step == 2 and not list(tmp_path.glob(".*.tmp*"))
     (tmp_path / "checkpoint-00000003.pth").unlink()
     t.fit()

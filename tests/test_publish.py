@@ -169,3 +169,11 @@ def test_results_without_predictions_are_named(run, tmp_path):
     with pytest.raises(PublishError, match="det_metrics.json: the evaluation had no predictions to score"):
         publish(run, tmp_path / "hub", results=[str(det)])
     assert not (tmp_path / "hub").exists()
+
+
+def test_every_published_file_is_readable_by_others(run, tmp_path):
+    out = publish(run, tmp_path / "hub", dataset="tiny_coco")
+    ordinary = tmp_path / "ordinary"
+    ordinary.write_text("")  # the mode this process gives a new file
+    modes = {f.name: oct(f.stat().st_mode & 0o777) for f in out.iterdir()}
+    assert set(modes.values()) == {oct(ordinary.stat().st_mode & 0o777)}, modes

@@ -208,6 +208,15 @@ def _write_folder(run: Path, encoder: Path, tmp: Path, name: str | None, results
     (tmp / ZOO_ROW).write_text(f"{ZOO_HEADER}\n{row}\n")
     (tmp / CARD).write_text(card(name, meta, run, license, dataset or str(meta.get("data") or "unknown"), row))
     (tmp / SUMS).write_text("".join(f"{file_digest(f)}  {f.name}\n" for f in sorted(tmp.iterdir())))
+    readable = 0o666 & ~current_umask()  # safetensors writes its files 0600: a release is for others to read
+    for f in tmp.iterdir():
+        f.chmod(readable)
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def verify(folder: str | Path) -> list[str]:
