@@ -198,7 +198,12 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-if __name__ == "__main__":
-    args = parse_args()
+def cli(argv=None):
+    """The command line: detectron2's launcher starts ``--num-gpus`` processes on this machine."""
+    args = parse_args(argv)
     launch(command(main), args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
            dist_url=args.dist_url, args=(args,))
+
+
+if __name__ == "__main__":
+    cli()

@@ -68,8 +68,11 @@ def process_identity(pid: int | None = None) -> dict:
     something only within one boot of one host and one PID namespace (a container, ``unshare --pid``)."""
     pid = pid or os.getpid()
     ns = os.readlink("/proc/self/ns/pid") if os.path.exists("/proc/self/ns/pid") else None
-    return dict(pid=pid, host=socket.gethostname(), boot=_read("/proc/sys/kernel/random/boot_id"), pid_ns=ns,
-                start=_start_time(pid))
+    me = dict(pid=pid, host=socket.gethostname(), boot=_read("/proc/sys/kernel/random/boot_id"), pid_ns=ns,
+              start=_start_time(pid))
+    if os.environ.get("SLURM_JOB_ID"):  # a requeued job keeps its id, on any host, and counts its restarts
+        me["slurm_job"] = [os.environ["SLURM_JOB_ID"], int(os.environ.get("SLURM_RESTART_COUNT", 0))]
+    return me
 
 
 def _lock_owner(path: Path) -> dict:
@@ -90,6 +93,9 @@ def _stale(owner: dict, me: dict, path: Path, what: str) -> bool:
     """True when the lock's owner is gone; an error when it may be alive; the message says how to
     recover when the lock is in fact stale."""
     recover = f"if that run is gone, delete the lock file {path}"
+    job, my_job = owner.get("slurm_job"), me.get("slurm_job")
+    if job and my_job and job[0] == my_job[0] and job[1] < my_job[1]:
+        return True  # an earlier start of this SLURM job, which SLURM ended before requeuing it
     if owner.get("host") != me["host"]:
         raise RunDirError(f"{what} is in use by process {owner.get('pid')} on host {owner.get('host')} (lock file "
                           f"{path}): wait for it to end; {recover}")
@@ -112,8 +118,9 @@ def _stale(owner: dict, me: dict, path: Path, what: str) -> bool:
 def acquire_lock(folder: Path, name: str = LOCK, what: str | None = None) -> Path:
     """Create ``folder/name`` (``.lock``) naming this process (``process_identity``). A lock whose
     owner is alive is an error naming ``what`` (default: the folder); a stale one (its owner gone,
-    its pid reused by another process, or written before the last boot) is taken over; one from
-    another host or PID namespace, whose pids mean nothing here, is never taken."""
+    its pid reused by another process, written before the last boot, or by an earlier start of this
+    requeued SLURM job) is taken over; one from another host or PID namespace, whose pids mean
+    nothing here, is never taken."""
     path, me = Path(folder) / name, process_identity()
     while True:
         try:

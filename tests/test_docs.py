@@ -111,13 +111,24 @@ def test_the_pages_hold_commands_of_every_stage():
             "cls.finetune", "cls.knn", "tools.make_tables", "tools.publish"} <= modules, modules
 
 
+def launched(module: str, args: list[str]) -> list[tuple[str, list[str]]]:
+    """(module, arguments) of the command and of the training a launcher starts: the submitit
+    launcher's own flags come before ``--``, the training's after it."""
+    if module != "tools.submitit_train":
+        return [(module, args)]
+    from tools.submitit_train import TRAININGS
+
+    cut = args.index("--") if "--" in args else len(args)
+    return [(module, args[:cut]), (TRAININGS[args[0]].module, args[cut + 1:])]
+
+
 @pytest.mark.parametrize("page,line", CASES, ids=[f"{p.name}:{line[:60]}" for p, line in CASES])
 def test_every_documented_command_uses_flags_its_entry_point_has(page, line):
-    module, args = entry_point(shlex.split(line, comments=True))
-    known = parser_of(module)._option_string_actions
-    unknown = [w.split("=", 1)[0] for w in args if w.startswith("--") and w.split("=", 1)[0] not in known]
-    assert not unknown, f"{page.name}: `{line}`: {module} has no {unknown}"
-    assert not config_keys_exist(module, args), f"{page.name}: `{line}`: unknown config keys"
+    for module, args in launched(*entry_point(shlex.split(line, comments=True))):
+        known = parser_of(module)._option_string_actions
+        unknown = [w.split("=", 1)[0] for w in args if w.startswith("--") and w.split("=", 1)[0] not in known]
+        assert not unknown, f"{page.name}: `{line}`: {module} has no {unknown}"
+        assert not config_keys_exist(module, args), f"{page.name}: `{line}`: unknown config keys"
 
 
 def test_a_wrong_flag_or_config_key_is_caught():
@@ -128,3 +139,6 @@ def test_a_wrong_flag_or_config_key_is_caught():
     module, args = entry_point(shlex.split(
         "sbatch --nodes 2 tools/slurm/seg.sbatch upernet_semaim.py --cfg-options model.bakbone.checkpoint=x"))
     assert module == "seg.tools.train" and "bakbone" in config_keys_exist(module, args)[0]
+    words = shlex.split("python tools/submitit_train.py det --nodes 2 -- --config vitdet_semaim.py train.max_iters=5")
+    (launcher, own), (training, args) = launched(*entry_point(words))
+    assert own == ["det", "--nodes", "2"] and training == "det.train_net" and config_keys_exist(training, args)
