@@ -29,6 +29,16 @@ def register_tiny_coco(root: Path = TINY_COCO):
         MetadataCatalog.get("tiny_coco_fit").set(image_root=str(root / "train2017"), evaluator_type="coco")
 
 
+def class_names(name: str) -> list[str] | None:
+    """The dataset's class names in the detector's label order: from its metadata (COCO and LVIS
+    carry them from registration), else read from its annotation file as detectron2 reads them
+    (categories by id); None when neither is at hand."""
+    meta = MetadataCatalog.get(name)
+    if not meta.get("thing_classes") and os.path.isfile(meta.get("json_file") or ""):
+        DatasetCatalog.get(name)  # reading the annotations sets thing_classes
+    return meta.get("thing_classes")
+
+
 def _fit_dicts():
     dicts = DatasetCatalog.get("tiny_coco_train")[:FIT_IMAGES]
     train, fit = MetadataCatalog.get("tiny_coco_train"), MetadataCatalog.get("tiny_coco_fit")

@@ -6,6 +6,7 @@
         --input data/tiny_coco/val2017 --output vis/ --confidence 0.5
 """
 import argparse
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +18,14 @@ from detectron2.data.detection_utils import read_image
 from detectron2.utils.visualizer import Visualizer
 
 from det.checkpoint import load_detector
-from det.data import register_tiny_coco
+from det.data import class_names, register_tiny_coco
 from det.train_net import apply_overrides
 from semaim_core.configs import resolve_config
 from semaim_core.data import find_images
 from semaim_core.errors import command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+logger = logging.getLogger("det.demo")  # by name: run with -m, __name__ is __main__
 
 
 def main(argv=None):
@@ -46,7 +48,12 @@ def main(argv=None):
     load_detector(model, args.checkpoint)
     resize = T.AugmentationList([instantiate(a) for a in cfg.dataloader.test.mapper.augmentations])
     dataset = cfg.dataloader.test.dataset.names
-    metadata = MetadataCatalog.get(dataset if isinstance(dataset, str) else dataset[0])
+    dataset = dataset if isinstance(dataset, str) else dataset[0]
+    metadata = MetadataCatalog.get(dataset)
+    if not class_names(dataset):
+        logger.warning(f"WARNING: no class names for {dataset} (its annotation file {metadata.get('json_file')} is not "
+                       "here): boxes are labelled by class index. Name a dataset that is present with "
+                       "--opts dataloader.test.dataset.names=NAME")
     files = [f for p in args.input for f in (find_images(p) if Path(p).is_dir() else [Path(p)])]
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
@@ -62,7 +69,7 @@ def main(argv=None):
         rgb = image if fmt == "RGB" else image[:, :, ::-1]
         drawn = Visualizer(rgb, metadata).draw_instance_predictions(instances)
         drawn.save(str(out / f"{path.stem}.png"))
-        print(f"{path}: {len(instances)} predictions >= {args.confidence} -> {out / path.stem}.png")
+        logger.info(f"{path}: {len(instances)} predictions >= {args.confidence} -> {out / path.stem}.png")
     return len(files)
 
 

@@ -13,6 +13,8 @@ writes det_metrics.json (box and mask AP, per-class AP) there.
 """
 import difflib
 import logging
+import re
+import sys
 from pathlib import Path
 
 from detectron2.config import LazyConfig, instantiate
@@ -29,14 +31,16 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
 from det.checkpoint import AtomicCheckpointer, ExactResumeHook, load_backbone, load_detector
 from det.data import check_datasets, register_tiny_coco
 from det.evaluation import check_writable, write_metrics
 from semaim_core.configs import check_override_kind, resolve_config
-from semaim_core.errors import UnknownKeyError, command
+from semaim_core.errors import SettingError, UnknownKeyError, check_all, command
 from semaim_core.rundir import drop_rows_after, flatten, open_run, release_lock, with_input_digests
+from semaim_core.safe_io import check_file
 from semaim_core.training import rng_state, set_rng_state
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -153,9 +157,6 @@ def do_train(args, cfg):
         checkpointer.resume_or_load(checkpointer.last_checkpoint(), resume=True)
         start_iter = trainer.iter + 1
     else:
-        if not cfg.train.init_checkpoint:
-            raise ValueError("train.init_checkpoint is empty: name an exported SemAIM encoder "
-                             "(tools/convert_checkpoint.py) or pass train.init_checkpoint=none for random init")
         if cfg.train.init_checkpoint != "none":
             load_backbone(model, cfg.train.init_checkpoint)
         start_iter = 0
@@ -168,16 +169,64 @@ def do_train(args, cfg):
         release_lock(cfg.train.output_dir)
 
 
+class PlainFormatter(logging.Formatter):
+    """A handler's own format, without terminal colour codes (detectron2 colours the config it logs)."""
+
+    ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+    def __init__(self, inner: logging.Formatter):
+        super().__init__()
+        self.inner = inner
+
+    def format(self, record):
+        return self.ANSI.sub("", self.inner.format(record))
+
+
+def plain_log_file(logger: logging.Logger):
+    """The log file (log.txt) in plain text; the terminal keeps its colours."""
+    for handler in logger.handlers:
+        stream = getattr(handler, "stream", None)
+        if stream is not None and stream not in (sys.stdout, sys.stderr) and handler.formatter:
+            handler.setFormatter(PlainFormatter(handler.formatter))
+
+
+def check_inputs(cfg, args):
+    """Every dataset and checkpoint this start reads, checked before the output dir is claimed; all
+    that are missing are named at once."""
+    resuming = args.resume and (Path(cfg.train.output_dir) / "last_checkpoint").is_file()
+    evaluates = args.eval_only or cfg.train.eval_period > 0
+    checks = [] if args.eval_only else [lambda: check_datasets(cfg.dataloader.train.dataset.names)]
+    if evaluates:
+        checks.append(lambda: check_datasets(cfg.dataloader.test.dataset.names))
+    if not resuming:
+        checks.append(lambda: check_init_checkpoint(cfg.train.init_checkpoint, args.eval_only))
+    check_all(checks)
+
+
+def check_init_checkpoint(path: str, eval_only: bool):
+    if eval_only:
+        check_file(path, "train.init_checkpoint (the detector to evaluate)")
+    elif not path:
+        raise SettingError("train.init_checkpoint is empty: name an exported SemAIM encoder "
+                           "(tools/convert_checkpoint.py) or pass train.init_checkpoint=none for random init")
+    elif path != "none":
+        check_file(path, "train.init_checkpoint")
+
+
 def main(args):
     register_tiny_coco()
     args.config_file = resolve_config(args.config_file, CONFIGS)
     cfg = LazyConfig.load(args.config_file)
     cfg = apply_overrides(cfg, args.opts)
+    check_inputs(cfg, args)
     if not args.eval_only and comm.is_main_process():  # one run per output dir; a resume keeps the recipe
         open_run(cfg.train.output_dir, with_input_digests(recipe(cfg), ["train.init_checkpoint"]),
                  overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
     comm.synchronize()  # the other ranks write their logs only once rank 0 has claimed the directory
     cfg._config_file = args.config_file
+    # detectron2's logger, made as default_setup makes it (setup_logger caches it by its arguments),
+    # so that its log file is plain text before default_setup logs the config in colour
+    plain_log_file(setup_logger(cfg.train.output_dir, distributed_rank=comm.get_rank()))
     default_setup(cfg, args)
     if args.eval_only:
         model = instantiate(cfg.model)

@@ -33,6 +33,34 @@ class DataError(UserError, FileNotFoundError):
     """A dataset or data folder that is missing or laid out otherwise than the entry point needs."""
 
 
+class InputErrors(UserError):
+    """Several inputs of one start that cannot be used, reported together."""
+
+    def __init__(self, problems: list[UserError]):
+        super().__init__(problems)
+        self.problems = problems
+
+    def __str__(self):
+        return f"{len(self.problems)} inputs cannot be used:\n" + "\n".join(f"  - {p}" for p in self.problems)
+
+
+def check_all(checks) -> None:
+    """Run every check (a function that raises a ``UserError``) and report all that fail at once, one
+    line each: a start that would fail on its inputs says so before it claims its run directory,
+    and the user fixes everything in one go."""
+    problems = []
+    for check in checks:
+        try:
+            check()
+        except UserError as e:
+            if str(e) not in map(str, problems):  # val and test on one dataset: named once
+                problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise InputErrors(problems)
+
+
 class command:
     """``main(argv)`` as a command-line entry point: the suite's messages printed (``logs.setup_logging``),
     and a ``UserError`` as one line on stderr and exit status 1 instead of a traceback. (A class, not

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-SUITE_LOGGERS = ("semaim_core", "cls", "tools")
+SUITE_LOGGERS = ("semaim_core", "cls", "det", "tools")
 
 
 class _StreamAtEmit(logging.StreamHandler):

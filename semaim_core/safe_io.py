@@ -142,28 +142,36 @@ def refuse_address(path: str | Path, what: str = "checkpoint"):
             "and pass the local path")
 
 
-def _file_size(path: Path) -> int:
+def check_file(path: str | Path, what: str = "checkpoint") -> Path:
+    """That ``path`` is a local regular file this process can read, checked before a run claims its
+    directory (the file itself is read later)."""
+    refuse_address(path, what)
+    _file_size(Path(path), what)
+    return Path(path)
+
+
+def _file_size(path: Path, what: str = "checkpoint") -> int:
     """The size of a regular file; any other path (missing, a folder, a device, a FIFO, a symbolic
     link loop) is an error that says what it is."""
     try:
         st = path.stat()
     except FileNotFoundError:
         if path.is_symlink():
-            raise CheckpointError(f"checkpoint {path} is a symbolic link to {os.readlink(path)}, which does not "
+            raise CheckpointError(f"{what} {path} is a symbolic link to {os.readlink(path)}, which does not "
                                   "exist: point it at the checkpoint file") from None
-        raise CheckpointError(f"checkpoint {path} does not exist") from None
+        raise CheckpointError(f"{what} {path} does not exist") from None
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise CheckpointError(f"checkpoint {path} is a loop of symbolic links that never reaches a file: "
+            raise CheckpointError(f"{what} {path} is a loop of symbolic links that never reaches a file: "
                                   "point the link at the checkpoint file") from None
-        raise CheckpointError(f"cannot open checkpoint {path} ({e.strerror})") from None
+        raise CheckpointError(f"cannot open {what} {path} ({e.strerror})") from None
     kinds = [(stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
              (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
     for test, kind in kinds:
         if test(st.st_mode):
             fix = f"name the file inside it (e.g. {path}/encoder.pth)" if kind == "a folder" else \
                 "pass a checkpoint file"
-            raise CheckpointError(f"checkpoint {path} is {kind}, not a file: {fix}")
+            raise CheckpointError(f"{what} {path} is {kind}, not a file: {fix}")
     if not os.access(path, os.R_OK):
         raise CheckpointError(f"cannot read checkpoint {path}: permission denied")
     return st.st_size

@@ -246,11 +246,43 @@ def test_bad_inputs_are_named(tiny_encoder, tmp_path):
         check_datasets("my_coco")
 
 
+@pytest.mark.slow(seconds=20)
+def test_a_start_without_its_inputs_names_them_all_leaves_nothing_and_can_be_rerun(tiny_encoder, tmp_path):
+    from semaim_core.errors import InputErrors
+
+    out = tmp_path / "run"
+    start = ["--config", f"{CONFIGS}/vitdet_semaim_tiny_coco.py", f"train.output_dir={out}", "train.max_iter=1",
+             "train.eval_period=0", "dataloader.train.num_workers=0"]
+    with pytest.raises(InputErrors) as err:  # no COCO under ./datasets, no encoder
+        run_main(*start, "dataloader.train.dataset.names=coco_2017_train",
+                 f"train.init_checkpoint={tmp_path / 'encoder.pth'}")
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 inputs cannot be used:" and "dataset 'coco_2017_train' expects" in lines[1]
+    assert lines[2] == f"  - train.init_checkpoint {tmp_path / 'encoder.pth'} does not exist"
+    assert not out.exists()  # nothing claimed: the same command, inputs fixed, starts
+    shutil.copy(tiny_encoder[0], tmp_path / "encoder.pth")
+    run_main(*start, f"train.init_checkpoint={tmp_path / 'encoder.pth'}")
+    assert (out / "model_final.pth").is_file()
+    log = (out / "log.txt").read_text()
+    assert "\x1b[" not in log and "Contents of args.config_file" in log  # the config, without terminal colours
+    assert log.count("Rank of current process") == 1  # one file handler
+
+
 @pytest.mark.slow
-def test_demo_draws_a_detectors_predictions(tmp_path):
+def test_demo_draws_a_detectors_predictions(tmp_path, monkeypatch):
+    import detectron2.utils.visualizer as visualizer
     from PIL import Image
 
     from det.demo import main
+
+    labels, make_labels = [], visualizer._create_text_labels
+
+    def recorded(*args):  # what the Visualizer writes beside each box
+        made = make_labels(*args)
+        labels.extend(made)
+        return made
+
+    monkeypatch.setattr(visualizer, "_create_text_labels", recorded)
 
     torch.manual_seed(0)
     model = instantiate(load("vitdet_semaim_tiny_coco").model)
@@ -265,6 +297,9 @@ def test_demo_draws_a_detectors_predictions(tmp_path):
         original = Image.open(image).convert("RGB")
         assert drawn.size == original.size
         assert np.abs(np.asarray(drawn, dtype=np.int16) - np.asarray(original, dtype=np.int16)).mean() > 1  # drawn on
+    classes = {c["name"] for c in json.loads((REPO / "data/tiny_coco/annotations/instances_val2017.json").read_text())[
+        "categories"]}
+    assert labels and all(label.rsplit(" ", 1)[0] in classes for label in labels), labels[:5]  # "person 7%", not "0 7%"
     with pytest.raises(KeyError, match="unknown config key 'model.roi_heads.box_predictor.test_topk'"):
         main(["--config", "vitdet_semaim_tiny_coco.py", "--checkpoint", str(tmp_path / "model_final.pth"),
               "--input", str(images[0]), "--output", str(tmp_path / "vis"), "--opts",

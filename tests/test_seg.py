@@ -195,8 +195,24 @@ def test_the_test_tool_refuses_an_encoder_for_a_segmentor(tiny_encoder, derived,
                  *data_options(derived))
 
 
+def test_a_start_without_its_inputs_names_them_all_and_leaves_nothing(tmp_path):
+    from semaim_core.errors import InputErrors
+
+    with pytest.raises(InputErrors) as err:
+        run_tool("train", TINY, "--work-dir", str(tmp_path / "w"), "--cfg-options",
+                 f"model.backbone.checkpoint={tmp_path / 'encoder.pth'}",
+                 *[f"{split}_dataloader.dataset.data_root={tmp_path / 'stuff'}" for split in ("train", "val", "test")])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "3 inputs cannot be used:"  # train, val (= test) and the encoder, each once
+    assert "images/train2017 does not exist" in lines[1] and "images/val2017 does not exist" in lines[2]
+    assert lines[3] == f"  - model.backbone.checkpoint {tmp_path / 'encoder.pth'} does not exist"
+    assert not (tmp_path / "w").exists()
+
+
 def test_a_missing_dataset_names_the_layout_it_needs(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016/\{images,annotations\}"):
+    from semaim_core.errors import UserError
+
+    with pytest.raises(UserError, match=r"ADEChallengeData2016/\{images,annotations\}"):
         run_tool("train", MAIN, "--work-dir", str(tmp_path / "w2"), "--cfg-options",
                  "train_dataloader.dataset.data_root=/nonexistent/ade")
 

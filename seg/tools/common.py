@@ -17,8 +17,9 @@ from mmseg.registry import HOOKS, RUNNERS
 import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
 from semaim_core.configs import check_override_kind, resolve_config
-from semaim_core.errors import UnknownKeyError
+from semaim_core.errors import UnknownKeyError, check_all
 from semaim_core.rundir import flatten
+from semaim_core.safe_io import check_file
 
 
 def parser(description: str) -> argparse.ArgumentParser:
@@ -125,9 +126,17 @@ def check_hooks(cfg: Config):
             raise UnknownKeyError(f"{where}.{key}: {cls.__name__} has no setting '{key}'{hint}")
 
 
+def check_inputs(cfg: Config, splits=("train", "val", "test")):
+    """The datasets of ``splits`` and the backbone's checkpoint, checked before the work dir is
+    claimed; all that are missing are named at once."""
+    loaders = [cfg.get(f"{split}_dataloader") for split in splits]
+    checks = [lambda d=loader["dataset"]: check_dataset(d) for loader in loaders if loader]
+    backbone = (cfg.model.get("module") or cfg.model).get("backbone", {})
+    if backbone.get("checkpoint"):
+        checks.append(lambda: check_file(backbone["checkpoint"], "model.backbone.checkpoint"))
+    check_all(checks)
+
+
 def build_runner(cfg: Config, splits=("train", "val", "test")):
-    for split in splits:
-        loader = cfg.get(f"{split}_dataloader")
-        if loader:
-            check_dataset(loader["dataset"])
+    check_inputs(cfg, splits)
     return RUNNERS.build(cfg)

@@ -8,7 +8,7 @@
 import os
 
 from seg.engine import own_last_checkpoint
-from seg.tools.common import STOPPING, build_runner, load_config, parser, recipe
+from seg.tools.common import STOPPING, build_runner, check_inputs, load_config, parser, recipe
 from semaim_core.errors import command
 from semaim_core.rundir import open_run, release_lock, with_input_digests
 
@@ -24,6 +24,7 @@ def main(argv=None):
         cfg.optim_wrapper.setdefault("loss_scale", "dynamic")
     cfg.resume = args.resume
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", 0)))  # torchrun or srun (--launcher slurm)
+    check_inputs(cfg)  # before the work dir is claimed
     if rank == 0:  # one run per work dir; a resume must keep the recipe
         open_run(cfg.work_dir, with_input_digests(recipe(cfg), ["model.backbone.checkpoint"]),
                  overwrite=args.overwrite, fresh=not args.resume, stopping=STOPPING)
