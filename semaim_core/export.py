@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .layouts import FORMAT_ENCODER, FORMAT_TRAIN, encoder_from_checkpoint, read_encoder, to_encoder
-from .model import build_model
+from .model import SemAIM, build_model
 from .safe_io import atomic_write, save_atomic, save_safetensors
 from .weights import load_verified, resize_pos_embed
 
@@ -57,6 +57,14 @@ Keys follow timm / MAE (`patch_embed.proj`, `cls_token`, `pos_embed`, `blocks.i.
 - mmseg (UperNet): `python -m seg.tools.train upernet_semaim.py --cfg-options model.backbone.checkpoint={name}`
 - other layouts: `python tools/convert_checkpoint.py {name} OUT --to timm|detectron2|mmseg`
 """
+
+
+def load_encoder(path: str | Path, img_size: int | None = None) -> SemAIM:
+    """The encoder of ``path`` (an exported SemAIM encoder, or any kind the converter reads: MAE,
+    SAIM, the authors', timm) as a SemAIM model in eval mode, at its pretraining size unless
+    ``img_size`` is given; its ``forward_features`` and ``pooled_features`` give the features."""
+    meta = read_encoder(path)[1]
+    return semaim_from_encoder(path, img_size or meta["img_size"])
 
 
 def semaim_from_encoder(path: str | Path | None, img_size: int, name: str = "semaim_vit_base_patch16", **kw):

@@ -310,6 +310,27 @@ class SemAIM(nn.Module):
                 h = eval_block(blk, h)
             return orders.similarity_map(encoder.norm(h))
 
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """[CLS] + patch tokens (B x (1 + N) x D) after the last block, before the final norm: the
+        encoder as downstream tasks run it (every token sees every other, no drop path)."""
+        x, cls, _ = self.embed(images)
+        h = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            h = eval_block(blk, h)
+        return h
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        """[CLS] + patch tokens after the final norm (B x (1 + N) x D), as timm's
+        ``VisionTransformer.forward_features`` returns them from the exported encoder."""
+        return self.norm(self.encode(images))
+
+    def pooled_features(self, images: torch.Tensor) -> torch.Tensor:
+        """One feature per image (B x D): the mean of the patch tokens, then a LayerNorm without
+        affine. The suite's k-NN, linear probe and fine-tuning pool this way (MAE's global pool, timm's
+        ``fc_norm`` as initialized), and it is what the published timm folder returns."""
+        pooled = self.encode(images)[:, 1:].mean(dim=1)
+        return F.layer_norm(pooled, pooled.shape[-1:], eps=1e-6)
+
     def make_order(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(order C, similarity map S or None) for a batch, as the training step draws them."""
         s = self.forward_similarity(images) if self.order in orders.NEEDS_SIMILARITY else None

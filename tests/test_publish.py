@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import safetensors.torch
@@ -11,8 +12,9 @@ import timm
 import torch
 from conftest import in_own_mount_namespace
 
-from semaim_core.export import semaim_from_encoder
-from semaim_core.model import eval_block
+from cls.backbone import timm_vit_from_encoder
+from cls.knn import feature_model
+from semaim_core import load_encoder
 from semaim_core.recipe import Config
 from semaim_core.rundir import file_digest
 from semaim_core.safe_io import load_file
@@ -32,15 +34,13 @@ def run(tiny_coco, tmp_path_factory):
     return out
 
 
-def encoder_features(encoder, images):
-    """[CLS] + patch tokens after the final norm, through the suite's own SemAIM encoder."""
-    model = semaim_from_encoder(encoder, img_size=64, name="semaim_vit_tiny_patch16").eval()
+def test_forward_features_are_timms_tokens_of_the_encoder(run):
+    encoder = load_encoder(run / "encoder.pth")
+    images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        x, cls, _ = model.embed(images)
-        h = torch.cat([cls, x], dim=1)
-        for blk in model.blocks:
-            h = eval_block(blk, h)
-        return model.norm(h)
+        tokens = timm_vit_from_encoder(run / "encoder.pth", num_classes=0).eval().forward_features(images)
+        assert torch.allclose(encoder.forward_features(images), tokens, atol=1e-5)
+        assert encoder.forward_features(images).shape == (2, 17, 192)
 
 
 def test_published_folder_loads_in_timm_with_the_encoders_features(run, derived, tmp_path):
@@ -55,11 +55,14 @@ def test_published_folder_loads_in_timm_with_the_encoders_features(run, derived,
 
     record = load_file(run / "encoder.pth")
     weights = safetensors.torch.load_file(out / "model.safetensors")
-    assert weights.keys() == record["model"].keys()  # timm's layout is the encoder's
-    assert all(torch.equal(weights[k], v) for k, v in record["model"].items())
+    encoder = {k: v for k, v in record["model"].items() if not k.startswith("norm.")}  # fc_norm instead
+    assert weights.keys() == encoder.keys() | {"fc_norm.weight", "fc_norm.bias"}  # timm's layout
+    assert all(torch.equal(weights[k], v) for k, v in encoder.items())
+    assert (weights["fc_norm.weight"] == 1).all() and (weights["fc_norm.bias"] == 0).all()  # without affine
     config = json.loads((out / "config.json").read_text())
     assert config["architecture"] == "vit_tiny_patch16_224" and config["num_classes"] == 0
     assert config["model_args"]["depth"] == 2 and config["model_args"]["img_size"] == [64, 64]
+    assert config["model_args"]["global_pool"] == "avg"
     pcfg = config["pretrained_cfg"]
     assert pcfg["input_size"] == [3, 64, 64] and pcfg["crop_pct"] == 0.875 and pcfg["interpolation"] == "bicubic"
     assert pcfg["mean"] == list(timm.data.IMAGENET_DEFAULT_MEAN) and pcfg["license"] == "mit"
@@ -67,8 +70,10 @@ def test_published_folder_loads_in_timm_with_the_encoders_features(run, derived,
 
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()  # offline, as a user loads it
     images = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(model.forward_features(images), encoder_features(run / "encoder.pth", images))
+    with torch.no_grad():  # the feature the suite's k-NN scored, and the SemAIM model's pooled feature
+        knn_model = feature_model(SimpleNamespace(encoder=str(run / "encoder.pth"), img_size=64, pool="avg")).eval()
+        assert torch.equal(model(images), knn_model(images))
+        assert torch.allclose(model(images), load_encoder(run / "encoder.pth").pooled_features(images), atol=1e-5)
     assert timm.data.resolve_data_config({}, model=model)["crop_pct"] == 0.875
 
     card = (out / "README.md").read_text()

@@ -120,8 +120,14 @@ def card(name: str, meta: dict, run: Path, license: str, dataset: str, row: str)
     usage = f"""```python
 import timm
 model = timm.create_model("hf-hub:USER/{name}", pretrained=True)   # or "local-dir:PATH/TO/THIS/FOLDER"
-features = model.forward_features(images)                          # B x (1 + N) x {meta['embed_dim']}
+feature = model(images)                      # B x {meta['embed_dim']}: the pooled feature the suite scores
 ```
+The folder is pooled as the suite's k-NN, linear probe and fine-tuning pool an encoder
+(`global_pool="avg"`): the mean of the patch tokens, then timm's `fc_norm` as initialized (a
+LayerNorm without affine) in place of the encoder's final norm, as in MAE's fine-tuning. The [CLS]
+token of an autoregressive encoder attends only to itself during pretraining, so it is not used.
+The tokens after the encoder's own final norm: `semaim_core.load_encoder(PATH).forward_features(images)`
+on the run's `encoder.safetensors`.
 - detectron2 (ViTDet): `train.init_checkpoint={FRAMEWORK_FILES['detectron2']}` with the suite's `det/train_net.py`
 - mmseg (UperNet): `model.backbone.checkpoint={FRAMEWORK_FILES['mmseg']}` with the suite's `seg/tools/train.py`
 - `{LOG}` is the pretraining log (one JSON record per step); `{SUMS}` lists every file's sha256
@@ -196,7 +202,9 @@ def _write_folder(run: Path, encoder: Path, tmp: Path, name: str | None, results
         raise PublishError(f"a downstream run given has a problem: {problems[0]}")
     if problems:
         raise PublishError("the downstream runs given have problems:\n  " + "\n  ".join(problems))
-    model = timm_vit_from_encoder(encoder, num_classes=0).eval()
+    # pooled as the suite scores encoders (k-NN, probes, fine-tuning): the patch tokens' mean, then
+    # timm's fc_norm as initialized (a LayerNorm without affine), in place of the final norm
+    model = timm_vit_from_encoder(encoder, num_classes=0, global_pool="avg").eval()
     tag = dict(tag=name, license=license)  # not the timm architecture's own ImageNet tag and license
     save_for_hf(model, str(tmp), safe_serialization=True, model_config=dict(pretrained_cfg=tag),
                 data_config=data_config(meta["img_size"]))
