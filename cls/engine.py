@@ -22,7 +22,7 @@ from timm.utils import accuracy, random_seed
 
 from cls.data import check_layout, loader
 from semaim_core.distributed import all_reduce_mean, init_distributed
-from semaim_core.errors import SettingError
+from semaim_core.errors import HelpFormatter, SettingError
 from semaim_core.layouts import read_encoder
 from semaim_core.optim import build_scheduler
 from semaim_core.provenance import provenance
@@ -47,8 +47,9 @@ FORMAT = "semaim-cls-train"
 logger = logging.getLogger(__name__)
 
 
-def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> argparse.ArgumentParser:
+    """The flags every cls entry point takes; ``trains``: also those of an epoch loop (k-NN has none)."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (ImageNet layout)")
     ap.add_argument("--encoder", required=True,
                     help="an exported SemAIM encoder (or any checkpoint the converter reads)")
@@ -57,17 +58,19 @@ def base_parser(description: str, batch_size: int = 64) -> argparse.ArgumentPars
     ap.add_argument("--batch-size", type=int, default=batch_size, help="per process; effective = this x processes")
     ap.add_argument("--num-workers", type=int, default=8, help="data-loading worker processes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
-    ap.add_argument("--seed", type=int, default=0, help="seeds the head, data order, augmentation and mixup")
     ap.add_argument("--fit-images", type=int, default=None,
                     help="a fit check: train on this many training images (spread over the classes) and score on "
                          "the same images; a working pipeline fits them")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="clear an --output-dir that holds another run (or another encoder's result)")
+    if not trains:
+        return ap
+    ap.add_argument("--seed", type=int, default=0, help="seeds the head, data order, augmentation and mixup")
     ap.add_argument("--stop-after-epochs", type=int, default=None,
                     help="stop (with a checkpoint) after this many epochs; a rerun resumes where it stopped")
     ap.add_argument("--save-every", type=int, default=1,
                     help="write checkpoint.pth every this many epochs (and always at the last one and at "
                          "--stop-after-epochs); a killed run resumes from the last one written")
-    ap.add_argument("--overwrite", action="store_true",
-                    help="clear an --output-dir that holds another run (or another encoder's result)")
     return ap
 
 
@@ -92,7 +95,7 @@ def start(args, check_encoder=None) -> bool:
     _, meta = read_encoder(args.encoder)
     if check_encoder:
         check_encoder(meta)
-    random_seed(args.seed, rank)  # torch, numpy (timm's mixup draws from it) and random
+    random_seed(getattr(args, "seed", 0), rank)  # torch, numpy (timm's mixup draws from it) and random
     if rank != 0:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()
     recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}

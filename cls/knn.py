@@ -48,7 +48,7 @@ def knn_classify(train_f, train_y, test_f, num_classes: int, k: int = 20, temper
 
 
 def parse_args(argv=None):
-    ap = base_parser(__doc__)
+    ap = base_parser(__doc__, trains=False)
     ap.add_argument("--k", type=int, default=20, help="neighbours that vote")
     ap.add_argument("--temperature", type=float, default=0.07, help="vote weight exp(cos / T)")
     ap.add_argument("--pool", choices=["avg", "cls"], default="avg",

@@ -22,14 +22,14 @@ from det.data import class_names, register_tiny_coco
 from det.train_net import apply_overrides
 from semaim_core.configs import resolve_config
 from semaim_core.data import find_images
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 logger = logging.getLogger("det.demo")  # by name: run with -m, __name__ is __main__
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--config", required=True, help="the LazyConfig the detector was trained with (path or name)")
     ap.add_argument("--checkpoint", required=True, help="the trained detector (model_final.pth)")
     ap.add_argument("--input", nargs="+", required=True, help="image files or folders")

@@ -80,6 +80,10 @@ class command:
             sys.exit(f"error: {e}")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` as the entry points print it: the description as written, each option's default."""
+
+
 def positive_int(text: str) -> int:
     """An argparse type: a whole number above 0 (a count of blocks, heads, layers)."""
     if not text.lstrip("+-").isdigit() or int(text) < 1:

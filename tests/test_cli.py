@@ -247,3 +247,25 @@ def test_the_pretraining_flags_are_built_from_the_settings_and_their_types():
 
     with pytest.raises(TypeError, match="Odd.table: no command-line form for <class 'dict'>"):
         add_arguments(argparse.ArgumentParser(), Odd, {})
+
+
+@pytest.mark.parametrize("module", ["cls.finetune", "cls.linprobe", "cls.attnprobe", "cls.knn", "seg.tools.train",
+                                    "seg.tools.test", "tools.convert_checkpoint", "tools.make_tables", "tools.publish",
+                                    "tools.submitit_train", "det.demo"])
+def test_help_shows_every_options_default(module, capsys):
+    import importlib
+
+    mod = importlib.import_module(module)
+    with pytest.raises(SystemExit):
+        (getattr(mod, "parse_args", None) or mod.main)(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage:") and "(default: " in text, text[:300]
+
+
+def test_knn_offers_no_flag_of_a_training_loop(capsys):
+    from cls.knn import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(["--help"])
+    text = capsys.readouterr().out
+    assert "--k " in text and not {"--stop-after-epochs", "--save-every", "--seed"} & set(text.split())

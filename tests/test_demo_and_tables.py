@@ -14,7 +14,7 @@ import pytest
 
 from tools.learning_evidence import RECORD, readme_block
 from tools.lib.fit_checks import cls_failure, det_failure, seg_failure
-from tools.lib.results import ablation, bar_chart, chart_panels, collect, published_rows, table
+from tools.lib.results import ablation, chart_panels, collect, published_rows, results_chart, table
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("demo")]  # one worker runs the demo once
@@ -99,25 +99,24 @@ def test_tables_from_real_runs(demo, tmp_path):
     assert latex.startswith("\\begin{tabular}{ll") and "ours & same harness &" in latex and "% 'same harness'" in latex
 
 
-def test_results_chart_has_one_panel_per_task(demo, tmp_path):
+def test_results_chart_has_one_panel_per_task_and_dataset(demo, tmp_path):
     from PIL import Image
 
     out, _ = demo
     rows = collect([("ours", [str(out / d) for d in RUNS])])
     panels = dict(chart_panels(rows + published_rows()))
-    assert [t.split(":")[0] for t in panels] == ["classification", "detection and instance segmentation",
-                                                 "semantic segmentation"]
-    det = panels["detection and instance segmentation: AP (%)"]
-    ours = det[0]
-    assert ours[0] == "ours\nmeasured here, tiny_coco_val" and not ours[1]
-    assert ours[2] == {"AP box": rows[0].values[("ap_box", "tiny_coco_val")],
-                       "AP mask": rows[0].values[("ap_mask", "tiny_coco_val")]}
-    assert all(published and "published, COCO val2017" in label for label, published, _ in det[1:])
+    det = panels["detection and instance segmentation: AP (%), tiny_coco_val"]
+    assert det == [("ours\nmeasured here", False, {
+        "AP box": (rows[0].values[("ap_box", "tiny_coco_val")], None, 1),
+        "AP mask": (rows[0].values[("ap_mask", "tiny_coco_val")], None, 1)})]  # the published rows are COCO's
+    coco = panels["detection and instance segmentation: AP (%), COCO val2017"]
+    assert coco and all(published and label.endswith("published") for label, published, _ in coco)
     # a row without a task's numbers stays out of its panel: the CLIP-target row has a top-1 only
-    assert not any(label.startswith("SemAIM 800ep, CLIP") for label, _, _ in det)
-    top1 = panels["classification: top-1 (%)"]
-    assert set(top1[0][2]) == {"top-1 (ft)", "top-1 (lin)", "top-1 (attn)", "top-1 (k-NN)"}
-    with Image.open(bar_chart(rows + published_rows(), tmp_path / "results.png")) as im:
+    assert not any(label.startswith("SemAIM 800ep, CLIP") for label, _, _ in coco)
+    crops = [t for t in panels if t.startswith("classification") and "crops" in t]
+    assert len(crops) == 1 and set(panels[crops[0]][0][2]) == {"top-1 (ft)", "top-1 (lin)", "top-1 (attn)",
+                                                               "top-1 (k-NN)"}
+    with Image.open(results_chart(rows + published_rows(), tmp_path / "results.png")) as im:
         assert im.width == 1280  # a slide's width, at the size it is drawn
     with Image.open(out / "results.png") as im:  # the demo drew the same panels
         assert im.width == 1280 and im.height > 600

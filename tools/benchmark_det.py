@@ -16,7 +16,7 @@ from detectron2.utils.events import EventStorage
 from det.checkpoint import load_backbone
 from det.data import register_tiny_coco
 from semaim_core import build_model
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from semaim_core.export import export_encoder
 from semaim_core.safe_io import save_atomic
 from tools.lib.benchmark import time_steps
@@ -42,7 +42,7 @@ def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--config", default="det/configs/vitdet_semaim.py")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--iters", type=int, default=200)

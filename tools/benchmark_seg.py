@@ -21,7 +21,7 @@ from mmengine.runner import Runner
 from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from tools.lib.benchmark import time_steps
 
 STOCK = os.path.join(os.path.dirname(mmseg.__file__),
@@ -68,7 +68,7 @@ def measure(config: str, name: str, data_root: str, batch: int, iters: int, warm
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--config", default="seg/configs/upernet_semaim.py")
     ap.add_argument("--data-root", default="data/derived/coco_stuff")
     ap.add_argument("--batch", type=int, default=2)

@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from tools.lib.official import build_aim, import_official
 
 REPO = Path(__file__).resolve().parents[1]
@@ -296,7 +296,7 @@ def load_images(folder: Path, count: int) -> torch.Tensor:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--official", required=True, type=Path, help="a checkout of the official SemAIM repository")
     ap.add_argument("--images", type=Path, default=REPO / "data" / "tiny_coco" / "val2017",
                     help="a folder of images to feed both models (default: the bundled tiny_coco val2017)")

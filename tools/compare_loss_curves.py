@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from semaim_core.recipe import OPERATIONAL, STOPPING
 
 
@@ -80,7 +80,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path) -> Path:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="pretraining run directories; the first is the reference")
     ap.add_argument("--window", type=int, default=20, help="logged steps averaged at the start and at the end")
     ap.add_argument("--plot", type=Path, help="also draw the curves (PNG)")

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from semaim_core import MODEL_SIZES
-from semaim_core.errors import command, positive_int
+from semaim_core.errors import HelpFormatter, command, positive_int
 from semaim_core.export import save_encoder
 from semaim_core.layouts import describe_kind, detectron2_keys, mmseg_keys, read_encoder, to_encoder
 from semaim_core.safe_io import CheckpointError, load_file, save_atomic, save_safetensors
@@ -54,7 +54,7 @@ def tensors_of(ckpt: dict) -> dict:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("input", help="the checkpoint to read (any kind listed above)")
     ap.add_argument("output", help="where to write the converted file (written atomically)")
     ap.add_argument("--to", choices=["encoder", *sorted(WRITERS)], default="encoder", help="the layout to write")

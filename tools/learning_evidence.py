@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from semaim_core.provenance import suite_commit
 from semaim_core.safe_io import write_json_atomic
 from tools.lib.fit_checks import cls_failure, det_failure, seg_failure, seg_majority
@@ -112,7 +112,7 @@ def update_readme(readme: Path, record: dict) -> None:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("out", type=Path, help="the demo's output folder (DEMO_OUT)")
     ap.add_argument("--data", type=Path, default=Path("data/derived"), help="the derived data the fit checks used")
     ap.add_argument("--started", type=float, help="the demo's start (seconds since the epoch), for its wall time")

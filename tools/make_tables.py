@@ -18,12 +18,12 @@ from (checkpoint and hash, iteration, dataset size, suite commit).
 import argparse
 import sys
 
-from semaim_core.errors import command
-from tools.lib.results import ablation, bar_chart, collect, provenance_lines, published_rows, table
+from semaim_core.errors import HelpFormatter, command
+from tools.lib.results import ablation, collect, provenance_lines, published_rows, results_chart, table
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--row", nargs="+", action="append", required=True, metavar=("NAME", "DIR"),
                     help="a row name followed by its run directories")
     ap.add_argument("--format", choices=["md", "csv", "latex"], default="md", help="table format")
@@ -32,7 +32,7 @@ def main(argv=None):
     ap.add_argument("--no-published", action="store_true", help="leave out the published reference rows")
     ap.add_argument("--provenance", action="store_true", help="print where each cell's number came from")
     ap.add_argument("--out", help="write the table here too")
-    ap.add_argument("--plot", help="a PNG bar chart of the same numbers")
+    ap.add_argument("--plot", help="a figure of the same numbers: PNG, or a vector PDF / SVG by the suffix")
     args = ap.parse_args(argv)
     for r in args.row:
         if len(r) < 2:
@@ -50,7 +50,8 @@ def main(argv=None):
         with open(args.out, "w") as f:
             f.write(text)
     if args.plot:
-        print(f"wrote {bar_chart(rows if args.no_published or args.ablation else rows + published_rows(), args.plot)}")
+        shown = rows if args.no_published or args.ablation else rows + published_rows()
+        print(f"wrote {results_chart(shown, args.plot)}")
     problems = [f"{r.method}: {p}" for r in rows for p in r.problems] + warnings
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)

@@ -8,12 +8,12 @@ import json
 import sys
 from dataclasses import fields
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from tools.lib.coco_derive import CropSettings, DatasetError, derive
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--source", default="data/tiny_coco",
                     help="COCO-format root with annotations/, train2017/, val2017/")
     ap.add_argument("--out", default="data/derived", help="writes OUT/coco_stuff and OUT/crops")

@@ -17,13 +17,13 @@ import argparse
 import os
 import sys
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from semaim_core.safe_io import CheckpointError
 from tools.lib.publish import PublishError, publish, push, verify
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("run", nargs="?", help="the pretraining run directory")
     ap.add_argument("out", nargs="?", help="the folder to write (written whole, then renamed into place)")
     ap.add_argument("--verify", metavar="FOLDER", help="check a published folder: checksums, every file loads, timm "

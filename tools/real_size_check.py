@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from tools.lib.real_size import derived_data, run_in_process, steps
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--work", required=True, help="a folder for the runs (each step's output and log)")
     ap.add_argument("--device", default="cpu", help="cpu, or cuda (AMP as the configs say)")
     ap.add_argument("--threads", type=int, help="torch threads per step (default: torch's)")

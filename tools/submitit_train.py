@@ -23,7 +23,7 @@ import importlib
 import sys
 from dataclasses import dataclass
 
-from semaim_core.errors import command, positive_int
+from semaim_core.errors import HelpFormatter, command, positive_int
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class Job:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("training", choices=sorted(TRAININGS), help="what to train")
     ap.add_argument("--nodes", type=positive_int, default=1, help="SLURM nodes")
     ap.add_argument("--gpus-per-node", type=int, default=8, help="GPUs per node (0: a CPU job of one task per node)")

@@ -6,12 +6,12 @@ image, similarity map S, then raster / stochastic / similarity / semantic / mult
 """
 import argparse
 
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from tools.lib.visualize import visualize
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("images", nargs="+", help="image files or folders")
     ap.add_argument("--checkpoint", help="any checkpoint the converter reads (default: an untrained encoder)")
     ap.add_argument("--out", default="orders.png", help="the PNG to write")

@@ -17,13 +17,13 @@ from mmseg.registry import HOOKS, RUNNERS
 import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
 from semaim_core.configs import check_override_kind, resolve_config
-from semaim_core.errors import UnknownKeyError, check_all
+from semaim_core.errors import HelpFormatter, UnknownKeyError, check_all
 from semaim_core.rundir import flatten
 from semaim_core.safe_io import check_file
 
 
 def parser(description: str) -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=description)
+    ap = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     ap.add_argument("config", help="an mmseg config: a path, or a name in seg/configs/ (e.g. upernet_semaim.py)")
     ap.add_argument("--work-dir", help="where logs, checkpoints and seg_metrics.json go")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config values: key=value")

@@ -34,7 +34,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from semaim_core import MODEL_SIZES, MODELS, build_model
 from semaim_core.data import ImageDataset, SeededSamples, find_images, pretrain_transform
-from semaim_core.errors import command
+from semaim_core.errors import HelpFormatter, command
 from semaim_core.optim import build_optimizer
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
 from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, read_records, time_steps
@@ -249,7 +249,7 @@ def plot_records(records: list[dict], path: str | Path) -> Path:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--model", default="semaim_vit_base_patch16", choices=sorted(MODELS), help="the encoder size")
     ap.add_argument("--batch", type=int, default=128, help="images per step")
     ap.add_argument("--img-size", type=int, default=224, help="input size")

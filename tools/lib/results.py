@@ -22,11 +22,13 @@ import io
 import json
 import math
 import statistics
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from semaim_core import recipe
 from semaim_core.errors import UserError
+from semaim_core.provenance import suite_commit
 from tools.lib.figures import pyplot, save_figure
 
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
@@ -356,20 +358,23 @@ TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "attnprobe", "knn"))
 
 
 def chart_panels(rows: list[Row]) -> list[tuple[str, list[tuple[str, bool, dict]]]]:
-    """(task title, entries) per task some row has a number for; an entry is one row on one
-    dataset: (label, published, {metric label: value}), only the rows that have that task."""
+    """(title, entries) per task and dataset that some row has a number for, so that only numbers
+    of one dataset share an axis (the demo's crops never stand beside ImageNet). An entry is one
+    row: (label, published, {metric label: (mean, sample std over seeds or None, seeds)}); the rows
+    measured here come first, the published ones after them."""
     labels = dict(METRICS)
     panels = []
     for title, metrics in TASKS:
-        entries = []
-        for r in rows:
-            datasets = sorted({d for (m, d), v in r.values.items() if m in metrics and _is_score(v)})
-            for d in datasets:
-                where = f"published, {d}" if r.published else f"measured here, {d}"
-                values = {labels[m]: r.values[(m, d)] for m in metrics if _is_score(r.values.get((m, d)))}
-                entries.append((f"{r.method.removesuffix(' (published)')}\n{where}", r.published, values))
-        if entries:
-            panels.append((title, entries))
+        datasets = sorted({d for r in rows for (m, d), v in r.values.items() if m in metrics and _is_score(v)})
+        for d in datasets:
+            entries = []
+            for r in sorted(rows, key=lambda r: r.published):  # stable: the given order within each kind
+                values = {labels[m]: (r.values[(m, d)], *r.spread.get((m, d), (None, 1)))
+                          for m in metrics if _is_score(r.values.get((m, d)))}
+                if values:
+                    kind = "published" if r.published else "measured here"
+                    entries.append((f"{r.method.removesuffix(' (published)')}\n{kind}", r.published, values))
+            panels.append((f"{title}, {d}", entries))
     return panels
 
 
@@ -387,33 +392,57 @@ def _latex(text: str) -> str:
     return "".join(LATEX_SPECIAL.get(c, c) for c in text).replace("±", r"$\pm$")
 
 
-def bar_chart(rows: list[Row], path: str | Path) -> Path:
-    """One panel of horizontal bars per task, 1280 px wide; a published row is hatched and says so in
-    its label, and a missing value draws no bar (not a zero)."""
-    plt = pyplot()
+def axis_range(points: list[tuple[float, float | None]]) -> tuple[float, float]:
+    """An x range around (value, error) points that shows their differences: the smallest and
+    largest extent, padded by 15 % of the span (at least 1 point), inside 0-100."""
+    lo = min(v - (e or 0) for v, e in points)
+    hi = max(v + (e or 0) for v, e in points)
+    pad = max(1.0, 0.15 * (hi - lo))
+    return max(0.0, lo - pad), min(100.0, hi + pad)
 
+
+def results_figure(rows: list[Row], caption: str):
+    """One panel per task and dataset: each row's numbers as points with the seeds' sample std as
+    error bars, on an axis scaled to the compared values; the published rows (hollow markers) below
+    a line under the rows measured here; ``caption`` under the panels."""
+    plt = pyplot()
     panels = chart_panels(rows)
     if not panels:
         raise MetricsError("no row has a number to plot")
     heights = [0.55 * len(entries) + 0.9 for _, entries in panels]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(12.8, sum(heights)), squeeze=False, layout="constrained",
+    fig, axes = plt.subplots(len(panels), 1, figsize=(12.8, sum(heights) + 0.4), squeeze=False, layout="constrained",
                              gridspec_kw=dict(height_ratios=heights))
     colours = dict(zip(dict(METRICS).values(), plt.get_cmap("tab10").colors))
     for ax, (title, entries) in zip(axes[:, 0], panels):
         metrics = list(dict.fromkeys(m for _, _, values in entries for m in values))
-        height, labelled = 0.8 / len(metrics), set()
+        step, labelled = 0.6 / len(metrics), set()
         for i, (_, published, values) in enumerate(entries):
-            shown = [m for m in metrics if m in values]  # an entry's bars sit together, centred on its label
+            shown = [m for m in metrics if m in values]  # an entry's points sit together, centred on its label
             for j, metric in enumerate(shown):
-                y = i + (j - (len(shown) - 1) / 2) * height
-                ax.barh(y, values[metric], height, color=colours[metric], alpha=0.55 if published else 1.0,
-                        hatch="//" if published else None, edgecolor="0.3",
-                        label=None if metric in labelled else metric)  # one legend entry per metric
+                mean, std, n = values[metric]
+                y = i + (j - (len(shown) - 1) / 2) * step
+                ax.errorbar(mean, y, xerr=std, fmt="o", color=colours[metric], capsize=4, markersize=7,
+                            markerfacecolor="white" if published else colours[metric],
+                            label=None if metric in labelled else metric)  # one legend entry per metric
                 labelled.add(metric)
-                ax.text(values[metric] + 0.5, y, f"{values[metric]:.1f}", va="center", fontsize=9)
+                text = f"{mean:.1f}" + (f" ± {std:.1f} ({n} seeds)" if std is not None else "")
+                ax.annotate(text, (mean, y), xytext=(8, 4), textcoords="offset points", fontsize=8)
+        measured = sum(not published for _, published, _ in entries)
+        if 0 < measured < len(entries):
+            ax.axhline(measured - 0.5, color="0.6", linewidth=0.8)
+        ax.set_xlim(*axis_range([(mean, std) for _, _, values in entries for mean, std, _ in values.values()]))
         ax.set_yticks(range(len(entries)), [label for label, _, _ in entries], fontsize=9)
-        ax.invert_yaxis()
-        ax.set_xlim(0, 105)
+        ax.set_ylim(len(entries) - 0.5, -0.5)
+        ax.grid(axis="x", color="0.9")
         ax.set_title(title, fontsize=11, loc="left")
-        ax.legend(fontsize=9, loc="lower right")
-    return save_figure(fig, path, dpi=100)
+        ax.legend(fontsize=9, loc="best")
+    fig.supxlabel(caption, fontsize=8, x=0.0, ha="left", color="0.35")
+    return fig
+
+
+def results_chart(rows: list[Row], path: str | Path) -> Path:
+    """``results_figure`` written to ``path``: PNG at 1280 px wide, or a vector PDF / SVG by suffix.
+    The caption names the date and the suite's commit."""
+    caption = (f"tools/make_tables.py, {time.strftime('%Y-%m-%d')}, suite commit {suite_commit()[:12]}. "
+               "Filled: measured here; hollow: published. Error bars: sample std over seeds.")
+    return save_figure(results_figure(rows, caption), path, dpi=100)

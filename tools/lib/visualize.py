@@ -29,9 +29,10 @@ def order_maps(model, images: torch.Tensor, num_centers: int = 2, seed: int = 0)
     return maps
 
 
-def order_figure(images: torch.Tensor, maps: dict[str, np.ndarray]):
-    """One row per image: the image, S, then each order's ranks; a colour bar under S (one scale for
-    every image) and one under the orders (first to last prediction)."""
+def order_figure(images: torch.Tensor, maps: dict[str, np.ndarray], names: list[str] | None = None):
+    """One row per image (labelled with ``names``): the image, S, then each order's ranks; a colour
+    bar under S (one scale for every image) and one under the orders (first to last prediction).
+    Both colour maps are perceptually uniform (viridis, cividis), so equal steps look equal."""
     plt = pyplot()
 
     mean, std = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
@@ -44,8 +45,10 @@ def order_figure(images: torch.Tensor, maps: dict[str, np.ndarray]):
     for r, img in enumerate(images.cpu()):
         axes[r, 0].imshow((img * std + mean).clamp(0, 1).permute(1, 2, 0).numpy())
         s_image = axes[r, 1].imshow(s[r], cmap="viridis", vmin=s.min(), vmax=s.max(), interpolation="nearest")
-        for c, name in enumerate(cols[2:], start=2):  # warm = predicted early
-            ranks = axes[r, c].imshow(maps[name][r], cmap="jet_r", vmin=0, vmax=last, interpolation="nearest")
+        for c, name in enumerate(cols[2:], start=2):  # bright = predicted early
+            ranks = axes[r, c].imshow(maps[name][r], cmap="cividis_r", vmin=0, vmax=last, interpolation="nearest")
+        if names:
+            axes[r, 0].set_ylabel(names[r], fontsize=9)
         for c, name in enumerate(cols):
             axes[r, c].set_xticks([])
             axes[r, c].set_yticks([])
@@ -68,4 +71,5 @@ def visualize(image_paths: list[str | Path], checkpoint: str | Path | None, out:
     ds = ImageDataset(files[:max_images], eval_transform(img_size))
     images = torch.stack([ds.transform(ds.load(i)) for i in range(len(ds))])
     model = semaim_from_encoder(checkpoint, img_size)
-    return save_figure(order_figure(images, order_maps(model, images, num_centers)), out)
+    names = [Path(f).name for f in files[:max_images]]
+    return save_figure(order_figure(images, order_maps(model, images, num_centers), names), out)
