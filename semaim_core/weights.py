@@ -6,6 +6,7 @@ import logging
 import re
 
 import torch
+from timm.layers import resample_abs_pos_embed
 
 from .safe_io import CheckpointError
 
@@ -13,17 +14,17 @@ logger = logging.getLogger(__name__)
 
 
 def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
-    """(1, 1 + n, D) [CLS] + square-grid position table -> (1, 1 + num_patches, D), bicubic on the
-    grid as ViTDet and mmseg do when the fine-tuning size differs from the pretraining size."""
+    """(1, 1 + n, D) [CLS] + square-grid position table -> (1, 1 + num_patches, D): timm's
+    ``resample_abs_pos_embed``, bicubic without antialiasing, which is what ViTDet's ``get_abs_pos``
+    and mmseg's ``resize_pos_embed`` compute when the fine-tuning size differs from the pretraining one."""
     old, new = int(round((pos.shape[1] - 1) ** 0.5)), int(round(num_patches ** 0.5))
     if old * old != pos.shape[1] - 1 or new * new != num_patches:
         raise CheckpointError(f"cannot resize a {pos.shape[1] - 1}-patch position table to {num_patches}: "
                               "both grids must be square")
     if old == new:
         return pos
-    grid = pos[:, 1:].reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
-    grid = torch.nn.functional.interpolate(grid, size=(new, new), mode="bicubic", align_corners=False)
-    return torch.cat([pos[:, :1], grid.permute(0, 2, 3, 1).reshape(1, new * new, -1).to(pos.dtype)], dim=1)
+    return resample_abs_pos_embed(pos, new_size=[new, new], num_prefix_tokens=1, interpolation="bicubic",
+                                  antialias=False)
 
 
 def load_verified(module: torch.nn.Module, sd: dict, what: str, allowed_missing=()) -> dict:

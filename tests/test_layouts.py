@@ -298,3 +298,18 @@ def test_the_converter_names_the_kind_of_file_it_read(encoder, tmp_path, capsys)
     out = capsys.readouterr().out.splitlines()
     assert "ckpt.pth (semaim-train):" in out[0]
     assert "enc.pth (semaim-encoder, exported from a semaim-train checkpoint):" in out[1], out
+
+
+@pytest.mark.parametrize("old, new", [(14, 64), (14, 32), (16, 14), (6, 6)])
+def test_the_position_table_is_resized_as_vitdet_and_mmseg_resize_it(old, new):
+    """timm's resampler as the suite calls it gives ViTDet's and mmseg's own resized tables, bit for bit."""
+    from detectron2.modeling.backbone.utils import get_abs_pos
+    from mmseg.models.backbones.vit import VisionTransformer
+
+    from semaim_core.weights import resize_pos_embed
+
+    pos = torch.randn(1, 1 + old * old, 32)
+    ours = resize_pos_embed(pos, new * new)
+    vitdet = get_abs_pos(pos, has_cls_token=True, hw=(new, new)).reshape(1, new * new, 32)
+    assert torch.equal(ours[:, 1:], vitdet) and torch.equal(ours[:, :1], pos[:, :1])
+    assert torch.equal(ours, VisionTransformer.resize_pos_embed(pos, (new, new), (old, old), "bicubic"))
