@@ -3,7 +3,8 @@
 epoch-level resume, evaluation and the metrics files. The step itself (AMP, clipping, non-finite
 guard, RNG) is semaim_core.training's.
 
-Every run directory gets ``log.jsonl`` (one JSON object per epoch), TensorBoard events in
+Every run directory gets ``log.jsonl`` (one JSON object per epoch), ``metrics.jsonl`` (one per step, the
+schema every trainer writes: ``semaim_core.runlog.step_row``), TensorBoard events in
 ``tb/``, ``checkpoint.pth`` (atomic, the latest epoch) and ``cls_metrics.json`` (top-1 / top-5)."""
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from semaim_core.optim import build_scheduler
 from semaim_core.provenance import provenance
 from semaim_core.provenance import write_metrics as write_record
 from semaim_core.rundir import open_run, release_lock, with_input_digests
-from semaim_core.runlog import RunLog
+from semaim_core.runlog import RunLog, step_row
 from semaim_core.safe_io import load_file, refuse_address, save_atomic
 from semaim_core.training import (
     AMP_DTYPES,
@@ -215,6 +216,7 @@ class EpochTrainer:
         self.train_loader.sampler.set_epoch(self.epoch)
         n = self.steps_per_epoch
         total = torch.zeros((), device=self.device)
+        tick = time.time()
         for i, (images, target) in enumerate(self.train_loader):
             self.scheduler.step_update(self.epoch * n + i)
             images, target = images.to(self.device, non_blocking=True), target.to(self.device, non_blocking=True)
@@ -233,7 +235,10 @@ class EpochTrainer:
                 self.ema.update(self.model)
             total += loss.detach()
             log.warn(self.watch.update(loss.item(), f"in epoch {self.epoch}, step {i}"))
-            log.advance(epoch=self.epoch, loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[-1]['lr']:.2e}")
+            lr = self.optimizer.param_groups[-1]["lr"]
+            log.advance(epoch=self.epoch, loss=f"{loss.item():.4f}", lr=f"{lr:.2e}")
+            log.step(step_row(self.epoch * n + i + 1, self.epoch, {"loss": loss.item()}, lr, time.time() - tick))
+            tick = time.time()
         return float(all_reduce_mean(total / n, self.world))
 
     def fit(self, mode: str) -> dict:
@@ -241,7 +246,7 @@ class EpochTrainer:
         end = min(self.args.epochs, self.args.stop_after_epochs or self.args.epochs)
         n = self.steps_per_epoch
         with RunLog(self.out, rows="log", key="epoch", start=self.epoch, bar_start=self.epoch * n, total=end * n,
-                    desc=mode, tb_prefix="cls", main=self.rank == 0) as log:
+                    desc=mode, tb_prefix="cls", step_rows=True, main=self.rank == 0) as log:
             while self.epoch < end:
                 tick = time.time()
                 loss = self.train_epoch(log)

@@ -31,6 +31,7 @@ from detectron2.engine.defaults import create_ddp_model
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.solver import LRMultiplier
 from detectron2.utils import comm
+from detectron2.utils.events import EventWriter, get_event_storage
 from detectron2.utils.logger import setup_logger
 from omegaconf import OmegaConf
 
@@ -40,6 +41,7 @@ from det.evaluation import check_writable, write_metrics
 from semaim_core.configs import check_override_kind, resolve_config
 from semaim_core.errors import SettingError, UnknownKeyError, check_all, command
 from semaim_core.rundir import drop_rows_after, flatten, open_run, release_lock, with_input_digests
+from semaim_core.runlog import StepRows, step_row
 from semaim_core.safe_io import check_file
 from semaim_core.training import rng_state, set_rng_state
 
@@ -162,11 +164,34 @@ def do_train(args, cfg):
         start_iter = 0
     if comm.is_main_process():  # rows a killed run logged past its checkpoint, before the writer opens the file
         drop_rows_after(Path(cfg.train.output_dir) / "metrics.json", "iteration", start_iter - 1)
-        trainer.register_hooks([hooks.PeriodicWriter(default_writers(cfg.train.output_dir, cfg.train.max_iter),
-                                                     period=cfg.train.log_period)])
+        writers = [*default_writers(cfg.train.output_dir, cfg.train.max_iter),
+                   StepRowsWriter(cfg.train.output_dir, start_iter)]
+        trainer.register_hooks([hooks.PeriodicWriter(writers, period=cfg.train.log_period)])
     trainer.train(start_iter, stop_iter(cfg))
     if comm.is_main_process():
         release_lock(cfg.train.output_dir)
+
+
+class StepRowsWriter(EventWriter):
+    """metrics.jsonl in the suite's one schema (``semaim_core.runlog.step_row``) beside detectron2's
+    metrics.json: at each write, the latest loss terms, lr and step time (detectron2's ``time``,
+    once its timer has warmed up) of the iteration just done."""
+
+    def __init__(self, output_dir: str, start_iter: int):
+        self.rows, self.last = StepRows(output_dir, start_iter), start_iter
+
+    def write(self):
+        latest = get_event_storage().latest()
+        step = latest["total_loss"][1] + 1  # the iteration the losses are of (the writer also runs after training)
+        if step <= self.last:
+            return
+        values = {k: v for k, (v, _) in latest.items()}
+        losses = {"loss": values["total_loss"], **{k: v for k, v in values.items() if k.startswith("loss_")}}
+        self.rows.write(step_row(step, None, losses, values["lr"], values.get("time")))
+        self.last = step
+
+    def close(self):
+        self.rows.close()
 
 
 class PlainFormatter(logging.Formatter):

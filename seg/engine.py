@@ -21,6 +21,7 @@ from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
 
 from seg.fast_config import FormattedOnceConfig
 from semaim_core.rundir import RunDirError, drop_rows_after
+from semaim_core.runlog import StepRows, step_row
 from semaim_core.safe_io import CheckpointError, commit, load_file
 from semaim_core.training import all_rng_states, own_rng_state, rng_state, set_rng_state, set_torch_rng_state
 from semaim_core.weights import load_verified
@@ -123,6 +124,32 @@ class ExactResumeHook(Hook):
         set_rng_state(self.train_rng)
 
 
+class StepRowsHook(Hook):
+    """metrics.jsonl in the suite's one schema (``semaim_core.runlog.step_row``) beside mmengine's
+    vis_data/scalars.json: every training iteration's loss terms, lr and time, from rank 0."""
+
+    priority = "BELOW_NORMAL"  # after the IterTimerHook has measured the iteration
+
+    def __init__(self):
+        self.rows = None
+
+    def before_train(self, runner):
+        if is_main_process():
+            self.rows = StepRows(runner.work_dir, runner.iter)  # a resume drops what a killed run logged past it
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if self.rows is None:
+            return
+        losses = {k: v.item() if hasattr(v, "item") else float(v) for k, v in (outputs or {}).items() if "loss" in k}
+        lr = next(iter(runner.optim_wrapper.get_lr().values()))[0]
+        timer = runner.message_hub.get_scalar("train/time") if "train/time" in runner.message_hub.log_scalars else None
+        self.rows.write(step_row(runner.iter + 1, None, losses, lr, timer.current() if timer else None))
+
+    def after_train(self, runner):
+        if self.rows is not None:
+            self.rows.close()
+
+
 class PlainLogScalarsHook(Hook):
     """The message hub's logged scalars (``HistoryBuffer``s) go into a checkpoint as plain numbers
     and come back as ``HistoryBuffer``s on a resume: pickled as they are, they reference their
@@ -157,6 +184,7 @@ class SemAIMRunner(Runner):
         super().__init__(*args, cfg=cfg, **kwargs)
         self.register_hook(ExactResumeHook())
         self.register_hook(PlainLogScalarsHook())
+        self.register_hook(StepRowsHook())
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):
         tmp = f".{filename}.tmp-{os.getpid()}"

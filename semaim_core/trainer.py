@@ -40,7 +40,7 @@ from .rundir import (
     release_lock,
     with_input_digests,
 )
-from .runlog import RunLog
+from .runlog import RunLog, step_row
 from .safe_io import CheckpointError, load_file, save_atomic, write_json_atomic
 from .training import (
     AMP_DTYPES,
@@ -329,8 +329,8 @@ class Trainer:
             lr = self.optimizer.param_groups[0]["lr"]
             log.advance(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
             if self.step % cfg.log_every == 0 or self.step == end:
-                row = dict(step=self.step, epoch=epoch, loss=loss, lr=lr, grad_norm=grad_norm, img_per_s=ips,
-                           skipped_images=skipped)
+                row = step_row(self.step, epoch, {"loss": loss}, lr, self.eff_batch / ips, grad_norm=grad_norm,
+                               img_per_s=ips, skipped_images=skipped)
                 log.write(row, scalars=("loss", "lr", "grad_norm", "img_per_s"),
                           text=f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
                                f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}")

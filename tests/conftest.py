@@ -13,6 +13,7 @@
   runs a test starts in a subprocess.
 """
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -118,3 +119,13 @@ def in_own_mount_namespace(script: str) -> subprocess.CompletedProcess:
         pytest.skip(f"no user and mount namespaces here ({probe.stderr.decode().strip()})")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     return subprocess.run([*unshare, "sh", "-c", script], cwd=REPO, capture_output=True, text=True, env=env)
+
+
+def step_rows(folder: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl, each checked against the one schema every trainer writes
+    (``semaim_core.runlog.step_row``)."""
+    rows = [json.loads(line) for line in (Path(folder) / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        assert {"step", "epoch", "loss", "losses", "lr", "time"} <= set(row), row
+        assert isinstance(row["step"], int) and isinstance(row["loss"], float) and isinstance(row["losses"], dict)
+    return rows

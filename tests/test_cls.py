@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import step_rows
 
 from semaim_core.safe_io import CheckpointError, load_file
 
@@ -33,6 +34,8 @@ def test_finetune_writes_metrics_and_resumes_exactly(derived, encoder, tmp_path,
     assert second["epochs"] == 2
     rows = [json.loads(x) for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+    steps = step_rows(tmp_path / "a")  # the suite's schema: every step once, across the interruption
+    assert [r["step"] for r in steps] == list(range(1, len(steps) + 1)) and {r["epoch"] for r in steps} == {0, 1}
     after = load_file(tmp_path / "a" / "checkpoint.pth")["model"]["blocks.0.attn.qkv.weight"]
     assert not torch.equal(before, after)
     metrics = json.loads((tmp_path / "a" / "cls_metrics.json").read_text())

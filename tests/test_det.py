@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import step_rows
 from detectron2.config import LazyConfig, instantiate
 
 from semaim_core import build_model
@@ -205,6 +206,13 @@ def test_a_killed_run_resumes_exactly_and_logs_each_iteration_once(tiny_encoder,
     rows = [[json.loads(x) for x in (d / "metrics.json").read_text().splitlines()] for d in (straight, run)]
     assert [r["iteration"] for r in rows[1] if "total_loss" in r] == [0, 1, 2, 3]
     assert [r["lr"] for r in rows[0] if "lr" in r] == [r["lr"] for r in rows[1] if "lr" in r]  # one schedule
+    steps = [step_rows(d) for d in (straight, run)]  # the suite's schema, each iteration once
+    assert [r["step"] for r in steps[1]] == [1, 2, 3, 4] and [r["loss"] for r in steps[0]] == [r["loss"] for r in
+                                                                                          steps[1]]
+    assert {"loss_cls", "loss_mask"} <= set(steps[1][0]["losses"]) and steps[1][0]["epoch"] is None
+    from tools.compare_loss_curves import read_run
+
+    assert read_run(run)[0] == {r["step"]: r["loss"] for r in steps[1]}  # one script reads any trainer's run
 
 
 def test_overrides_keep_unicode_paths_and_the_kind_of_each_value():

@@ -4,6 +4,7 @@ import re
 
 import pytest
 import torch
+from conftest import step_rows
 from mmengine.config import Config
 from mmengine.optim import build_optim_wrapper
 from mmseg.registry import MODELS
@@ -259,6 +260,10 @@ def test_resume_is_exact_logs_once_and_refuses_another_recipe(tiny_encoder, deri
     losses = after["message_hub"]["log_scalars"]["train/loss"]  # stored as plain numbers
     assert len(losses["log_history"]) == 4  # iterations 1-2 restored, then 3-4: resumed, not restarted
     assert train_rows(work) == train_rows(straight) and [i for i, _ in train_rows(work)] == [1, 2, 3, 4]
+    rows = step_rows(work)  # the suite's schema beside mmengine's, each iteration once
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and [r["loss"] for r in rows] == [r["loss"] for r in
+                                                                                      step_rows(straight)]
+    assert "decode.loss_ce" in rows[0]["losses"] and rows[0]["time"] > 0
 
     # a copied work dir does not resume from the original's checkpoint (last_checkpoint is absolute)
     with pytest.raises(RunDirError, match=f"names {work / 'iter_2.pth'}, outside this work dir {copy}"):

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
-"""Pretraining loss curves side by side: an opt-in speed mode against the recipe it departs from.
+"""Loss curves side by side: an opt-in speed mode against the recipe it departs from, or any runs.
 
     python tools/compare_loss_curves.py runs/bf16 runs/fp8 --plot loss.png
 
-Reads each run directory's metrics.jsonl (written by semaim_core.pretrain) and config.json. Prints,
+Reads each run directory's metrics.jsonl (one schema, written by every trainer of the suite:
+pretraining, cls, det, seg) and, for pretraining runs, config.json. Prints,
 per run, the recipe settings in which it differs from the first run, the steps it logged, its mean
 loss over the first and the last --window logged steps and, for every run after the first, its
 loss relative to the first run's at the steps both logged (mean and largest gap, and the gap over
@@ -22,10 +23,11 @@ from semaim_core.recipe import OPERATIONAL, STOPPING
 
 
 def read_run(run: Path) -> tuple[dict[int, float], dict]:
-    """({step: loss}, config) of one pretraining run directory."""
+    """({step: loss}, config) of one run directory of any of the suite's trainers."""
     metrics = run / "metrics.jsonl"
     if not metrics.is_file():
-        raise FileNotFoundError(f"{metrics} does not exist: pass a run directory of semaim_core.pretrain")
+        raise FileNotFoundError(f"{metrics} does not exist: pass a run directory of one of the suite's trainers "
+                                "(pretraining, cls, det, seg)")
     rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
     return {r["step"]: r["loss"] for r in rows}, config
@@ -81,7 +83,7 @@ def plot(curves: dict[str, dict[int, float]], path: Path) -> Path:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
-    ap.add_argument("runs", nargs="+", type=Path, help="pretraining run directories; the first is the reference")
+    ap.add_argument("runs", nargs="+", type=Path, help="run directories; the first is the reference")
     ap.add_argument("--window", type=int, default=20, help="logged steps averaged at the start and at the end")
     ap.add_argument("--plot", type=Path, help="also draw the curves (PNG)")
     args = ap.parse_args(argv)
