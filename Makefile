@@ -24,7 +24,7 @@ test: setup           ## set up if needed, lint (ruff), then run the test suite 
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -n $(JOBS) --dist loadgroup --durations=10
 
-test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute and a half)
+test-fast: setup      ## the inner loop: lint, then every test not marked slow (about a minute on 2 cores)
 	$(PY) -m ruff check .
 	$(PY) -m pytest tests -m "not slow" -q -n $(JOBS) --dist loadgroup
 

@@ -11,6 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+import det  # noqa: F401  (first: it quiets detectron2's import-time warning)
+
+# isort: split
 from detectron2.config import LazyConfig, instantiate
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T

@@ -17,6 +17,9 @@ import re
 import sys
 from pathlib import Path
 
+import det  # noqa: F401  (first: it quiets detectron2's import-time warning)
+
+# isort: split
 from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import (
     AMPTrainer,

@@ -6,8 +6,11 @@ from __future__ import annotations
 import logging
 import os
 import re
+from datetime import timedelta
 from pathlib import Path
 
+import torch
+import torch.distributed as dist
 from mmengine.config import Config
 from mmengine.dist import get_world_size, is_main_process
 from mmengine.hooks import Hook
@@ -185,6 +188,26 @@ class SemAIMRunner(Runner):
         self.register_hook(ExactResumeHook())
         self.register_hook(PlainLogScalarsHook())
         self.register_hook(StepRowsHook())
+
+    def setup_env(self, env_cfg: dict):
+        """mmengine's ``init_dist`` selects a CUDA device before it starts the process group, which
+        fails without a GPU: a CPU run under torchrun (tests, a CPU machine) starts it here, on gloo,
+        and mmengine takes the group as it finds it."""
+        if self.distributed and not dist.is_initialized() and not torch.cuda.is_available():
+            if self.launcher != "pytorch":
+                raise RuntimeError(f"--launcher {self.launcher} needs GPUs (mmengine selects one per process); "
+                                   "without GPUs start the processes with torchrun and --launcher pytorch")
+            timeout = (env_cfg.get("dist_cfg") or {}).get("timeout")
+            dist.init_process_group("gloo", **({"timeout": timedelta(seconds=timeout)} if timeout else {}))
+        super().setup_env(env_cfg)
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        """mmengine gives DDP ``device_ids=[local rank]``, which CPU modules refuse: without a GPU the
+        model is replicated without device ids."""
+        if self.distributed and model_wrapper_cfg is None and not torch.cuda.is_available():
+            model_wrapper_cfg = dict(type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+                                     find_unused_parameters=self.cfg.get("find_unused_parameters", False))
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def save_checkpoint(self, out_dir: str, filename: str, *args, **kwargs):
         tmp = f".{filename}.tmp-{os.getpid()}"

@@ -14,6 +14,7 @@ import importlib.util
 import os
 import sys
 import types
+import warnings
 
 FULL_MMCV_HINT = (
     "it needs mmcv's compiled ops, which mmcv-lite does not have: rebuild the environment with "
@@ -51,6 +52,8 @@ def install() -> bool:
     ops = types.ModuleType("mmcv.ops", doc="mmcv.ops without compiled extensions (semaim seg/mmcv_compat.py)")
     ops.__path__ = [os.path.join(p, "ops") for p in mmcv.__path__]  # submodules load, __init__ does not
     ops.__semaim_shim__ = True
+    # mmcv warns at import that this op is missing; the stand-in below names the fix if it is used
+    warnings.filterwarnings("ignore", message="Fail to import ``MultiScaleDeformableAttention``", category=UserWarning)
     sys.modules["mmcv.ops"] = ops
     mmcv.ops = ops
     for name in PURE_PYTORCH_MODULES:

@@ -120,3 +120,29 @@ def test_the_loader_is_measured_per_core_on_the_bundled_jpegs(tiny_coco, tmp_pat
     assert per_core > 0 and record["decode_img_per_s"] > 0
     assert record["loader_img_per_s"] > 0 and record["cores_for_1500"] == math.ceil(1500 / per_core)
     assert f"1500 img/s need about {record['cores_for_1500']} cores" in capsys.readouterr().out
+
+
+def test_the_step_timer_times_each_call_once_after_the_warmup_and_reports_the_spread():
+    """3 warm-up calls untimed; 10 timed calls in 5 blocks of 2, of which the first block's are
+    slow (20 ms) and the rest fast (5 ms): the mean, the fastest and the slowest block say so."""
+    import time
+
+    import torch
+
+    from tools.lib.benchmark import spread, time_steps
+
+    calls = []
+
+    def step():
+        calls.append(None)
+        time.sleep(0.02 if len(calls) in (4, 5) else 0.005)
+        return len(calls)
+
+    timed = time_steps(step, iters=10, warmup=3, device=torch.device("cpu"), blocks=5)
+    assert len(calls) == 13 and timed["last"] == 13
+    assert 0.005 <= timed["s_per_iter_min"] < 0.012 and 0.02 <= timed["s_per_iter_max"] < 0.03
+    assert timed["s_per_iter_min"] < timed["s_per_iter"] < timed["s_per_iter_max"]
+    assert 0.008 <= timed["s_per_iter"] < 0.016  # (2 x 20 + 8 x 5) / 10 ms, plus the sleeps' overshoot
+    assert spread(timed)["step_ms_max"] >= 20 and timed["peak_mem_gib"] is None
+    calls.clear()
+    assert time_steps(step, iters=7, warmup=0, device=torch.device("cpu"))["last"] == 7  # blocks of 2, 2, 1, 1, 1

@@ -269,3 +269,13 @@ def test_knn_offers_no_flag_of_a_training_loop(capsys):
         parse_args(["--help"])
     text = capsys.readouterr().out
     assert "--k " in text and not {"--stop-after-epochs", "--save-every", "--seed"} & set(text.split())
+
+
+@pytest.mark.parametrize("entry", [["det/train_net.py"], ["-m", "det.demo"], ["-m", "seg.tools.train"],
+                                   ["-m", "seg.tools.test"]], ids=" ".join)
+def test_help_comes_before_any_third_party_warning(entry):
+    """detectron2 (torch.jit.script at import) and mmcv-lite (a missing compiled op) warn at import:
+    the usage is the first thing a user sees, and the frameworks' import warnings are not shown."""
+    proc = subprocess.run([sys.executable, *entry, "--help"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.startswith("usage:"), proc.stdout[:300]
+    assert proc.stderr == "", proc.stderr[:500]

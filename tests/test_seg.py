@@ -461,3 +461,35 @@ def test_importing_seg_only_registers_and_the_runner_routes_reads_to_the_safe_re
     assert "importing seg changed mmengine" not in out.stderr
     assert out.returncode == 1 and "CheckpointError: checkpoint https://example.org/x.pth is a https:// address" in \
         out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.slow(seconds=60)
+def test_two_processes_on_the_cpu_resume_exactly(tiny_encoder, derived, tmp_path):
+    """``--launcher pytorch`` under torchrun without GPUs (the runner starts gloo and DDP without
+    device ids, which mmengine's own path cannot): rank 0 alone writes, and a run resumed from
+    iteration 2 ends at iteration 3 with the weights of an uninterrupted run, bit for bit, from
+    every rank's restored RNG (alike here: mmengine seeds each rank alike unless diff_rank_seed)."""
+    import os
+    import subprocess
+    import sys
+
+    def torchrun(work, iters, port, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "seg.tools.train", TINY, "--launcher", "pytorch", "--work-dir", str(work), *extra,
+               "--cfg-options", f"model.backbone.checkpoint={tiny_encoder[0]}", f"train_cfg.max_iters={iters}",
+               "train_cfg.val_interval=100", "default_hooks.checkpoint.interval=1", "default_hooks.logger.interval=1",
+               "train_dataloader.batch_size=2", "val_dataloader.dataset.indices=2", *data_options(derived)]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout + proc.stderr
+
+    straight, work = tmp_path / "straight", tmp_path / "work"
+    log = torchrun(straight, 3, 29561)
+    assert "Distributed training: True" in log and "GPU number: 2" in log, log[-2000:]  # mmengine counts processes
+    torchrun(work, 2, 29562)
+    torchrun(work, 3, 29563, "--resume")
+    after, expected = load_file(work / "iter_3.pth"), load_file(straight / "iter_3.pth")
+    assert all(torch.equal(v, expected["state_dict"][k]) for k, v in after["state_dict"].items())
+    assert [r["step"] for r in step_rows(work)] == [1, 2, 3]  # rank 0 alone logs
+    assert len(after["rng_per_rank"]) == 2

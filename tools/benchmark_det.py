@@ -19,7 +19,7 @@ from semaim_core import build_model
 from semaim_core.errors import HelpFormatter, command
 from semaim_core.export import export_encoder
 from semaim_core.safe_io import save_atomic
-from tools.lib.benchmark import time_steps
+from tools.lib.benchmark import spread, time_steps
 
 
 def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
@@ -38,7 +38,8 @@ def measure(cfg, stock: bool, encoder: str, iters: int, warmup: int) -> dict:
             storage.step()
         result = time_steps(step, iters, warmup, torch.device(cfg.train.device))
     return dict(model="detectron2 stock ViTDet (MAE)" if stock else "SemAIM config",
-                s_per_iter=round(result["s_per_iter"], 4), peak_mem_gib=result["peak_mem_gib"])
+                s_per_iter=round(result["s_per_iter"], 4),
+                **spread(result), peak_mem_gib=result["peak_mem_gib"])
 
 
 def main(argv=None):

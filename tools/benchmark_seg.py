@@ -22,7 +22,7 @@ from mmseg.registry import MODELS
 from mmseg.utils import register_all_modules
 
 from semaim_core.errors import HelpFormatter, command
-from tools.lib.benchmark import time_steps
+from tools.lib.benchmark import spread, time_steps
 
 STOCK = os.path.join(os.path.dirname(mmseg.__file__),
                      ".mim/configs/mae/mae-base_upernet_8xb2-amp-160k_ade20k-512x512.py")
@@ -64,7 +64,8 @@ def measure(config: str, name: str, data_root: str, batch: int, iters: int, warm
         model.train_step(data, optim_wrapper)
 
     result = time_steps(step, iters, warmup, torch.device(device))
-    return dict(model=name, s_per_iter=round(result["s_per_iter"], 4), peak_mem_gib=result["peak_mem_gib"])
+    return dict(model=name, s_per_iter=round(result["s_per_iter"], 4),
+                **spread(result), peak_mem_gib=result["peak_mem_gib"])
 
 
 def main(argv=None):

@@ -27,22 +27,41 @@ def peak_tflops(name: str) -> float | None:
     return None
 
 
-def time_steps(step, iters: int, warmup: int, device: torch.device) -> dict:
-    """Seconds per call of ``step`` (after ``warmup`` untimed calls), the peak memory while timing
-    (GiB, CUDA only) and the last value ``step`` returned."""
+def time_steps(step, iters: int, warmup: int, device: torch.device, blocks: int = 5) -> dict:
+    """Seconds per call of ``step`` after ``warmup`` untimed calls: the mean over ``iters`` calls,
+    and the spread of the mean over ``blocks`` consecutive blocks of them (``s_per_iter_min`` /
+    ``_max``); the peak memory while timing (GiB, CUDA only) and the last value ``step`` returned.
+    The device is synchronised at each block's ends, not between calls, so that the host runs ahead
+    of the GPU as it does in training. Not ``torch.utils.benchmark.Timer``: its ``timeit`` makes
+    hidden warm-up calls before each measurement and runs on one thread unless told otherwise, which
+    would change the number of steps a benchmark takes and its CPU figures."""
     cuda = device.type == "cuda"
+
+    def sync():
+        if cuda:
+            torch.cuda.synchronize(device)
+
     for _ in range(warmup):
         step()
+    sync()
     if cuda:
-        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    start = time.perf_counter()
-    for _ in range(iters):
-        last = step()
-    if cuda:
-        torch.cuda.synchronize(device)
-    return dict(s_per_iter=(time.perf_counter() - start) / iters, last=last,
+    blocks = max(1, min(blocks, iters))
+    means = []
+    for size in (iters // blocks + (i < iters % blocks) for i in range(blocks)):
+        start = time.perf_counter()
+        for _ in range(size):
+            last = step()
+        sync()
+        means.append(((time.perf_counter() - start) / size, size))
+    return dict(s_per_iter=sum(m * n for m, n in means) / iters, s_per_iter_min=min(m for m, _ in means),
+                s_per_iter_max=max(m for m, _ in means), last=last,
                 peak_mem_gib=round(torch.cuda.max_memory_allocated(device) / 2**30, 2) if cuda else None)
+
+
+def spread(timed: dict) -> dict:
+    """``time_steps``' block spread as a record's fields, in milliseconds per step."""
+    return {f"step_ms_{end}": round(1000 * timed[f"s_per_iter_{end}"], 1) for end in ("min", "max")}
 
 
 def profile_step(step, steps: int = 3, rows: int = 25) -> str:

@@ -37,7 +37,15 @@ from semaim_core.data import ImageDataset, SeededSamples, find_images, pretrain_
 from semaim_core.errors import HelpFormatter, command
 from semaim_core.optim import build_optimizer
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
-from tools.lib.benchmark import append_records, device_name, peak_tflops, profile_step, read_records, time_steps
+from tools.lib.benchmark import (
+    append_records,
+    device_name,
+    peak_tflops,
+    profile_step,
+    read_records,
+    spread,
+    time_steps,
+)
 
 VARIANTS = ("sorted", "fast", "fp8", "dense", "dense-math", "official")
 FAST = ("fast", "fp8")  # the similarity pass in the step's autocast, TF32 on: not exact
@@ -226,6 +234,7 @@ def measure(variant: str, args, device: torch.device, data: str | None) -> dict:
                 grad_checkpointing=args.grad_checkpointing and variant != "official",
                 img_size=args.img_size, dtype=dtype, data=data or "synthetic", device=device_name(device),
                 img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
+                **spread(timed),
                 peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
                 mfu=round(flops * ips / 1e12 / peak, 3) if peak else None,
                 loss=round(float(timed["last"].detach()), 4), command=args.command)
