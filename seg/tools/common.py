@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import importlib.util
 import inspect
 import os
 import os.path as osp
@@ -17,7 +18,7 @@ from mmseg.registry import HOOKS, RUNNERS
 import seg  # noqa: F401  (mmcv-lite compatibility + registration)
 from seg.data import check_dataset
 from semaim_core.configs import check_override_kind, resolve_config
-from semaim_core.errors import HelpFormatter, UnknownKeyError, check_all
+from semaim_core.errors import HelpFormatter, SettingError, UnknownKeyError, check_all
 from semaim_core.rundir import flatten
 from semaim_core.safe_io import check_file
 
@@ -30,10 +31,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                     help="'pytorch' under torchrun for multi-GPU / multi-node")
     ap.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    ap.add_argument("--vis-backend", nargs="+", default=[], choices=sorted(EXTRA_VIS_BACKENDS), metavar="NAME",
+                    help="also log to Weights & Biases (wandb) and/or MLflow (mlflow) through mmengine's vis backends "
+                         "(the package must be installed; WANDB_PROJECT, MLFLOW_TRACKING_URI set where to); "
+                         "TensorBoard, metrics.jsonl and mmengine's JSON log are always written")
     ap.add_argument("--overwrite", action="store_true",
                     help="train: clear a work dir that holds another run; test: replace another result")
     return ap
 
+
+# --vis-backend: mmengine's backends for the services users log to (off unless asked for)
+EXTRA_VIS_BACKENDS = {"wandb": "WandbVisBackend", "mlflow": "MLflowVisBackend"}
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("work_dir", "launcher", "resume", "load_from", "default_hooks", "log_processor", "log_level",
@@ -80,6 +88,7 @@ def load_config(args) -> Config:
         check_overrides(cfg, args.cfg_options)
         cfg.merge_from_dict(args.cfg_options)
     check_hooks(cfg)
+    add_vis_backends(cfg, args.vis_backend)
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "./work_dirs", osp.splitext(osp.basename(args.config))[0])
@@ -101,6 +110,17 @@ def load_config(args) -> Config:
     # second runner started within that second (train then test) would log into the first's file
     cfg.experiment_name = f"{Path(cfg.filename).stem}_{os.getpid()}_{time.time_ns()}"
     return cfg
+
+
+def add_vis_backends(cfg: Config, names: list[str]):
+    """The backends of ``--vis-backend`` beside the config's own. mmengine imports a service's
+    package when it first logs, after training has started: a missing one is named now instead."""
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise SettingError(f"--vis-backend {name}: the {name} package is not installed (pip install {name})")
+        if not cfg.get("visualizer"):
+            raise SettingError(f"--vis-backend {name}: the config has no visualizer to add it to")
+        cfg.visualizer.setdefault("vis_backends", []).append(dict(type=EXTRA_VIS_BACKENDS[name]))
 
 
 def check_hooks(cfg: Config):
