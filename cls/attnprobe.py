@@ -7,32 +7,43 @@ autoregressive encoder poorly: the authors' encoder [CLS] attends only to itself
 The head is AIM's ``AttentionPoolingClassifier`` (apple/ml-aim, aim/v1/torch/layers.py): BatchNorm
 without affine over the tokens, the query (init N(0, 0.02)) against bias-free k and v projections
 with the encoder's head count, softmax attention, and a bias-free linear classifier. Its input is
-AIM's "last layers" feature (aim/v1/torch/models.py): the patch tokens averaged over the last 6
-blocks, before the final norm. Evaluation is Resize 256 + CenterCrop 224, bicubic
-(aim/v1/torch/data.py). ml-aim ships no probe training, so the recipe is the AIM paper's
-attentive-probe table (its appendix):
+the patch tokens averaged over a set of blocks, before the final norm (AIM's "last layers" feature,
+aim/v1/torch/models.py). Evaluation is Resize 256 + CenterCrop 224, bicubic (aim/v1/torch/data.py).
+ml-aim ships no probe training; two published recipes are presets (``--preset``), the first the
+default. Both share:
 
-    optimizer        AdamW, betas (0.9, 0.999), weight decay 0.1
-    peak lr grid     1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3 at batch 1024 (128 per process x 8)
-    schedule         100 epochs, 5 warm-up, cosine to 1e-5
+    optimizer        AdamW, betas (0.9, 0.999)
+    schedule         100 epochs, 5 warm-up, cosine to 1e-5, lrs given at batch 1024 (128 x 8)
     gradient clip    3.0
     augmentation     RandomResizedCrop 224 (scale 0.08-1, ratio 3/4-4/3, bicubic), flip 0.5,
-                     color jitter 0.3, RandAugment rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0,
-                     label smoothing 0.1
+                     color jitter 0.3, RandAugment rand-m9-mstd0.5-inc1
 
-One head per lr of the grid trains side by side on the same frozen features (one encoder pass per
-batch), from the same initial weights, each with its own optimizer group and its own gradient
-clipping, so each head is exactly what a run at that lr alone trains. The reported top-1 is the
-best head's, as a grid search reports it; cls_metrics.json keeps every head's (``head_top1``, in
-``lr_grid`` order), and ``train_loss`` in log.jsonl is the heads' sum. The lr scales linearly
-with the effective batch (lr x batch / 1024). The linear weights and k/v use Xavier uniform, as
-AIM's training framework does (apple/ml-l3m, l3m/model/heads/classifier.py).
+    xtra   the AIM paper's attentive-probe table (its appendix), the grid XTRA's configs use:
+           peak lr grid 1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3 at batch 1024, weight decay 0.1,
+           mixup 0.8, cutmix 1.0, label smoothing 0.1, the last 6 blocks
+    aimv2  AIMv2's Table A2 (Fini et al., 2024; its baselines AIMv1, MAE and DINOv2 included):
+           lr grid 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, weight decay grid 0.05, 0.1, no mixup,
+           cutmix or label smoothing, the last block
+
+``--probe-layers``: last6 (the mean of the last 6 blocks), last1 (the last block), mid6 (six
+blocks from the middle on: blocks 12-17 of 24, ml-aim's ``constants.LAYERS_BEST`` for AIM-1B and
+AIM-3B, whose headline numbers use them; of 12 blocks, the last 6), lastN / midN for other counts,
+or block indices (0-based, comma-separated: 12,13,14).
+
+One head per lr x weight decay of the grid trains side by side on the same frozen features (one
+encoder pass per batch), from the same initial weights, each with its own optimizer group and its
+own gradient clipping, so each head is exactly what a run at that lr and weight decay alone trains.
+The reported top-1 is the best head's, as a grid search reports it; cls_metrics.json keeps every
+head's (``head_top1``, in the order of ``grid``), and ``train_loss`` in log.jsonl is the heads' sum.
+The lr scales linearly with the effective batch (lr x batch / 1024). The linear weights and k/v use
+Xavier uniform, as AIM's training framework does (apple/ml-l3m, l3m/model/heads/classifier.py).
 
     torchrun --nproc_per_node 8 -m cls.attnprobe --data /data/imagenet --encoder runs/semaim_b/encoder.pth \
         --output-dir runs/attn_semaim_b
 """
 import copy
 import logging
+import re
 
 import torch
 import torch.nn.functional as F
@@ -43,9 +54,14 @@ from cls.data import image_folders
 from cls.engine import EpochTrainer, base_parser, mixup_and_criterion, start
 from semaim_core.data import eval_transform
 from semaim_core.distributed import world_size
-from semaim_core.errors import SettingError, command, positive_float, positive_int
+from semaim_core.errors import SettingError, command, non_negative_float, positive_float
 
-LR_GRID = (1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3)
+PRESETS = {  # each value's source: the module's docstring
+    "xtra": dict(lr_grid=[1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3], weight_decay=[0.1], mixup=0.8, cutmix=1.0,
+                 smoothing=0.1, probe_layers="last6"),
+    "aimv2": dict(lr_grid=[5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3], weight_decay=[0.05, 0.1], mixup=0.0,
+                  cutmix=0.0, smoothing=0.0, probe_layers="last1"),
+}
 GRID_BATCH = 1024  # the batch the grid's lrs are given at
 
 logger = logging.getLogger("cls.attnprobe")  # by name: run with -m, __name__ is __main__
@@ -53,28 +69,51 @@ logger = logging.getLogger("cls.attnprobe")  # by name: run with -m, __name__ is
 
 def parse_args(argv=None):
     ap = base_parser(__doc__, batch_size=128)
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="xtra",
+                    help="the published recipe the grid, augmentation and probed blocks default to (see above); "
+                         "a flag given beside it wins")
     ap.add_argument("--epochs", type=int, default=100, help="training epochs")
     ap.add_argument("--warmup-epochs", type=int, default=5, help="linear warm-up epochs (per-iteration schedule)")
-    ap.add_argument("--lr-grid", type=positive_float, nargs="+", default=list(LR_GRID),
-                    help=f"peak lrs at batch {GRID_BATCH}, one head each (scaled by effective batch / {GRID_BATCH})")
+    ap.add_argument("--lr-grid", type=positive_float, nargs="+",
+                    help=f"peak lrs at batch {GRID_BATCH} (scaled by effective batch / {GRID_BATCH}); one head per "
+                         "lr x weight decay")
     ap.add_argument("--min-lr", type=float, default=1e-5, help="floor of the cosine schedule")
-    ap.add_argument("--weight-decay", type=float, default=0.1, help="AdamW weight decay (every head parameter)")
+    ap.add_argument("--weight-decay", type=non_negative_float, nargs="+",
+                    help="AdamW weight decays (every head parameter); one head per lr x weight decay")
     ap.add_argument("--clip-grad", type=float, default=3.0, help="gradient-norm clipping, per head")
-    ap.add_argument("--probe-layers", type=positive_int, default=6,
-                    help="the head reads the patch tokens averaged over this many last blocks")
+    ap.add_argument("--probe-layers",
+                    help="the blocks whose patch tokens the head reads, averaged: last6, last1, mid6, lastN, midN, "
+                         "or 0-based block indices, comma-separated (12,13,14)")
     ap.add_argument("--color-jitter", type=float, default=0.3,
                     help="color jitter (timm applies it only without --randaug, as for DeiT's and AIM's listing)")
     ap.add_argument("--randaug", default="rand-m9-mstd0.5-inc1", help="timm auto-augment string ('' for none)")
-    ap.add_argument("--mixup", type=float, default=0.8, help="mixup alpha (0: off)")
-    ap.add_argument("--cutmix", type=float, default=1.0, help="cutmix alpha (0: off)")
-    ap.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
+    ap.add_argument("--mixup", type=float, help="mixup alpha (0: off)")
+    ap.add_argument("--cutmix", type=float, help="cutmix alpha (0: off)")
+    ap.add_argument("--smoothing", type=float, help="label smoothing")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():  # the preset fills what was not given
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
 
 
-def check_probe_layers(layers: int, depth: int):
-    if not 1 <= layers <= depth:
-        raise SettingError(f"--probe-layers {layers}: the encoder has {depth} blocks (use 1 to {depth})")
+def probe_blocks(spec: str, depth: int) -> list[int]:
+    """The 0-based indices of the blocks ``--probe-layers`` names (see the module's docstring)."""
+    m = re.fullmatch(r"(last|mid)(\d+)", spec)
+    if m:
+        n = int(m.group(2))
+        first = depth - n if m.group(1) == "last" else depth // 2
+        blocks = list(range(first, first + n))
+    elif re.fullmatch(r"\d+(,\d+)+|\d+,", spec):  # a comma even for one block: a lone 6 meant "the last 6" once
+        blocks = sorted(int(i) for i in spec.strip(",").split(","))
+    else:
+        raise SettingError(f"--probe-layers {spec}: give last6, last1, mid6, lastN, midN or block indices "
+                           "separated by commas (12,13,14; one block: 6,)")
+    if not blocks or blocks[0] < 0 or blocks[-1] >= depth or len(set(blocks)) != len(blocks):
+        raise SettingError(f"--probe-layers {spec}: blocks {blocks} do not fit an encoder of {depth} blocks "
+                           f"(0 to {depth - 1}, each once)")
+    return blocks
 
 
 class AttentionPoolingHead(torch.nn.Module):
@@ -104,10 +143,9 @@ class AttentionPoolingHead(torch.nn.Module):
 class AttentiveProbe(torch.nn.Module):
     """A frozen timm ViT and ``grid`` ``AttentionPoolingHead``s (one per lr); returns (heads, batch, classes)."""
 
-    def __init__(self, encoder: torch.nn.Module, num_classes: int, grid: int, layers: int):
+    def __init__(self, encoder: torch.nn.Module, num_classes: int, grid: int, blocks: list[int]):
         super().__init__()
-        check_probe_layers(layers, len(encoder.blocks))
-        self.encoder, self.layers = encoder.requires_grad_(False), layers
+        self.encoder, self.blocks = encoder.requires_grad_(False), blocks
         head = AttentionPoolingHead(encoder.embed_dim, num_classes, encoder.blocks[0].attn.num_heads)
         self.heads = torch.nn.ModuleList(copy.deepcopy(head) for _ in range(grid))  # one initial draw
 
@@ -118,8 +156,8 @@ class AttentiveProbe(torch.nn.Module):
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """The patch tokens (no [CLS]) averaged over the last ``layers`` blocks, before the final norm."""
-        blocks = self.encoder.forward_intermediates(images, indices=self.layers, norm=False, output_fmt="NLC",
+        """The patch tokens (no [CLS]) averaged over ``blocks``, before the final norm."""
+        blocks = self.encoder.forward_intermediates(images, indices=self.blocks, norm=False, output_fmt="NLC",
                                                     intermediates_only=True)
         return torch.stack(blocks).mean(0)
 
@@ -146,28 +184,37 @@ def transforms_for(args):
     return train, eval_transform(args.img_size)
 
 
+def grid(args) -> list[dict]:
+    """The heads' settings: every lr with every weight decay, lr first."""
+    return [dict(lr=lr, weight_decay=wd) for lr in args.lr_grid for wd in args.weight_decay]
+
+
 def model_and_optimizer(args, num_classes: int, world: int = 1):
-    """The probe, and AdamW with one parameter group per head, at its lr of the grid."""
+    """The probe, and AdamW with one parameter group per head, at its lr and weight decay of the grid."""
     encoder = timm_vit_from_encoder(args.encoder, img_size=args.img_size, num_classes=0)
-    model = AttentiveProbe(encoder, num_classes, len(args.lr_grid), args.probe_layers)
+    settings = grid(args)
+    model = AttentiveProbe(encoder, num_classes, len(settings), probe_blocks(args.probe_layers, len(encoder.blocks)))
     scale = args.batch_size * world / GRID_BATCH
-    groups = [dict(params=list(head.parameters()), lr=lr * scale) for head, lr in zip(model.heads, args.lr_grid)]
-    return model, torch.optim.AdamW(groups, betas=(0.9, 0.999), weight_decay=args.weight_decay)
+    groups = [dict(params=list(head.parameters()), lr=s["lr"] * scale, weight_decay=s["weight_decay"])
+              for head, s in zip(model.heads, settings)]
+    return model, torch.optim.AdamW(groups, betas=(0.9, 0.999))
 
 
 def main(argv=None):
     args = parse_args(argv)
-    start(args, check_encoder=lambda meta: check_probe_layers(args.probe_layers, meta["depth"]))
+    start(args, check_encoder=lambda meta: probe_blocks(args.probe_layers, meta["depth"]))
     train_set, val_set = image_folders(args.data, *transforms_for(args), args.fit_images)
     classes = len(train_set.classes)
     model, optimizer = model_and_optimizer(args, classes, world_size())
     mixup, criterion = mixup_and_criterion(args, classes)
     trainer = EpochTrainer(args, model, train_set, val_set, optimizer, SummedHeadLoss(criterion), mixup,
                            clip_groups=[g["params"] for g in optimizer.param_groups])  # a head per group
-    result = trainer.fit("attnprobe")
+    result = trainer.fit("attnprobe", grid=grid(args), preset=args.preset, probe_layers=args.probe_layers,
+                         probe_blocks=model.blocks)
     if trainer.rank == 0:
-        for lr, top1 in zip(args.lr_grid, result["head_top1"]):
-            logger.info(f"  lr {lr:g} (at batch {GRID_BATCH}): top-1 {top1:.2f}")
+        for setting, top1 in zip(result["grid"], result["head_top1"]):
+            logger.info(f"  lr {setting['lr']:g} (at batch {GRID_BATCH}), weight decay {setting['weight_decay']:g}: "
+                        f"top-1 {top1:.2f}")
     return result
 
 

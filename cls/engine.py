@@ -241,7 +241,9 @@ class EpochTrainer:
             tick = time.time()
         return float(all_reduce_mean(total / n, self.world))
 
-    def fit(self, mode: str) -> dict:
+    def fit(self, mode: str, **extra) -> dict:
+        """Train to the last epoch (or --stop-after-epochs), scoring each; the result, with ``extra``
+        (what an entry point adds: the attentive probe's grid), goes to cls_metrics.json."""
         metrics = None
         end = min(self.args.epochs, self.args.stop_after_epochs or self.args.epochs)
         n = self.steps_per_epoch
@@ -273,6 +275,7 @@ class EpochTrainer:
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if "head_top1" in metrics:
             result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])
+        result.update(extra)
         if self.rank == 0:
             logger.info(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
                         f"{scored_folder(self.args)} (always answering the most frequent class: "

@@ -91,6 +91,17 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a finite number of 0 or more (a weight decay, say)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text} is not a finite number of 0 or more")
+    return value
+
+
 def positive_float(text: str) -> float:
     """An argparse type: a finite number above 0 (an lr, say)."""
     try:

@@ -116,6 +116,9 @@ def test_knn(derived, encoder, tmp_path):
     shutil.copy(encoder, copy)
     result = main(common(derived, copy, tmp_path / "run"))
     assert result["mode"] == "knn" and 0 <= result["top1"] <= 100
+    sweep = json.loads((tmp_path / "run" / "cls_metrics.json").read_text())["sweep"]  # every k and T, once
+    assert [(e["k"], e["temperature"]) for e in sweep] == [(k, t) for k in (20, 10, 100, 200) for t in (0.07, 0.1, 0.2)]
+    assert (result["k"], result["temperature"], result["top1"]) == (20, 0.07, sweep[0]["top1"])
     # another encoder copied over the same path is another recipe: the result is never credited to it
     other = load_file(copy)
     other["model"] = {k: v + 0.01 for k, v in other["model"].items()}
@@ -137,6 +140,24 @@ def test_knn(derived, encoder, tmp_path):
     train = torch.nn.functional.normalize(torch.randn(10, 4), dim=1)
     labels = torch.arange(10) % 3
     assert torch.equal(knn_classify(train, labels, train, 3, k=1).argmax(1), labels)
+
+
+def test_the_knn_sweep_scores_each_k_and_temperature_as_its_own_vote_would():
+    """One search for the largest k serves every smaller k: each (k, T) of the sweep equals the
+    vote of that k and T alone, a k past the memory bank takes all of it, and the values differ."""
+    from cls.knn import knn_classify, knn_sweep
+
+    torch.manual_seed(0)
+    train, test = (torch.nn.functional.normalize(torch.randn(n, 16), dim=1) for n in (300, 90))
+    train_y, test_y = torch.randint(0, 7, (300,)), torch.randint(0, 7, (90,))
+    ks, temperatures = [20, 10, 100, 400], [0.07, 0.2]
+    sweep = knn_sweep(train, train_y, test, test_y, 7, ks, temperatures, chunk=32)
+    assert [(e["k"], e["temperature"]) for e in sweep] == [(k, t) for k in ks for t in temperatures]
+    for e in sweep:
+        top = knn_classify(train, train_y, test, 7, e["k"], e["temperature"]).topk(5, dim=1).indices
+        assert e["top1"] == round(100 * int((top[:, 0] == test_y).sum()) / 90, 3), e
+        assert e["top5"] == round(100 * int((top == test_y[:, None]).any(1).sum()) / 90, 3), e
+    assert len({e["top1"] for e in sweep}) > 2
 
 
 def test_missing_data_is_named(encoder, tmp_path):
@@ -232,7 +253,9 @@ def test_knn_defaults_are_the_authors(encoder):
     from cls import knn
 
     args = recipe(knn, encoder)
-    assert (args.k, args.temperature, args.pool) == (20, 0.07, "avg")
+    assert (args.k[0], args.temperature[0], args.pool) == (20, 0.07, "avg")  # the headline: DINO's default
+    assert sorted(args.k) == [10, 20, 100, 200]  # DINO's k list
+    assert args.temperature == [0.07, 0.1, 0.2]  # the efficient-probing leaderboard's
     model = knn.feature_model(args).eval()
     assert isinstance(model.norm, torch.nn.Identity)
     assert torch.equal(model.fc_norm.weight, torch.ones(model.embed_dim)) and not model.fc_norm.bias.any()
@@ -262,22 +285,22 @@ def test_attentive_probe_defaults_are_aims_recipe(encoder):
 
     args = recipe(attnprobe, encoder)
     documented = dict(epochs=100, warmup_epochs=5, lr_grid=[1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3], min_lr=1e-5,
-                      weight_decay=0.1, clip_grad=3.0, probe_layers=6, color_jitter=0.3,
-                      randaug="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, smoothing=0.1, batch_size=128)
+                      weight_decay=[0.1], clip_grad=3.0, probe_layers="last6", color_jitter=0.3,
+                      randaug="rand-m9-mstd0.5-inc1", mixup=0.8, cutmix=1.0, smoothing=0.1, batch_size=128,
+                      preset="xtra")
     assert {k: getattr(args, k) for k in documented} == documented
     doc = attnprobe.__doc__
-    for text in ("AdamW, betas (0.9, 0.999), weight decay 0.1",
+    for text in ("AdamW, betas (0.9, 0.999)", "weight decay 0.1",
                  "1e-4, 3e-4, 5e-4, 1e-3, 1.5e-3, 2e-3, 4e-3 at batch 1024", "100 epochs, 5 warm-up, cosine to 1e-5",
-                 "gradient clip    3.0",
-                 "rand-m9-mstd0.5-inc1, mixup 0.8, cutmix 1.0", "label smoothing 0.1", "last 6",
-                 "Resize 256 + CenterCrop 224"):
+                 "gradient clip    3.0", "rand-m9-mstd0.5-inc1", "mixup 0.8, cutmix 1.0, label smoothing 0.1",
+                 "the last 6 blocks", "Resize 256 + CenterCrop 224"):
         assert text in doc, text
 
-    args.probe_layers = 2  # the test encoder has 4 blocks
+    args.probe_layers = "last2"  # the test encoder has 4 blocks
     model, optimizer = attnprobe.model_and_optimizer(args, num_classes=10)
     assert type(optimizer) is torch.optim.AdamW and optimizer.defaults["betas"] == (0.9, 0.999)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([lr * 128 / 1024 for lr in documented["lr_grid"]])
-    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.1}
+    assert {g["weight_decay"] for g in optimizer.param_groups} == {0.1} and model.blocks == [2, 3]
     assert [n for n, p in model.named_parameters() if p.requires_grad and not n.startswith("heads.")] == []
     head = model.heads[0]
     assert not head.bn.affine and head.bn.eps == 1e-6 and head.query.shape == (1, 1, model.encoder.embed_dim)
@@ -308,6 +331,42 @@ def test_attentive_probe_defaults_are_aims_recipe(encoder):
     assert "Resize(size=256" in str(val) and "CenterCrop(size=(224, 224))" in str(val)
 
 
+def test_the_aimv2_preset_is_table_a2_and_a_flag_beside_it_wins(encoder):
+    """AIMv2's Table A2: lr {5e-5 ... 2e-3} x weight decay {0.05, 0.1}, no mixup, cutmix or label
+    smoothing, the last block; one head per lr x weight decay, each its own optimizer group."""
+    from cls import attnprobe
+
+    args = recipe(attnprobe, encoder, "--preset", "aimv2")
+    assert (args.lr_grid, args.weight_decay, args.mixup, args.cutmix, args.smoothing, args.probe_layers) == (
+        [5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3], [0.05, 0.1], 0.0, 0.0, 0.0, "last1")
+    assert "lr grid 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, weight decay grid 0.05, 0.1" in attnprobe.__doc__
+    model, optimizer = attnprobe.model_and_optimizer(args, num_classes=10)
+    assert len(model.heads) == 14 and model.blocks == [3]
+    assert [(g["lr"] * 1024 / 128, g["weight_decay"]) for g in optimizer.param_groups] == pytest.approx(
+        [(lr, wd) for lr in args.lr_grid for wd in (0.05, 0.1)])
+    assert recipe(attnprobe, encoder, "--preset", "aimv2", "--mixup", "0.8").mixup == 0.8
+
+
+@pytest.mark.parametrize("spec, depth, blocks", [("last6", 12, [6, 7, 8, 9, 10, 11]), ("last1", 24, [23]),
+                                                 ("mid6", 24, [12, 13, 14, 15, 16, 17]),  # ml-aim's AIM-1B / 3B
+                                                 ("mid6", 12, [6, 7, 8, 9, 10, 11]), ("3,5,7", 12, [3, 5, 7]),
+                                                 ("4,", 12, [4])])
+def test_probe_layers_name_the_blocks_the_head_reads(spec, depth, blocks):
+    from cls.attnprobe import probe_blocks
+
+    assert probe_blocks(spec, depth) == blocks
+
+
+@pytest.mark.parametrize("spec, message", [("6", "give last6"), ("last13", r"do not fit an encoder of 12 blocks"),
+                                           ("mid8", "do not fit"), ("3,3", "each once"), ("last0", "do not fit")])
+def test_probe_layers_that_cannot_be_read_are_named(spec, message):
+    from cls.attnprobe import probe_blocks
+    from semaim_core.errors import SettingError
+
+    with pytest.raises(SettingError, match=message):
+        probe_blocks(spec, 12)
+
+
 @pytest.mark.slow
 def test_attentive_probe_grid_heads_are_solo_runs_and_resume_exactly(derived, encoder, tmp_path):
     """Two lrs side by side train, head for head, what each lr trains alone; an interrupted run resumes
@@ -315,21 +374,23 @@ def test_attentive_probe_grid_heads_are_solo_runs_and_resume_exactly(derived, en
     from cls.attnprobe import main
 
     args = common(derived, encoder, tmp_path / "grid") + ["--epochs", "2", "--warmup-epochs", "1", "--probe-layers",
-                                                          "2", "--dtype", "fp32", "--lr-grid", "1e-3", "4e-2"]
+                                                          "last2", "--dtype", "fp32", "--lr-grid", "1e-3", "4e-2",
+                                                          "--weight-decay", "0.1", "0"]
     main(args + ["--stop-after-epochs", "1"])
     grid = main(args)  # resumed at epoch 1
-    assert grid["mode"] == "attnprobe" and grid["epochs"] == 2 and len(grid["head_top1"]) == 2
+    assert grid["mode"] == "attnprobe" and grid["epochs"] == 2 and len(grid["head_top1"]) == 4
     assert grid["top1"] == max(grid["head_top1"]) == grid["head_top1"][grid["best_head"]]
     solo = main(common(derived, encoder, tmp_path / "solo") + ["--epochs", "2", "--warmup-epochs", "1",
-                                                               "--probe-layers", "2", "--dtype", "fp32",
-                                                               "--lr-grid", "4e-2"])
-    assert solo["top1"] == grid["head_top1"][1]
+                                                               "--probe-layers", "last2", "--dtype", "fp32",
+                                                               "--lr-grid", "4e-2", "--weight-decay", "0"])
+    assert grid["grid"][3] == dict(lr=4e-2, weight_decay=0.0) and solo["top1"] == grid["head_top1"][3]
     theirs, ours = (load_file(tmp_path / d / "checkpoint.pth")["model"] for d in ("solo", "grid"))
     for name in ("query", "k.weight", "v.weight", "linear.weight", "bn.running_mean"):
-        assert torch.equal(ours[f"heads.1.{name}"], theirs[f"heads.0.{name}"]), name
-    assert not torch.equal(ours["heads.0.linear.weight"], ours["heads.1.linear.weight"])
+        assert torch.equal(ours[f"heads.3.{name}"], theirs[f"heads.0.{name}"]), name
+    assert not torch.equal(ours["heads.2.linear.weight"], ours["heads.3.linear.weight"])  # the weight decay counts
     metrics = json.loads((tmp_path / "grid" / "cls_metrics.json").read_text())
     assert metrics["head_top1"] == grid["head_top1"] and metrics["provenance"]["config"]["lr_grid"] == [1e-3, 4e-2]
+    assert (metrics["preset"], metrics["probe_layers"], metrics["probe_blocks"]) == ("xtra", "last2", [2, 3])
 
 
 @pytest.mark.slow

@@ -53,7 +53,7 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     header = [c.strip() for c in (out / "results.md").read_text().splitlines()[0].strip("|").split("|")]
     row = dict(zip(header, cells))
     assert row["numbers"] == "same harness" and "| published |" in (out / "results.md").read_text()
-    for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (attn) [crops val]",
+    for col in ("top-1 (ft) [crops val]", "top-1 (lin) [crops val]", "top-1 (attn, xtra last2) [crops val]",
                 "top-1 (k-NN) [crops val]", "AP box [tiny_coco_val]", "AP mask [tiny_coco_val]", "mIoU [COCOStuff]"):
         assert 0 <= number(row[col]) <= 100, col
 
@@ -200,8 +200,25 @@ def test_columns_name_their_dataset_and_published_rows_their_source(demo, tmp_pa
     ours = next(line for line in md.splitlines() if line.startswith("| ours"))
     assert "|  |" in ours  # missing values are blank, not 0 or '-'
     assert len({r.method for r in published_rows()}) == len(published_rows())  # distinct legend entries
-    proc = subprocess.run([sys.executable, "tools/make_tables.py", "--row", "ours", str(out / "det"), "--provenance",
-                           "--no-published"], cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "tools/make_tables.py", "--row", "ours", str(out / "det"),
+                           str(out / "cls_knn"), "--provenance", "--no-published"], cwd=REPO, capture_output=True,
+                          text=True)
     assert proc.returncode == 0, proc.stderr
     assert re.search(r"ours \| ap_box \[tiny_coco_val\]: in-training model of .*det; iteration \d+; 50 images; commit",
                      proc.stdout)
+    knn = json.loads((out / "cls_knn" / "cls_metrics.json").read_text())  # the table: k 20, T 0.07; here: the rest
+    sweep = next(line for line in proc.stdout.splitlines() if "knn [crops val] sweep, top-1: " in line)
+    assert sweep.count(" T ") == 12 and f"k 20 T 0.07 {knn['top1']:.1f}, " in sweep and "k 200 T 0.2 " in sweep
+
+
+def test_the_attentive_probe_column_names_its_protocol_and_flags_a_mix():
+    from tools.lib.results import Row, columns
+
+    def row(name, protocol):
+        key = ("attnprobe", "crops val")
+        return Row(name, {key: 50.0}, {key: dict(file="f", **({"protocol": protocol} if protocol else {}))})
+
+    assert [label for _, label in columns([row("a", "xtra last6"), row("b", "xtra last6"), row("c", None)])] == [
+        "top-1 (attn, xtra last6) [crops val]"]
+    assert [label for _, label in columns([row("a", "xtra last6"), row("b", "aimv2 last1")])] == [
+        "top-1 (attn, aimv2 last1 / xtra last6!) [crops val]"]

@@ -86,9 +86,11 @@ def cases(t: Path, enc: Path, derived: Path) -> dict:
         "seg's empty last_checkpoint": ("seg.tools.train", seg_run_expecting_a_resume(t, derived),
                                         r"segwork/last_checkpoint is empty: write the name of a checkpoint of this "
                                         r"run into it \(e.g. iter_1000.pth\), or delete it"),
-        "--probe-layers 6 on 4 blocks": ("cls.attnprobe", ["--data", str(derived / "crops"), "--encoder", str(enc),
-                                                           "--output-dir", str(t / "probe"), "--probe-layers", "6"],
-                                         r"--probe-layers 6: the encoder has 4 blocks \(use 1 to 4\)"),
+        "--probe-layers last6 on 4 blocks": (
+            "cls.attnprobe", ["--data", str(derived / "crops"), "--encoder", str(enc), "--output-dir", str(t / "probe"),
+                              "--probe-layers", "last6"],
+            r"--probe-layers last6: blocks \[-2, -1, 0, 1, 2, 3\] do not fit an encoder of 4 blocks "
+            r"\(0 to 3, each once\)"),
         "--lr-grid nan": ("cls.attnprobe", ["--data", str(derived / "crops"), "--encoder", str(enc), "--output-dir",
                                             str(t / "probe"), "--lr-grid", "1e-3", "nan"],
                           r"argument --lr-grid: nan is not a finite number above 0"),
@@ -131,7 +133,7 @@ def snapshot(folder: Path) -> dict:
 CASE_NAMES = [  # the keys of cases(), listed here so that pytest can name each row
     "--data is a file", "--output-dir is a file", "converter output is a folder", "/dev/zero", "a FIFO",
     "a symlink loop", "a protocol-4 pickle", "an object-dtype array", "an empty run.json", "a --config typo",
-    "det train.max_iter=abc", "seg's empty last_checkpoint", "--probe-layers 6 on 4 blocks", "--lr-grid nan",
+    "det train.max_iter=abc", "seg's empty last_checkpoint", "--probe-layers last6 on 4 blocks", "--lr-grid nan",
     "publish --results without predictions"]
 
 

@@ -53,7 +53,7 @@ CLS=(--data data/derived/crops --encoder "$ENC" --img-size 96 --batch-size 32 --
 "$PY" -m cls.finetune "${CLS[@]}" --output-dir "$OUT/cls_ft" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
 "$PY" -m cls.linprobe "${CLS[@]}" --output-dir "$OUT/cls_lin" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" --dtype fp32
 "$PY" -m cls.attnprobe "${CLS[@]}" --output-dir "$OUT/cls_attn" --epochs "$(pick 10 1)" --warmup-epochs "$(pick 2 0)" \
-  --probe-layers 2 --dtype fp32
+  --probe-layers last2 --dtype fp32
 "$PY" -m cls.knn "${CLS[@]}" --output-dir "$OUT/cls_knn"
 
 stage "fit checks: each downstream model trains on a few training images and is scored on them -> $OUT/fit_*"

@@ -144,6 +144,10 @@ def collect_dir(run: Path, row: Row) -> None:
             row.problems.append(str(e))
             continue
         source = dict(data.get("provenance") or {}, file=str(path))
+        if data.get("sweep"):  # k-NN: every k and T scored; the cell shows the headline
+            source["sweep"] = data["sweep"]
+        if data.get("preset"):  # the attentive probe's recipe and probed blocks: the column names them
+            source["protocol"] = f"{data['preset']} {data['probe_layers']}"
         if "provenance" not in data:
             row.problems.append(f"{path}: no provenance (checkpoint, dataset, commit): re-run the evaluation "
                                 "with this version of the suite; its cells are flagged '?'")
@@ -246,7 +250,12 @@ def columns(rows: list[Row]) -> list[tuple[tuple[str, str], str]]:
     cols = [(("epochs", ""), "epochs")] if ("epochs", "") in seen else []
     for metric, label in METRICS:
         for dataset in sorted({d for m, d in seen if m == metric}):
-            cols.append(((metric, dataset), f"{label} [{dataset}]"))
+            protocols = {r.sources[(metric, dataset)].get("protocol") for r in rows if (metric, dataset) in r.sources}
+            protocols.discard(None)  # a published row or a file written before the protocol was recorded
+            named = label
+            if protocols:  # "top-1 (attn, xtra last6)"; rows probed otherwise cannot share the column unflagged
+                named = label[:-1] + f", {' / '.join(sorted(protocols))}{'!' if len(protocols) > 1 else ''})"
+            cols.append(((metric, dataset), f"{named} [{dataset}]"))
     return cols
 
 
@@ -315,6 +324,9 @@ def provenance_lines(rows: list[Row]) -> list[str]:
             step = next((f"{k} {src[k]}" for k in ("iteration", "epoch") if src.get(k) is not None), "")
             lines.append(f"{r.method} | {metric} [{dataset}]: {what}; {step}; {src.get('images')} images; "
                          f"commit {src.get('suite_commit')}; file {src['file']}")
+            if src.get("sweep"):
+                lines.append(f"{r.method} | {metric} [{dataset}] sweep, top-1: " + ", ".join(
+                    f"k {e['k']} T {e['temperature']} {e['top1']:.1f}" for e in src["sweep"]))
     return lines
 
 
