@@ -1,10 +1,13 @@
 """The SemAIM ViT as an mmseg backbone: mmseg's MAE backbone, loading an exported SemAIM encoder
-(any kind the suite's converter reads) with a report, and failing when any weight is missing."""
+(any kind the suite's converter reads) with a report, and failing when any weight is missing; and
+the linear head of the frozen-feature protocol (DINOv2 / DINOv3)."""
 from __future__ import annotations
 
 import torch
+from mmcv.cnn import build_norm_layer
 from mmengine.logging import print_log
 from mmseg.models.backbones import MAE
+from mmseg.models.decode_heads.decode_head import BaseDecodeHead
 from mmseg.registry import MODELS
 
 from semaim_core.layouts import describe_kind, mmseg_keys, read_encoder
@@ -17,11 +20,33 @@ ALLOWED_MISSING = (r"\.gamma_[12]$", r"relative_position_(bias_table|index)$")
 
 @MODELS.register_module()
 class SemAIMViT(MAE):
-    """mmseg ``MAE`` (BEiT-style blocks ``layers.i``) initialized from ``checkpoint``."""
+    """mmseg ``MAE`` (BEiT-style blocks ``layers.i``) initialized from ``checkpoint``.
 
-    def __init__(self, checkpoint: str | None = None, init_values: float = 1.0, final_norm: bool = False, **kwargs):
+    ``frozen``: a fixed feature extractor, as the linear protocol needs it: no parameter takes a
+    gradient, the blocks run without autograd and in eval mode (no drop path) whatever the runner sets.
+    ``norm_outputs``: every output through the encoder's final norm (DINOv2/v3's intermediate layers
+    with ``norm=True``); mmseg's ``final_norm`` alone reaches the last block's output only."""
+
+    def __init__(self, checkpoint: str | None = None, init_values: float = 1.0, final_norm: bool = False,
+                 frozen: bool = False, norm_outputs: bool = False, **kwargs):
+        if norm_outputs and not final_norm:
+            raise ValueError("SemAIMViT: norm_outputs=True needs final_norm=True (the final norm's weights)")
         super().__init__(init_values=init_values, final_norm=final_norm, **kwargs)
-        self.checkpoint = checkpoint
+        self.checkpoint, self.frozen, self.norm_outputs = checkpoint, frozen, norm_outputs
+        if frozen:
+            self.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        return super().train(mode and not self.frozen)
+
+    def forward(self, inputs):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen):
+            outs = super().forward(inputs)
+        if not self.norm_outputs:
+            return outs
+        last = len(self.layers) - 1  # already through the norm (final_norm)
+        return tuple(out if i == last else self.norm1(out.permute(0, 2, 3, 1)).permute(0, 3, 1, 2).contiguous()
+                     for i, out in zip(sorted(self.out_indices), outs))
 
     def init_weights(self):
         super().init_weights()
@@ -42,3 +67,25 @@ class SemAIMViT(MAE):
         print_log(f"SemAIMViT: loaded {report['loaded']} tensors from {path}; at initialization: "
                   f"{len(report['left_at_init'])} (layer scales and relative-position tables)", logger="current")
         return report
+
+
+@MODELS.register_module()
+class LinearBNHead(BaseDecodeHead):
+    """The linear head of DINOv3's segmentation protocol (dinov3/eval/segmentation/models/heads/
+    linear_head.py; DINOv2's BNHead): the features (several blocks' resized to the first's and
+    concatenated: ``input_transform="resize_concat"``), Dropout2d (``dropout_ratio``), BatchNorm, then
+    a 1 x 1 conv to the classes, initialized N(0, 0.01) with zero bias (mmseg's default for
+    ``conv_seg``). ``channels`` must be the features' total width."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        width = sum(self.in_channels) if isinstance(self.in_channels, (list, tuple)) else self.in_channels
+        if width != self.channels:
+            raise ValueError(f"LinearBNHead: channels={self.channels} must be the features' width {width}")
+        self.bn = build_norm_layer(self.norm_cfg or dict(type="BN"), width)[1]
+
+    def forward(self, inputs):
+        x = self._transform_inputs(inputs)
+        if self.dropout is not None:
+            x = self.dropout(x)
+        return self.conv_seg(self.bn(x))

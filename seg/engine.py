@@ -4,6 +4,7 @@ the suite's safe reader, and resume exactly."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from datetime import timedelta
@@ -18,9 +19,11 @@ from mmengine.logging import print_log
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.model import is_model_wrapper
 from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim.scheduler.lr_scheduler import LRSchedulerMixin
+from mmengine.optim.scheduler.param_scheduler import _ParamScheduler
 from mmengine.runner import CheckpointLoader, Runner
 from mmseg.models.backbones import BEiT
-from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, RUNNERS
+from mmseg.registry import OPTIM_WRAPPER_CONSTRUCTORS, PARAM_SCHEDULERS, RUNNERS
 
 from seg.fast_config import FormattedOnceConfig
 from semaim_core.rundir import RunDirError, drop_rows_after
@@ -83,6 +86,30 @@ class SemAIMLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
         print_log(f"layer decay {rate} over {depth} blocks: " + ", ".join(
             f"{k} x{g['lr_scale']:.4g} ({len(g['params'])})" for k, g in sorted(groups.items())), logger="current")
         params.extend(groups.values())
+
+
+@PARAM_SCHEDULERS.register_module()
+class WarmupOneCycleLR(LRSchedulerMixin, _ParamScheduler):
+    """DINOv3's segmentation schedule (dinov3/eval/segmentation/schedulers.py, with the linear
+    protocol's settings: pct_start 0, final_div_factor inf, cosine): at iteration t of ``total``,
+    during the first ``warmup`` iterations the lr is peak x (1 - k) x (1 - t / total) with
+    k = (1 - t / warmup) x (1 - ``warmup_ratio``); after them peak x (1 + cos(pi (t + 1) / total)) / 2.
+    mmengine's LinearLR and CosineAnnealingLR compose to a cosine during the warm-up instead, 3.5 %
+    of the peak away from it at the warm-up's end."""
+
+    def __init__(self, optimizer, warmup: int, warmup_ratio: float, total: int, **kwargs):
+        self.warmup, self.warmup_ratio, self.total = warmup, warmup_ratio, total
+        # the runner passes an ``end`` of its own (its epoch count, unless by_epoch=False is given)
+        super().__init__(optimizer, **{**kwargs, "begin": 0, "end": total, "by_epoch": False})
+
+    def factor(self, t: int) -> float:
+        if t < self.warmup:
+            k = (1 - t / self.warmup) * (1 - self.warmup_ratio)
+            return (1 - k) * (1 - t / self.total)
+        return (1 + math.cos(math.pi * (t + 1) / self.total)) / 2
+
+    def _get_value(self):
+        return [base * self.factor(self.last_step) for base in self.base_values]
 
 
 class ExactResumeHook(Hook):

@@ -20,9 +20,10 @@ class SemAIMIoUMetric(IoUMetric):
     A file holding another checkpoint's result is replaced only with ``overwrite``."""
 
     def __init__(self, json_file: str | None = None, provenance: dict | None = None, overwrite: bool = False,
-                 **kwargs):
+                 protocol: dict | None = None, **kwargs):
         super().__init__(**kwargs)
         self.json_file, self.source, self.overwrite = json_file, provenance or {}, overwrite
+        self.protocol = protocol or {}  # seg/tools: frozen linear or fine-tuned, and the blocks read
 
     def compute_metrics(self, results: list) -> dict:
         summary = super().compute_metrics(results)
@@ -35,7 +36,8 @@ class SemAIMIoUMetric(IoUMetric):
                 return None if math.isnan(x) else round(100 * x, 2)
 
             iteration = MessageHub.get_current_instance().get_info("iter")
-            record = dict(task="seg", **{k: round(float(v), 2) for k, v in summary.items()}, per_class={
+            record = dict(task="seg", **self.protocol, **{k: round(float(v), 2) for k, v in summary.items()},
+                          per_class={
                 name: dict(IoU=pct(i), Acc=pct(a))
                 for name, i, a in zip(self.dataset_meta["classes"], np.asarray(per["IoU"]), np.asarray(per["Acc"]))})
             record["provenance"] = provenance(

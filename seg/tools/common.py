@@ -99,6 +99,9 @@ def load_config(args) -> Config:
             loader = cfg.get(key.replace("evaluator", "dataloader"), {}).get("dataset", {})
             cfg[key]["json_file"] = metrics_file
             cfg[key]["overwrite"] = bool(getattr(args, "overwrite", False))
+            backbone = (cfg.model.get("module") or cfg.model).get("backbone", {})
+            cfg[key]["protocol"] = dict(protocol="linear" if backbone.get("frozen") else "finetune",
+                                        blocks=list(backbone.get("out_indices", [])))
             cfg[key]["provenance"] = dict(checkpoint=checkpoint, run=osp.abspath(cfg.work_dir), config=args.config,
                                           dataset=f"{loader.get('type')} {loader.get('data_root')} "
                                                   f"{loader.get('data_prefix', {}).get('img_path', '')}".strip())

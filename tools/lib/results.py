@@ -45,7 +45,7 @@ PUBLISHED = [
 ]
 PUBLISHED_DATASETS = dict(top1=IN1K, ap_box=COCO, ap_mask=COCO, miou=ADE)
 METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("attnprobe", "top-1 (attn)"), ("knn", "top-1 (k-NN)"),
-           ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU")]
+           ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU"), ("miou_linear", "mIoU (linear)")]
 CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "attnprobe": "attnprobe", "knn": "knn"}
 METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
 # config.json entries that are not pretraining settings to compare: the trainer's operational and
@@ -115,8 +115,9 @@ def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
                                f"on {_dataset('det', data)}, so detectron2 reports no AP): an untrained or diverged "
                                "detector; check its training log")
         return _dataset("det", data), dict(ap_box=_get(data, "bbox.AP", path), ap_mask=_get(data, "segm.AP", path))
-    if name == "seg_metrics.json":
-        return _dataset("seg", data), dict(miou=_get(data, "mIoU", path))
+    if name == "seg_metrics.json":  # a frozen encoder's linear head is its own column
+        metric = "miou_linear" if data.get("protocol") == "linear" else "miou"
+        return _dataset("seg", data), {metric: _get(data, "mIoU", path)}
     mode = _get(data, "mode", path)
     if mode not in CLS_MODES:
         raise MetricsError(f"{path}: unknown cls mode {mode!r} (expected one of {', '.join(CLS_MODES)})")
@@ -148,6 +149,8 @@ def collect_dir(run: Path, row: Row) -> None:
             source["sweep"] = data["sweep"]
         if data.get("preset"):  # the attentive probe's recipe and probed blocks: the column names them
             source["protocol"] = f"{data['preset']} {data['probe_layers']}"
+        if data.get("protocol") == "linear":  # the blocks a linear segmentation head read
+            source["protocol"] = "blocks " + ",".join(map(str, data.get("blocks", [])))
         if "provenance" not in data:
             row.problems.append(f"{path}: no provenance (checkpoint, dataset, commit): re-run the evaluation "
                                 "with this version of the suite; its cells are flagged '?'")
@@ -366,7 +369,7 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
 
 TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "attnprobe", "knn")),
          ("detection and instance segmentation: AP (%)", ("ap_box", "ap_mask")),
-         ("semantic segmentation: mIoU (%)", ("miou",))]
+         ("semantic segmentation: mIoU (%)", ("miou", "miou_linear"))]
 
 
 def chart_panels(rows: list[Row]) -> list[tuple[str, list[tuple[str, bool, dict]]]]:
