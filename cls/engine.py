@@ -22,6 +22,8 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.utils import accuracy, random_seed
 
 from cls.data import check_layout, loader
+from cls.robustness import check_eval_sets, score_eval_sets
+from semaim_core.data import eval_transform
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.errors import HelpFormatter, SettingError
 from semaim_core.layouts import read_encoder
@@ -67,6 +69,9 @@ def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> 
     if not trains:
         return ap
     ap.add_argument("--seed", type=int, default=0, help="seeds the head, data order, augmentation and mixup")
+    ap.add_argument("--eval-sets", nargs="+", default=[], metavar="NAME=PATH",
+                    help="also score the trained classifier on these sets (imagenet-v2=DIR, imagenet-real=real.json, "
+                         "imagenet-a=DIR, imagenet-r=DIR, imagenet-sketch=DIR; layouts: cls/robustness.py)")
     ap.add_argument("--stop-after-epochs", type=int, default=None,
                     help="stop (with a checkpoint) after this many epochs; a rerun resumes where it stopped")
     ap.add_argument("--save-every", type=int, default=1,
@@ -76,7 +81,7 @@ def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> 
 
 
 # Arguments that do not change the result (a rerun may change them).
-OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs", "save_every")
+OPERATIONAL = ("output_dir", "num_workers", "device", "overwrite", "stop_after_epochs", "save_every", "eval_sets")
 
 
 def start(args, check_encoder=None) -> bool:
@@ -93,6 +98,8 @@ def start(args, check_encoder=None) -> bool:
     refuse_address(args.encoder, "--encoder")  # before resolve() makes it a local path that does not exist
     args.data, args.encoder = str(Path(args.data).resolve()), str(Path(args.encoder).resolve())
     check_layout(args.data, getattr(args, "fit_images", None))
+    if getattr(args, "eval_sets", None):
+        check_eval_sets(args)  # a wrong path or layout is named now, not after training
     _, meta = read_encoder(args.encoder)
     if check_encoder:
         check_encoder(meta)
@@ -276,6 +283,13 @@ class EpochTrainer:
         if "head_top1" in metrics:
             result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])
         result.update(extra)
+        if self.args.eval_sets:
+            result["eval_sets"] = score_eval_sets(self.model, self.args, self.train_set.classes,
+                                                  eval_transform(self.args.img_size), self.device, self.world,
+                                                  self.rank, head=metrics.get("best_head"))
+            for scored in result["eval_sets"].values() if self.rank == 0 else ():
+                logger.info(f"{mode} top-1 {scored['top1']:.2f} on {scored['images']} images of {scored['dataset']} "
+                            f"({scored['path']})")
         if self.rank == 0:
             logger.info(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
                         f"{scored_folder(self.args)} (always answering the most frequent class: "

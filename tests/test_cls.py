@@ -406,3 +406,108 @@ def test_the_number_of_loader_workers_does_not_change_the_result(derived, encode
         main(argv + ["--epochs", "1", "--dtype", "fp32", "--fit-images", "64"])
         runs[workers] = load_file(tmp_path / f"w{workers}" / "checkpoint.pth")["model"]
     assert all(torch.equal(runs["0"][k], runs["2"][k]) for k in runs["0"])
+
+
+# ---------------------------------------------------------------------------- robustness sets
+def robustness_folders(derived, root):
+    """Tiny copies of the bundled crops in each set's standard layout (see cls/robustness.py): V2's
+    class-index folders, ReaL's renamed val/ images and real.json (two labels, one, none), A's and
+    R's subset of classes, Sketch's every class."""
+    import shutil
+
+    val = derived / "crops" / "val"
+    classes = sorted(d.name for d in val.iterdir())
+    images = {c: sorted((val / c).iterdir())[:2] for c in classes}
+    for name, picked in (("v2", classes), ("a", classes[:3]), ("r", classes[3:6]), ("sketch", classes)):
+        for c in picked:
+            folder = root / name / (str(classes.index(c)) if name == "v2" else c)
+            folder.mkdir(parents=True)
+            for image in images[c]:
+                shutil.copy(image, folder / image.name)
+    real, n = [], 0
+    for i, c in enumerate(classes):
+        (root / "imagenet" / "val" / c).mkdir(parents=True)
+        for image in images[c]:
+            n += 1
+            shutil.copy(image, root / "imagenet" / "val" / c / f"ILSVRC2012_val_{n:08d}.JPEG")
+            real.append([i, (i + 1) % len(classes)] if n % 3 == 0 else [] if n % 3 == 1 else [i])
+    (root / "real.json").write_text(json.dumps(real))
+    (root / "imagenet" / "train").symlink_to(derived / "crops" / "train")  # ImageNet's layout: train/ beside val/
+    return classes, {"imagenet-v2": root / "v2", "imagenet-real": root / "real.json", "imagenet-a": root / "a",
+                     "imagenet-r": root / "r", "imagenet-sketch": root / "sketch"}
+
+
+def test_robustness_sets_map_their_layouts_to_the_classifiers_classes(derived, tmp_path):
+    """Each set scored by a fixed classifier equals the score worked out image by image: V2's index
+    folders, ReaL's label lists (any label counts; no label: left out), A's and R's prediction among
+    their own classes only, Sketch's among all."""
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from cls.robustness import eval_set, parse_eval_sets, score
+    from semaim_core.data import eval_transform
+    from semaim_core.errors import DataError, SettingError
+
+    classes, paths = robustness_folders(derived, tmp_path)
+    class Colours(torch.nn.Module):  # a fixed classifier of the images' mean colour
+        def __init__(self):
+            super().__init__()
+            self.weights = torch.randn(3, len(classes), generator=torch.Generator().manual_seed(0))
+
+        def forward(self, images):
+            return images.mean((2, 3)) @ self.weights
+
+    model = Colours()
+
+    transform = eval_transform(64)
+    args = SimpleNamespace(batch_size=4, num_workers=0, data=str(tmp_path / "imagenet"),
+                           eval_sets=[f"{k}={v}" for k, v in paths.items()])
+    real = json.loads(paths["imagenet-real"].read_text())
+    for name, path in parse_eval_sets(args.eval_sets).items():
+        dataset, subset = eval_set(name, path, classes, transform, args.data + "/val")
+        expected, count = 0, 0
+        root = tmp_path / "imagenet" / "val" if name == "imagenet-real" else path
+        for file in sorted(p for p in Path(root).rglob("*") if p.is_file()):
+            label = (real[int(file.stem[-8:]) - 1] if name == "imagenet-real" else
+                     [int(file.parent.name)] if name == "imagenet-v2" else [classes.index(file.parent.name)])
+            if not label:
+                continue
+            logits = model(transform(Image.open(file).convert("RGB"))[None])[0]
+            allowed = sorted(classes.index(d.name) for d in Path(path).iterdir()) if name in (
+                "imagenet-a", "imagenet-r") else list(range(len(classes)))
+            pred = allowed[int(logits[allowed].argmax())]
+            expected, count = expected + (pred in label), count + 1
+        assert len(dataset) == count and (subset is None) == (name not in ("imagenet-a", "imagenet-r")), name
+        assert score(model, dataset, subset, args, torch.device("cpu"), 1, 0) == round(100 * expected / count, 3), name
+    real_set, _ = eval_set("imagenet-real", str(paths["imagenet-real"]), classes, transform, args.data + "/val")
+    assert len(real_set) == 18  # 10 of the 28 have no label
+    with pytest.raises(SettingError, match="give NAME=PATH with NAME one of imagenet-v2"):
+        parse_eval_sets(["imagenet-c=/x"])
+    with pytest.raises(DataError, match="are not training classes"):
+        eval_set("imagenet-a", str(paths["imagenet-v2"]), classes, transform, args.data + "/val")
+    with pytest.raises(DataError, match="not a folder of class folders"):
+        parse_eval_sets([f"imagenet-r={paths['imagenet-real']}"])
+
+
+def test_a_probe_scores_the_robustness_sets_and_the_tables_show_them(derived, encoder, tmp_path):
+    from cls.linprobe import main
+    from semaim_core.errors import DataError
+    from tools.lib.results import collect, columns
+
+    _, paths = robustness_folders(derived, tmp_path / "sets")
+    out = tmp_path / "lin"
+    argv = common(derived, encoder, out) + ["--epochs", "1", "--dtype", "fp32", "--eval-sets",
+                                            *(f"{k}={v}" for k, v in paths.items())]
+    with pytest.raises(DataError, match=r"000000\d+.jpg: ImageNet-ReaL scores val/ images named ILSVRC2012_val"):
+        main(argv)  # the crops' val/ is not ImageNet's: named before training
+    assert not out.exists()
+    argv[argv.index("--data") + 1] = str(tmp_path / "sets" / "imagenet")
+    result = main(argv)
+    scored = json.loads((out / "cls_metrics.json").read_text())["eval_sets"]
+    assert scored == result["eval_sets"] and list(scored) == list(paths)
+    assert [scored[k]["images"] for k in paths] == [28, 18, 6, 6, 28]
+    labels = [label for _, label in columns(collect([("lin", [str(out)])]))]
+    assert labels == ["top-1 (lin) [ImageNet-A]", "top-1 (lin) [ImageNet-R]", "top-1 (lin) [ImageNet-ReaL]",
+                      "top-1 (lin) [ImageNet-Sketch]", "top-1 (lin) [ImageNet-V2]", "top-1 (lin) [imagenet val]"]

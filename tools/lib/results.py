@@ -106,7 +106,8 @@ def _dataset(kind: str, data: dict) -> str:
     return str(p.get("dataset") or "unknown").split(" ")[0].removesuffix("Dataset") or "unknown"
 
 
-def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
+def _extract(name: str, data: dict, path: Path) -> dict:
+    """{(metric, dataset): value} of one metrics file."""
     if name == "det_metrics.json":
         # detectron2's COCOEvaluator with no detection to score: box AP null (NaN) and no mask task at all
         if data.get("task") == "det" and not data.get("segm") and all(
@@ -114,14 +115,19 @@ def _extract(name: str, data: dict, path: Path) -> tuple[str, dict]:
             raise MetricsError(f"{path}: the evaluation had no predictions to score (the detector predicted nothing "
                                f"on {_dataset('det', data)}, so detectron2 reports no AP): an untrained or diverged "
                                "detector; check its training log")
-        return _dataset("det", data), dict(ap_box=_get(data, "bbox.AP", path), ap_mask=_get(data, "segm.AP", path))
+        dataset = _dataset("det", data)
+        return {("ap_box", dataset): _get(data, "bbox.AP", path), ("ap_mask", dataset): _get(data, "segm.AP", path)}
     if name == "seg_metrics.json":  # a frozen encoder's linear head is its own column
         metric = "miou_linear" if data.get("protocol") == "linear" else "miou"
-        return _dataset("seg", data), {metric: _get(data, "mIoU", path)}
+        return {(metric, _dataset("seg", data)): _get(data, "mIoU", path)}
     mode = _get(data, "mode", path)
     if mode not in CLS_MODES:
         raise MetricsError(f"{path}: unknown cls mode {mode!r} (expected one of {', '.join(CLS_MODES)})")
-    return _dataset("cls", data), {CLS_MODES[mode]: _get(data, "top1", path)}
+    metric = CLS_MODES[mode]
+    values = {(metric, _dataset("cls", data)): _get(data, "top1", path)}
+    for name, scored in (data.get("eval_sets") or {}).items():  # robustness sets: a column each
+        values[(metric, scored.get("dataset", name))] = scored.get("top1")
+    return values
 
 
 def collect_dir(run: Path, row: Row) -> None:
@@ -140,7 +146,7 @@ def collect_dir(run: Path, row: Row) -> None:
         found = True
         try:
             data = _read(path)
-            dataset, values = _extract(name, data, path)
+            values = _extract(name, data, path)
         except MetricsError as e:
             row.problems.append(str(e))
             continue
@@ -154,7 +160,7 @@ def collect_dir(run: Path, row: Row) -> None:
         if "provenance" not in data:
             row.problems.append(f"{path}: no provenance (checkpoint, dataset, commit): re-run the evaluation "
                                 "with this version of the suite; its cells are flagged '?'")
-        for metric, value in values.items():
+        for (metric, dataset), value in values.items():
             if value is None:
                 row.problems.append(f"{path}: {metric} is null (nothing could be scored)")
             elif isinstance(value, bool) or not isinstance(value, (int, float)):
