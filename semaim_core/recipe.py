@@ -85,6 +85,10 @@ class Config:
     skip_unreadable: bool = setting(False, "skip unreadable images (counted) instead of stopping")
     max_image_pixels: int = setting(MAX_IMAGE_PIXELS, "images with more pixels are unreadable (PIL's "
                                                       "decompression-bomb limit; 0: no limit)")
+    monitor: tuple[str, str] | None = setting(None, "TRAIN VAL: two folders of class folders (a small labelled "
+                                                   "split); the encoder's k-NN top-1 on it and its RankMe are "
+                                                   "logged as training runs, without changing it")
+    monitor_every: float = setting(0.1, "--monitor every this fraction of the schedule (and at the last step)")
     max_steps: int | None = setting(None, "stop after this many steps (the schedule stays the full one; a later "
                                           "start with a larger value resumes)")
 
@@ -114,7 +118,7 @@ PRESETS = {
 
 # Settings that do not change what is trained (a resume may change them), and where to stop.
 OPERATIONAL = ("output_dir", "resume", "overwrite", "allow_recipe_change", "num_workers", "log_every", "save_every",
-               "keep", "compile", "grad_checkpointing", "device", "max_image_pixels")
+               "keep", "compile", "grad_checkpointing", "device", "max_image_pixels", "monitor", "monitor_every")
 STOPPING = ("max_steps",)
 
 

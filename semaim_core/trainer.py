@@ -26,6 +26,7 @@ from .data import ImageDataset, SeededSamples, find_images, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .export import export_encoder, save_encoder
 from .layouts import FORMAT_TRAIN
+from .monitor import Monitor
 from .optim import build_optimizer, build_scheduler
 from .provenance import suite_commit
 from .recipe import OPERATIONAL, STOPPING, Config
@@ -127,6 +128,9 @@ class Trainer:
                       data_files=file_list_digest(files, Path(cfg.data)))
         recipe = with_input_digests(recipe, ["teacher_weights"])
         given = self.read_given_checkpoint(cfg.resume, recipe)  # --resume PATH: checked before the claim
+        if not 0 < cfg.monitor_every <= 1:
+            raise ValueError(f"--monitor-every {cfg.monitor_every}: a fraction of the schedule, above 0 and at most 1")
+        self.monitor = Monitor(*cfg.monitor, cfg.img_size, cfg.batch_size, self.device) if cfg.monitor else None
         if self.is_main:  # before anything is read or written: one run per directory
             open_run(self.out, recipe, overwrite=cfg.overwrite, fresh=cfg.resume is None, stopping=STOPPING,
                      allow_change=cfg.allow_recipe_change, change_flag="--allow-recipe-change")
@@ -328,11 +332,15 @@ class Trainer:
             ips = self.eff_batch / (time.perf_counter() - tick)
             lr = self.optimizer.param_groups[0]["lr"]
             log.advance(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
-            if self.step % cfg.log_every == 0 or self.step == end:
+            watched = {}
+            if self.monitor and self.is_main and Monitor.due(self.step, self.total_steps, cfg.monitor_every, end):
+                watched = self.monitor.measure(self.model)
+            if self.step % cfg.log_every == 0 or self.step == end or watched:
                 row = step_row(self.step, epoch, {"loss": loss}, lr, self.eff_batch / ips, grad_norm=grad_norm,
-                               img_per_s=ips, skipped_images=skipped)
-                log.write(row, scalars=("loss", "lr", "grad_norm", "img_per_s"),
+                               img_per_s=ips, skipped_images=skipped, **watched)
+                log.write(row, scalars=("loss", "lr", "grad_norm", "img_per_s", *watched),
                           text=f"step {self.step}/{end}  epoch {epoch}  loss {loss:.4f}  lr {lr:.3e}  "
-                               f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}")
+                               f"grad_norm {grad_norm:.3f}  img/s {ips:.0f}  skipped {skipped}"
+                               + "".join(f"  {k.removeprefix('monitor_')} {v}" for k, v in watched.items()))
             if self.step % cfg.save_every == 0 or self.step % self.steps_per_epoch == 0 or self.step == end:
                 self.save()

@@ -108,7 +108,8 @@ def test_linear_probe_trains_only_the_head(derived, encoder, tmp_path):
 def test_knn(derived, encoder, tmp_path):
     import shutil
 
-    from cls.knn import knn_classify, main
+    from cls.knn import main
+    from semaim_core.knn import knn_classify
     from semaim_core.rundir import RunDirError
     from semaim_core.safe_io import save_atomic
 
@@ -145,7 +146,7 @@ def test_knn(derived, encoder, tmp_path):
 def test_the_knn_sweep_scores_each_k_and_temperature_as_its_own_vote_would():
     """One search for the largest k serves every smaller k: each (k, T) of the sweep equals the
     vote of that k and T alone, a k past the memory bank takes all of it, and the values differ."""
-    from cls.knn import knn_classify, knn_sweep
+    from semaim_core.knn import knn_classify, knn_sweep
 
     torch.manual_seed(0)
     train, test = (torch.nn.functional.normalize(torch.randn(n, 16), dim=1) for n in (300, 90))

@@ -42,11 +42,12 @@ def test_demo_runs_every_stage_and_prints_the_table(demo):
     out, stdout = demo
     assert [f"[demo {i}/9]" in stdout for i in range(1, 10)] == [True] * 9
     assert "Evidence of learning:" in stdout and "always the most frequent class" in stdout
+    assert "while pretraining (--monitor, k-NN on the crops): top-1" in stdout  # the curve beside the loss
     fit = json.loads((out / "fit_cls" / "cls_metrics.json").read_text())
     assert fit["top1"] >= 3 * fit["majority_top1"]  # the demo's encoder fits 16 crops too
     for f in ("pretrain/encoder.pth", "det/det_metrics.json", "seg/seg_metrics.json", "cls_ft/cls_metrics.json",
               "cls_lin/cls_metrics.json", "cls_attn/cls_metrics.json", "cls_knn/cls_metrics.json", "orders.png",
-              "results.md", "results.png"):
+              "pretraining.png", "results.md", "results.png"):
         assert (out / f).is_file(), f
     ours = next(line for line in (out / "results.md").read_text().splitlines() if "(ours)" in line)
     cells = [c.strip() for c in ours.strip("|").split("|")]

@@ -540,3 +540,40 @@ def test_pretraining_at_a_far_too_high_lr_says_so(tiny_coco, tmp_path, capsys):
     Trainer(cfg(tiny_coco, tmp_path, max_steps=6, depth=1, decoder_depth=1, blr=10.0, warmup_epochs=0)).fit()
     assert "WARNING: the loss jumped to" in capsys.readouterr().err
     assert "WARNING: the loss jumped to" in (tmp_path / "log.txt").read_text()
+
+
+# ---------------------------------------------------------------------------- the monitor
+def test_rankme_is_the_effective_rank():
+    from semaim_core.knn import rankme
+
+    assert rankme(torch.eye(8)) == pytest.approx(8, rel=1e-5)  # every direction alike
+    assert rankme(torch.randn(50, 1) @ torch.randn(1, 16)) == pytest.approx(1, abs=1e-3)  # collapsed
+    assert 1 < rankme(torch.randn(50, 16) * torch.linspace(0.01, 1, 16)) < 16
+
+
+def test_the_monitor_watches_without_changing_training_and_resumes(tiny_coco, derived, tmp_path):
+    """--monitor TRAIN VAL: the k-NN top-1 and RankMe rows at every quarter of the schedule (and at
+    each start's last step), once each across a resume, in metrics.jsonl and TensorBoard; the
+    weights at the end equal a run's without the monitor, bit for bit (drop path draws from the RNG)."""
+    crops = derived / "crops"
+    watch = dict(monitor=(str(crops / "train"), str(crops / "val")), monitor_every=0.25, log_every=5)
+    plain = Trainer(cfg(tiny_coco, tmp_path / "plain", max_steps=6, log_every=5))
+    plain.fit()
+    Trainer(cfg(tiny_coco, tmp_path / "watched", max_steps=3, **watch)).fit()
+    watched = Trainer(cfg(tiny_coco, tmp_path / "watched", max_steps=6, **watch))
+    watched.fit()
+    a, b = params(plain), params(watched)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    interval = round(watched.total_steps * 0.25)
+    rows = step_rows(tmp_path / "watched")
+    measured = [r["step"] for r in rows if "monitor_knn_top1" in r]
+    assert measured == sorted({s for s in range(1, 7) if s % interval == 0} | {3, 6}), (measured, interval)
+    assert [r["step"] for r in rows] == sorted(set(measured) | {5})  # each step once: logged, measured or both
+    features = len(watched.monitor.train) + len(watched.monitor.val)
+    for r in rows:
+        if "monitor_knn_top1" in r:
+            assert 0 <= r["monitor_knn_top1"] <= 100 and 1 <= r["monitor_rankme"] <= min(features, 192)
+    assert "knn_top1" in (tmp_path / "watched" / "log.txt").read_text()
+    with pytest.raises(Exception, match="--monitor .*not a folder"):
+        Trainer(cfg(tiny_coco, tmp_path / "bad", monitor=(str(crops / "train"), str(tmp_path / "nowhere"))))
+    assert not (tmp_path / "bad").exists()

@@ -31,8 +31,9 @@ stage "derive segmentation maps and object crops from data/tiny_coco -> data/der
 "$PY" tools/prepare_tiny_coco.py --source data/tiny_coco --out data/derived
 
 stage "pretrain SemAIM (ViT-Tiny width, 4 blocks, 96 px) on the 50 train images -> $OUT/pretrain"
+# --monitor: the encoder's k-NN top-1 on the object crops and its RankMe at every tenth of training
 PYTHON=$PY tools/pretrain.sh --preset demo --data data/tiny_coco/train2017 --output-dir "$OUT/pretrain" \
-  --epochs "$(pick 12 1)" --resume none --overwrite
+  --epochs "$(pick 12 1)" --resume none --overwrite --monitor data/derived/crops/train data/derived/crops/val
 
 stage "ViTDet Mask R-CNN on tiny_coco (detectron2) -> $OUT/det/det_metrics.json"
 ITERS=$(pick 100 4)

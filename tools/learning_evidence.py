@@ -42,11 +42,34 @@ def run_threads(out: Path) -> list[int]:
     return sorted({(_json(f).get("provenance") or {}).get("torch_threads") for f in files} - {None})
 
 
+def pretraining_rows(out: Path) -> list[dict]:
+    path = out / "pretrain" / "metrics.jsonl"
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.is_file() else []
+
+
+def plot_pretraining(rows: list[dict], path: Path) -> Path:
+    """The pretraining loss beside the monitor's k-NN top-1 and RankMe, step by step."""
+    from tools.lib.figures import pyplot, save_figure
+
+    watched = [r for r in rows if "monitor_knn_top1" in r]
+    fig, (loss, knn) = pyplot().subplots(1, 2, figsize=(9, 3.2))
+    loss.plot([r["step"] for r in rows], [r["loss"] for r in rows], color="tab:blue")
+    loss.set(xlabel="step", ylabel="loss", title="pretraining loss")
+    steps = [r["step"] for r in watched]
+    knn.plot(steps, [r["monitor_knn_top1"] for r in watched], "o-", color="tab:green")
+    knn.set(xlabel="step", title="the encoder while it trains (--monitor)")
+    knn.set_ylabel("k-NN top-1 (%)", color="tab:green")
+    rank = knn.twinx()
+    rank.plot(steps, [r["monitor_rankme"] for r in watched], "s--", color="tab:purple")
+    rank.set_ylabel("RankMe", color="tab:purple")
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
 def evidence(out: Path, data: Path) -> tuple[list[str], list[str], dict]:
     """(the evidence lines, the problems: missing runs and failed fit checks, the fit checks' scores)."""
     lines, problems, scores = [], [], {}
-    rows = [json.loads(x) for x in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()] \
-        if (out / "pretrain" / "metrics.jsonl").is_file() else []
+    rows = pretraining_rows(out)
     if len(rows) >= 2:
         k = max(1, len(rows) // 5)
         first, last = (sum(r["loss"] for r in part) / len(part) for part in (rows[:k], rows[-k:]))
@@ -54,6 +77,12 @@ def evidence(out: Path, data: Path) -> tuple[list[str], list[str], dict]:
                      f"{last:.3f} over the last {k} ({100 * (last - first) / first:+.1f}%)")
     else:
         problems.append(f"{out}/pretrain/metrics.jsonl: fewer than 2 logged steps")
+    watched = [r for r in rows if "monitor_knn_top1" in r]
+    if watched:
+        a, b = watched[0], watched[-1]
+        lines.append(f"while pretraining (--monitor, k-NN on the crops): top-1 {a['monitor_knn_top1']:.1f} at step "
+                     f"{a['step']} -> {b['monitor_knn_top1']:.1f} at step {b['step']}; RankMe "
+                     f"{a['monitor_rankme']:.1f} -> {b['monitor_rankme']:.1f}")
     for name, what in (("cls_ft", "fine-tuning"), ("cls_lin", "linear probe"), ("cls_attn", "attentive probe"),
                        ("cls_knn", "k-NN")):
         m = _json(out / name / "cls_metrics.json")
@@ -124,6 +153,8 @@ def main(argv=None):
                   date=time.strftime("%Y-%m-%d"), threads=run_threads(args.out),
                   wall_seconds=time.time() - args.started if args.started else None)
     write_json_atomic(args.out / "evidence.json", record)
+    if any("monitor_knn_top1" in r for r in pretraining_rows(args.out)):
+        print(f"wrote {plot_pretraining(pretraining_rows(args.out), args.out / 'pretraining.png')}")
     print("Evidence of learning:\n" + "\n".join(f"  {line}" for line in lines))
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)
