@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import math
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,13 @@ PUBLISHED = [
     dict(method="MAE 1600ep, efficient probing", source="the ICLR 2026 efficient-probing leaderboard's MAE ViT-B/16 "
          "row (frozen features; its own k-NN, linear and attentive-probe protocols)", knn=35.6, linprobe=67.8,
          attnprobe=75.5),
+    # frozen-feature references from other pretraining data (LVD-142M / LVD-1689M), by their model cards
+    dict(method="DINOv2 ViT-B/14 distilled", source="facebookresearch/dinov2 MODEL_CARD.md (LVD-142M; k-NN and "
+         "linear on ImageNet-1k, linear on ImageNet-V2)", knn=82.1, linprobe=84.5,
+         cells={("linprobe", "ImageNet-V2"): 74.9}),
+    dict(method="DINOv3 ViT-B/16 distilled", source="facebookresearch/dinov3 MODEL_CARD.md (LVD-1689M; the DINOv3 "
+         "paper's linear probes)", cells={("linprobe", "ImageNet-ReaL"): 89.3, ("linprobe", "ImageNet-R"): 76.7,
+                                          ("miou_linear", ADE): 51.8}),
 ]
 PUBLISHED_DATASETS = dict(top1=IN1K, linprobe=IN1K, attnprobe=IN1K, knn=IN1K, ap_box=COCO, ap_mask=COCO, miou=ADE)
 METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("attnprobe", "top-1 (attn)"), ("knn", "top-1 (k-NN)"),
@@ -251,7 +259,10 @@ def published_rows() -> list[Row]:
     rows = []
     for r in PUBLISHED:
         values = {(k, PUBLISHED_DATASETS[k]): v for k, v in r.items() if k in PUBLISHED_DATASETS}
-        values[("epochs", "")] = int(r["method"].split(" ")[1].split("ep")[0].strip(","))
+        values.update(r.get("cells", {}))  # a metric on another dataset than its usual one
+        epochs = re.search(r" (\d+)ep\b", r["method"])  # "MAE 1600ep": the pretraining length, where named
+        if epochs:
+            values[("epochs", "")] = int(epochs.group(1))
         rows.append(Row(f"{r['method']} (published)", values, published=True, note=r["source"]))
     return rows
 
