@@ -52,7 +52,8 @@ class Step:
 DET = ["vitdet_semaim", "vitdet_semaim_cascade", "vitdet_semaim_lvis", "vitdet_semaim_lvis_cascade"]
 DET_L = ["vitdet_semaim_large", "vitdet_semaim_cascade_large", "vitdet_semaim_lvis_cascade_large"]
 SEG = ["upernet_semaim-vit-b16_8xb2-amp-160k_ade20k-512x512",
-       "upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512"]
+       "upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512",
+       "linear_semaim-vit-b16_8xb2-40k_ade20k-512x512", "linear4_semaim-vit-b16_8xb2-40k_ade20k-512x512"]
 SEG_L = ["upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512"]
 CLS = ["finetune", "linprobe", "attnprobe", "knn"]
 

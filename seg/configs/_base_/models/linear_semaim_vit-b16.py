@@ -1,32 +1,23 @@
 # Frozen-feature linear segmentation, DINOv3's protocol (dinov3/eval/segmentation/configs/
-# config-ade20k-linear-training.yaml and linear_head.py), without a dataset: the SemAIM ViT-B/16
-# frozen (no gradient, eval mode), the last block's patch tokens through the encoder's final norm,
-# then Dropout2d 0.1, BatchNorm and a 1 x 1 conv; AdamW lr 1e-3, betas (0.9, 0.999), weight decay
-# 1e-3, no gradient clipping, fp32; DINOv3's WarmupOneCycleLR (1500 warm-up iterations from 1e-6 x
-# lr, cosine to 0 over 40k iterations); cross-entropy; slide inference 512 / stride 341. Leaves add a dataset base.
-_base_ = ["mmseg::_base_/default_runtime.py", "mmseg::_base_/schedules/schedule_40k.py", "../semaim_runtime.py"]
+# config-ade20k-linear-training.yaml and linear_head.py), without a dataset: the paper's UperNet
+# model base with its backbone frozen (no gradient, eval mode, no drop path), the last block's
+# patch tokens through the encoder's final norm, and in place of the neck and heads Dropout2d 0.1,
+# BatchNorm and a 1 x 1 conv; AdamW lr 1e-3, betas (0.9, 0.999), weight decay 1e-3, no gradient
+# clipping, fp32; DINOv3's WarmupOneCycleLR (1500 warm-up iterations from 1e-6 x lr, cosine to 0
+# over 40k iterations); cross-entropy; slide inference 512 / stride 341. Leaves add a dataset base.
+_base_ = ["./upernet_semaim_vit-b16.py"]
 norm_cfg = dict(type="SyncBN", requires_grad=True)  # DINOv3's nn.SyncBatchNorm (BN on one process)
 model = dict(
-    type="EncoderDecoder",
-    data_preprocessor=dict(type="SegDataPreProcessor", mean=[123.675, 116.28, 103.53], std=[58.395, 57.12, 57.375],
-                           bgr_to_rgb=True, pad_val=0, seg_pad_val=255, size=(512, 512)),
     backbone=dict(
-        type="SemAIMViT",
-        checkpoint="runs/semaim_b/encoder.pth",  # an exported SemAIM encoder
-        img_size=(512, 512),
-        patch_size=16,
-        embed_dims=768,
-        num_layers=12,
-        num_heads=12,
-        mlp_ratio=4,
         drop_path_rate=0.0,
-        norm_cfg=dict(type="LN", eps=1e-6),
         out_indices=[11],  # DINOv3's backbone_out_layers: LAST
         final_norm=True,  # use_backbone_norm
         norm_outputs=True,
         frozen=True,
     ),
+    neck=None,
     decode_head=dict(
+        _delete_=True,
         type="LinearBNHead",
         in_channels=[768],
         in_index=[0],
@@ -38,13 +29,10 @@ model = dict(
         align_corners=False,
         loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0),
     ),
-    train_cfg=dict(),
-    test_cfg=dict(mode="slide", crop_size=(512, 512), stride=(341, 341)),
+    auxiliary_head=None,
 )
 optim_wrapper = dict(_delete_=True, type="OptimWrapper",
                      optimizer=dict(type="AdamW", lr=1e-3, betas=(0.9, 0.999), weight_decay=1e-3))
 param_scheduler = [dict(type="WarmupOneCycleLR", warmup=1500, warmup_ratio=1e-6, total=40000, by_epoch=False)]
 train_cfg = dict(type="IterBasedTrainLoop", max_iters=40000, val_interval=5000)  # DINOv3's eval_interval
 default_hooks = dict(checkpoint=dict(interval=5000))
-vis_backends = [dict(type="LocalVisBackend"), dict(type="TensorboardVisBackend")]
-visualizer = dict(type="SegLocalVisualizer", vis_backends=vis_backends, name="visualizer")
