@@ -61,7 +61,7 @@ def test_attentive_probe_fits_a_few_images(derived, demo_encoder, tmp_path):
 
     result = main(["--data", str(derived / "crops"), "--encoder", str(demo_encoder[0]), "--output-dir", str(tmp_path),
                    "--img-size", "64", "--batch-size", "16", "--num-workers", "0", "--device", "cpu",
-                   "--fit-images", "16", "--save-every", "100", "--probe-layers", "2",
+                   "--fit-images", "16", "--save-every", "100", "--probe-layers", "last2",
                    "--epochs", "60", "--warmup-epochs", "2", "--lr-grid", "0.5", "--mixup", "0", "--cutmix", "0",
                    "--randaug", "", "--color-jitter", "0", "--smoothing", "0", "--dtype", "fp32"])
     assert cls_failure(result) is None, result
