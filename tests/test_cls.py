@@ -492,6 +492,14 @@ def test_robustness_sets_map_their_layouts_to_the_classifiers_classes(derived, t
         parse_eval_sets([f"imagenet-r={paths['imagenet-real']}"])
 
 
+def test_robustness_sets_are_sharded_so_each_image_is_scored_once():
+    from cls.robustness import shard
+
+    images = list(range(7503))  # ImageNet-A's 7500 and a few: not a multiple of the 8 ranks
+    parts = [list(shard(images, rank, 8)) for rank in range(8)]
+    assert sorted(i for part in parts for i in part) == images and shard(images, 0, 1) is images
+
+
 def test_a_probe_scores_the_robustness_sets_and_the_tables_show_them(derived, encoder, tmp_path):
     from cls.linprobe import main
     from semaim_core.errors import DataError
