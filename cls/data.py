@@ -49,15 +49,22 @@ def check_layout(root: str, fit_images: int | None = None):
 def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
     """With ``shuffle`` (training) the order of epoch e is a function of (seed, e) alone
     (``set_epoch``) and each image's augmentation of (seed, e, index) (``SeededSamples``), so a
-    resumed run sees the data the uninterrupted one would, whatever the number of workers."""
-    if world > 1:
-        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=shuffle, seed=seed)
-    else:
-        sampler = EpochSampler(dataset, seed) if shuffle else torch.utils.data.SequentialSampler(dataset)
+    resumed run sees the data the uninterrupted one would, whatever the number of workers. Without
+    (evaluation) each rank reads its ``shard``."""
     if shuffle:
+        sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed) if world > 1 \
+            else EpochSampler(dataset, seed)
         dataset, sampler = SeededSamples(dataset, seed), EpochKeys(sampler)
+    else:  # evaluation, in order: each image on one rank
+        dataset, sampler = shard(dataset, rank, world), None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available())
+
+
+def shard(dataset, rank: int, world: int) -> torch.utils.data.Dataset:
+    """This rank's share of an evaluation set, every world-th image: each image is scored once over
+    all ranks (a DistributedSampler pads the last shard with repeats, which a score counts twice)."""
+    return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
 
 class EpochSampler(torch.utils.data.RandomSampler):

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets import ImageFolder
 
+from cls.data import loader
 from semaim_core.distributed import all_reduce_mean
 from semaim_core.errors import DataError, SettingError
 from semaim_core.safe_io import check_file
@@ -93,19 +94,12 @@ def eval_set(name: str, path: str, classes: list[str], transform, val_dir: str) 
     return MultiLabelFolder(folder, labels, len(classes)), subset
 
 
-def shard(dataset, rank: int, world: int) -> torch.utils.data.Dataset:
-    """This rank's images, every world-th: each image scored once over all ranks (a
-    DistributedSampler would pad the last shard with repeats, which a score would count twice)."""
-    return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
-
-
 @torch.no_grad()
 def score(model, dataset, subset, args, device, world: int, rank: int, head: int | None = None) -> float:
     """Top-1 (%): the prediction (among ``subset`` if given) is one of the image's labels. ``head``:
     which head of a model that returns several side by side (the attentive probe's grid)."""
     model.eval()
-    data = torch.utils.data.DataLoader(shard(dataset, rank, world), batch_size=args.batch_size,
-                                       num_workers=args.num_workers)
+    data = loader(dataset, args.batch_size, args.num_workers, world, rank, False, 0, False)
     hits = torch.zeros(2, device=device)
     for images, target in data:
         logits = model(images.to(device)).float()

@@ -492,8 +492,8 @@ def test_robustness_sets_map_their_layouts_to_the_classifiers_classes(derived, t
         parse_eval_sets([f"imagenet-r={paths['imagenet-real']}"])
 
 
-def test_robustness_sets_are_sharded_so_each_image_is_scored_once():
-    from cls.robustness import shard
+def test_evaluation_sets_are_sharded_so_each_image_is_scored_once():
+    from cls.data import shard
 
     images = list(range(7503))  # ImageNet-A's 7500 and a few: not a multiple of the 8 ranks
     parts = [list(shard(images, rank, 8)) for rank in range(8)]
@@ -520,3 +520,37 @@ def test_a_probe_scores_the_robustness_sets_and_the_tables_show_them(derived, en
     labels = [label for _, label in columns(collect([("lin", [str(out)])]))]
     assert labels == ["top-1 (lin) [ImageNet-A]", "top-1 (lin) [ImageNet-R]", "top-1 (lin) [ImageNet-ReaL]",
                       "top-1 (lin) [ImageNet-Sketch]", "top-1 (lin) [ImageNet-V2]", "top-1 (lin) [imagenet val]"]
+
+
+def _evaluate_on_rank(rank, world, init, out):
+    import torch.distributed as dist
+
+    from cls.data import loader
+    from cls.engine import evaluate
+
+    dist.init_process_group("gloo", init_method=f"file://{init}", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = torch.utils.data.TensorDataset(torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    result = evaluate(model, loader(data, 2, 0, world, rank, False, 0, False), torch.device("cpu"), world)
+    if rank == 0:
+        out.put(result)
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow(seconds=15)
+def test_two_ranks_score_seven_images_as_one_process_does(tmp_path):
+    """Evaluation under DDP: 7 images on 2 ranks are 4 + 3, each scored once (a DistributedSampler
+    would pad to 4 + 4 and count one image twice), and the top-1 equals one process's."""
+    import torch.multiprocessing as mp
+
+    from cls.data import loader
+    from cls.engine import evaluate
+
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_evaluate_on_rank, args=(2, tmp_path / "init", queue), nprocs=2)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    data = torch.utils.data.TensorDataset(torch.randn(7, 4), torch.tensor([0, 1, 2, 0, 1, 2, 0]))
+    alone = evaluate(model, loader(data, 2, 0, 1, 0, False, 0, False), torch.device("cpu"), 1)
+    assert queue.get() == alone
