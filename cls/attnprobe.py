@@ -23,7 +23,8 @@ default. Both share:
            mixup 0.8, cutmix 1.0, label smoothing 0.1, the last 6 blocks
     aimv2  AIMv2's Table A2 (Fini et al., 2024; its baselines AIMv1, MAE and DINOv2 included):
            lr grid 5e-5, 1e-4, 2e-4, 3e-4, 5e-4, 1e-3, 2e-3, weight decay grid 0.05, 0.1, no mixup,
-           cutmix or label smoothing, the last block
+           cutmix or label smoothing, the last block (its other settings are not restated here: the
+           preset keeps the shared ones above)
 
 ``--probe-layers``: last6 (the mean of the last 6 blocks), last1 (the last block), mid6 (six
 blocks from the middle on: blocks 12-17 of 24, ml-aim's ``constants.LAYERS_BEST`` for AIM-1B and
