@@ -101,13 +101,13 @@ def score(model, dataset, subset, args, device, world: int, rank: int, head: int
     model.eval()
     data = loader(dataset, args.batch_size, args.num_workers, world, rank, False, 0, False)
     hits = torch.zeros(2, device=device)
+    index = None if subset is None else torch.tensor(subset, device=device)
     for images, target in data:
         logits = model(images.to(device)).float()
         if head is not None:
             logits = logits[head]
         target = target.to(device)
-        if subset is not None:
-            index = torch.tensor(subset, device=device)
+        if index is not None:
             pred = index[logits[:, index].argmax(1)]
         else:
             pred = logits.argmax(1)

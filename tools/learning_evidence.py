@@ -153,8 +153,9 @@ def main(argv=None):
                   date=time.strftime("%Y-%m-%d"), threads=run_threads(args.out),
                   wall_seconds=time.time() - args.started if args.started else None)
     write_json_atomic(args.out / "evidence.json", record)
-    if any("monitor_knn_top1" in r for r in pretraining_rows(args.out)):
-        print(f"wrote {plot_pretraining(pretraining_rows(args.out), args.out / 'pretraining.png')}")
+    rows = pretraining_rows(args.out)
+    if any("monitor_knn_top1" in r for r in rows):
+        print(f"wrote {plot_pretraining(rows, args.out / 'pretraining.png')}")
     print("Evidence of learning:\n" + "\n".join(f"  {line}" for line in lines))
     for p in problems:
         print(f"warning: {p}", file=sys.stderr)

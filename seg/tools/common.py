@@ -99,7 +99,7 @@ def load_config(args) -> Config:
             loader = cfg.get(key.replace("evaluator", "dataloader"), {}).get("dataset", {})
             cfg[key]["json_file"] = metrics_file
             cfg[key]["overwrite"] = bool(getattr(args, "overwrite", False))
-            backbone = (cfg.model.get("module") or cfg.model).get("backbone", {})
+            backbone = backbone_cfg(cfg)
             cfg[key]["protocol"] = dict(protocol="linear" if backbone.get("frozen") else "finetune",
                                         blocks=list(backbone.get("out_indices", [])))
             cfg[key]["provenance"] = dict(checkpoint=checkpoint, run=osp.abspath(cfg.work_dir), config=args.config,
@@ -149,12 +149,17 @@ def check_hooks(cfg: Config):
             raise UnknownKeyError(f"{where}.{key}: {cls.__name__} has no setting '{key}'{hint}")
 
 
+def backbone_cfg(cfg: Config) -> dict:
+    """The backbone's settings, also under a model wrapper (``model.module``, as the TTA model has them)."""
+    return (cfg.model.get("module") or cfg.model).get("backbone", {})
+
+
 def check_inputs(cfg: Config, splits=("train", "val", "test")):
     """The datasets of ``splits`` and the backbone's checkpoint, checked before the work dir is
     claimed; all that are missing are named at once."""
     loaders = [cfg.get(f"{split}_dataloader") for split in splits]
     checks = [lambda d=loader["dataset"]: check_dataset(d) for loader in loaders if loader]
-    backbone = (cfg.model.get("module") or cfg.model).get("backbone", {})
+    backbone = backbone_cfg(cfg)
     if backbone.get("checkpoint"):
         checks.append(lambda: check_file(backbone["checkpoint"], "model.backbone.checkpoint"))
     check_all(checks)

@@ -12,7 +12,7 @@ import os
 import torch
 
 from seg.engine import read_checkpoint
-from seg.tools.common import build_runner, load_config, parser
+from seg.tools.common import backbone_cfg, build_runner, load_config, parser
 from semaim_core.errors import SettingError, command
 from semaim_core.provenance import check_replaceable, result_source
 from semaim_core.safe_io import CheckpointError
@@ -54,7 +54,7 @@ def main(argv=None):
     if args.show_dir:
         cfg.default_hooks.visualization.update(draw=True, interval=1)
         cfg.visualizer.save_dir = args.show_dir
-    (cfg.model.get("module") or cfg.model).backbone.checkpoint = None  # the segmentor checkpoint holds it
+    backbone_cfg(cfg).checkpoint = None  # the segmentor checkpoint holds it
     cfg.load_from = None
     runner = build_runner(cfg, splits=("test",))
     load_segmentor(runner.model, args.checkpoint)
