@@ -11,13 +11,17 @@ LAYOUT_HINTS = {
     "COCOStuffDataset": "COCO-Stuff needs images/{train2017,val2017} and annotations/{train2017,val2017}/"
                         "*_labelTrainIds.png; for the bundled tiny set run `make data` "
                         "(tools/prepare_tiny_coco.py writes data/derived/coco_stuff)",
+    "NYUDataset": "NYU Depth v2 must be laid out as data/nyu/{images,annotations}/{train,test}/ with "
+                  "<scene>_<number>.jpg images and same-named 16-bit PNG depth in millimetres (mmseg's layout, "
+                  "written by mmseg's tools/dataset_converters/nyu.py; docs/depth.md); set data_root with "
+                  "--cfg-options or a symlink",
 }
 
 
 def check_dataset(dataset_cfg) -> None:
     root = dataset_cfg.get("data_root", "")
     prefix = dataset_cfg.get("data_prefix", {})
-    for key in ("img_path", "seg_map_path"):
+    for key in ("img_path", "depth_map_path" if "depth_map_path" in prefix else "seg_map_path"):
         path = os.path.join(root, prefix.get(key, ""))
         if not os.path.isdir(path):
             kind = dataset_cfg.get("type", "the dataset")

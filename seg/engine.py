@@ -90,23 +90,30 @@ class SemAIMLayerDecayOptimizerConstructor(DefaultOptimWrapperConstructor):
 
 @PARAM_SCHEDULERS.register_module()
 class WarmupOneCycleLR(LRSchedulerMixin, _ParamScheduler):
-    """DINOv3's segmentation schedule (dinov3/eval/segmentation/schedulers.py, with the linear
-    protocol's settings: pct_start 0, final_div_factor inf, cosine): at iteration t of ``total``,
-    during the first ``warmup`` iterations the lr is peak x (1 - k) x (1 - t / total) with
-    k = (1 - t / warmup) x (1 - ``warmup_ratio``); after them peak x (1 + cos(pi (t + 1) / total)) / 2.
-    mmengine's LinearLR and CosineAnnealingLR compose to a cosine during the warm-up instead, 3.5 %
-    of the peak away from it at the warm-up's end."""
+    """DINOv3's WarmupOneCycleLR (dinov3/eval/segmentation/schedulers.py, and depth/schedulers.py
+    alike, with pct_start 0 and a cosine). At iteration t of ``total``, after the ``warmup``
+    iterations the lr anneals from the peak by a cosine, peak x (f + (1 - f) (1 + cos(pi (t + 1) / total)) / 2),
+    to the floor f = 1 / (``div_factor`` x ``final_div_factor``) (0 with the segmentation protocol's
+    final_div_factor inf). The warm-up, with ``warmup_ratio`` > 0 (segmentation): peak x (1 - k) x
+    (1 - t / total), k = (1 - t / warmup) x (1 - warmup_ratio); with warmup_ratio 0 (depth): peak x
+    (1 / final_div_factor + t / warmup x (1 + cos(pi t / total)) / 2). mmengine's LinearLR and
+    CosineAnnealingLR compose to a cosine during the warm-up instead, 3.5 % of the peak away from it
+    at the warm-up's end. Its beta1 schedule is seg.depth.WarmupOneCycleMomentum."""
 
-    def __init__(self, optimizer, warmup: int, warmup_ratio: float, total: int, **kwargs):
+    def __init__(self, optimizer, warmup: int, warmup_ratio: float, total: int, final_div_factor: float = math.inf,
+                 div_factor: float = 25.0, **kwargs):
         self.warmup, self.warmup_ratio, self.total = warmup, warmup_ratio, total
+        self.final_div_factor, self.floor = final_div_factor, 1 / (div_factor * final_div_factor)
         # the runner passes an ``end`` of its own (its epoch count, unless by_epoch=False is given)
         super().__init__(optimizer, **{**kwargs, "begin": 0, "end": total, "by_epoch": False})
 
     def factor(self, t: int) -> float:
-        if t < self.warmup:
+        if t < self.warmup and self.warmup_ratio:
             k = (1 - t / self.warmup) * (1 - self.warmup_ratio)
             return (1 - k) * (1 - t / self.total)
-        return (1 + math.cos(math.pi * (t + 1) / self.total)) / 2
+        if t < self.warmup:
+            return 1 / self.final_div_factor + t / self.warmup * (1 + math.cos(math.pi * t / self.total)) / 2
+        return self.floor + (1 - self.floor) * (1 + math.cos(math.pi * (t + 1) / self.total)) / 2
 
     def _get_value(self):
         return [base * self.factor(self.last_step) for base in self.base_values]

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tools.learning_evidence import RECORD, readme_block
-from tools.lib.fit_checks import cls_failure, det_failure, seg_failure
+from tools.lib.fit_checks import cls_failure, depth_failure, det_failure, seg_failure
 from tools.lib.results import ablation, chart_panels, collect, published_rows, results_chart, table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,7 +66,7 @@ def test_readme_shows_a_recorded_full_demo_that_passes_every_fit_check(demo):
     assert readme_block(record) in (REPO / "README.md").read_text()
     fit = record["fit_checks"]  # held to today's pass marks: raising a mark makes the README stale
     assert cls_failure(fit["cls"]) is None and seg_failure(fit["seg"], fit["seg"]["majority"]) is None
-    assert det_failure(fit["det"]) is None
+    assert det_failure(fit["det"]) is None and depth_failure(fit["depth"], fit["depth"]["constant_rmse"]) is None
     # the demo prints today what the README shows, up to the numbers (quick: no det and seg fit checks)
     quick = json.loads((out / "evidence.json").read_text())
     assert quick["quick"] and quick["problems"] == [] and quick["threads"] == [int(os.environ.get("OMP_NUM_THREADS",

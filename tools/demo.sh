@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole suite on the bundled real data, on a CPU: derive the datasets, pretrain a small
 # SemAIM encoder, export it, fine-tune and evaluate detection (AP), segmentation (mIoU) and
-# classification (top-1: fine-tuning, linear and attentive probes, k-NN), run the fit checks, draw
+# classification (top-1: fine-tuning, linear and attentive probes, k-NN), run the fit checks (depth
+# on frozen features among them), draw
 # the orders, print the table and the evidence that each stage learns.
 #
 #   make demo                      # = bash tools/demo.sh, after make setup
@@ -27,7 +28,7 @@ export PYTHONWARNINGS=ignore
 export OMP_NUM_THREADS=${DEMO_THREADS:-2} MKL_NUM_THREADS=${DEMO_THREADS:-2}
 STARTED=$(date +%s)
 
-stage "derive segmentation maps and object crops from data/tiny_coco -> data/derived"
+stage "derive segmentation maps, depth scenes and object crops from data/tiny_coco -> data/derived"
 "$PY" tools/prepare_tiny_coco.py --source data/tiny_coco --out data/derived
 
 stage "pretrain SemAIM (ViT-Tiny width, 4 blocks, 96 px) on the 50 train images -> $OUT/pretrain"
@@ -66,6 +67,9 @@ stage "fit checks: each downstream model trains on a few training images and is 
   --num-workers "$(pick 2 0)" \
   --epochs 100 --warmup-epochs 2 --save-every 100 \
   --blr 1e-2 --mixup 0 --cutmix 0 --randaug "" --reprob 0 --smoothing 0 --drop-path 0 --layer-decay 1.0 --dtype fp32
+# the frozen encoder's linear depth head on 4 scenes of known depth (tools/lib/depth_scenes.py)
+"$PY" -m seg.tools.train seg/configs/lineardepth_semaim-vit-tiny_1xb4-fit_depth-scenes-128x160.py \
+  --work-dir "$OUT/fit_depth" --overwrite --cfg-options model.backbone.checkpoint="$ENC"
 if [ "$QUICK" = 1 ]; then
   echo "(quick mode: the detection and segmentation fit checks are left to tests/test_fit_checks.py)"
 else

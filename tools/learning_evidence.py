@@ -22,7 +22,7 @@ from pathlib import Path
 from semaim_core.errors import HelpFormatter, command
 from semaim_core.provenance import suite_commit
 from semaim_core.safe_io import write_json_atomic
-from tools.lib.fit_checks import cls_failure, det_failure, seg_failure, seg_majority
+from tools.lib.fit_checks import cls_failure, depth_constant, depth_failure, det_failure, seg_failure, seg_majority
 
 RECORD = "docs/demo_evidence.json"  # beside README.md: the full run its demo block shows
 README_BLOCK = re.compile(r"(<!-- demo-evidence: begin.*?-->\n)(.*?)(<!-- demo-evidence: end -->)", re.S)
@@ -105,6 +105,13 @@ def evidence(out: Path, data: Path) -> tuple[list[str], list[str], dict]:
         checks.append((f"fit check: UperNet on 4 train maps, scored on them: aAcc {m['aAcc']:.1f}, mIoU "
                        f"{m['mIoU']:.1f}; always the most frequent class: {majority[0]:.1f}, {majority[1]:.1f}",
                        seg_failure(m, majority)))
+    m = _json(out / "fit_depth" / "depth_metrics.json")
+    if m:
+        constant = depth_constant(data / "depth_scenes" / "annotations" / "train")
+        scores["depth"] = dict(rmse=m["rmse"], d1=m["d1"], constant_rmse=constant)
+        checks.append((f"fit check: linear depth head on the frozen encoder, 4 scenes of known depth, scored on "
+                       f"them: RMSE {m['rmse']:.2f} m, delta1 {m['d1']:.1f} %; the best constant: RMSE "
+                       f"{constant:.2f} m", depth_failure(m, constant)))
     m = _json(out / "fit_det" / "det_metrics.json")
     if m:
         scores["det"] = dict(bbox=dict(AP50=m["bbox"]["AP50"]), segm=dict(AP=m["segm"]["AP"]))
@@ -115,7 +122,7 @@ def evidence(out: Path, data: Path) -> tuple[list[str], list[str], dict]:
         if failure:
             problems.append(f"fit check failed: {what.split(': ')[1]}: {failure}")
     if not checks:
-        problems.append("no fit check ran (fit_cls, fit_seg, fit_det)")
+        problems.append("no fit check ran (fit_cls, fit_seg, fit_depth, fit_det)")
     return lines, problems, scores
 
 

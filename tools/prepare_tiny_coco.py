@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Derive the COCO-Stuff-layout semantic maps and the object-crop ImageFolder from tiny_coco.
+"""Derive the COCO-Stuff-layout semantic maps, the depth scenes (NYU layout) and the object-crop
+ImageFolder from tiny_coco.
 
     python tools/prepare_tiny_coco.py --source data/tiny_coco --out data/derived
 """
@@ -16,7 +17,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
     ap.add_argument("--source", default="data/tiny_coco",
                     help="COCO-format root with annotations/, train2017/, val2017/")
-    ap.add_argument("--out", default="data/derived", help="writes OUT/coco_stuff and OUT/crops")
+    ap.add_argument("--out", default="data/derived", help="writes OUT/coco_stuff, OUT/depth_scenes and OUT/crops")
     for f in fields(CropSettings):
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=type(f.default), default=f.default, help="crop setting")
     args = ap.parse_args(argv)

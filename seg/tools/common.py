@@ -26,7 +26,7 @@ from semaim_core.safe_io import check_file
 def parser(description: str) -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     ap.add_argument("config", help="an mmseg config: a path, or a name in seg/configs/ (e.g. upernet_semaim.py)")
-    ap.add_argument("--work-dir", help="where logs, checkpoints and seg_metrics.json go")
+    ap.add_argument("--work-dir", help="where logs, checkpoints and seg_metrics.json (depth_metrics.json) go")
     ap.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config values: key=value")
     ap.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none",
                     help="'pytorch' under torchrun for multi-GPU / multi-node")
@@ -40,6 +40,8 @@ def parser(description: str) -> argparse.ArgumentParser:
     return ap
 
 
+# the suite's evaluators and the file each writes its result to, in the work dir
+METRIC_FILES = {"SemAIMIoUMetric": "seg_metrics.json", "SemAIMDepthMetric": "depth_metrics.json"}
 # --vis-backend: mmengine's backends for the services users log to (off unless asked for)
 EXTRA_VIS_BACKENDS = {"wandb": "WandbVisBackend", "mlflow": "MLflowVisBackend"}
 
@@ -92,12 +94,12 @@ def load_config(args) -> Config:
     cfg.launcher = args.launcher
     cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
         "./work_dirs", osp.splitext(osp.basename(args.config))[0])
-    metrics_file = osp.join(cfg.work_dir, "seg_metrics.json")
     checkpoint = getattr(args, "checkpoint", None)  # test.py scores a file; train.py its own model
     for key in ("val_evaluator", "test_evaluator"):
-        if cfg.get(key, {}).get("type") == "SemAIMIoUMetric":
+        name = METRIC_FILES.get(cfg.get(key, {}).get("type"))
+        if name:
             loader = cfg.get(key.replace("evaluator", "dataloader"), {}).get("dataset", {})
-            cfg[key]["json_file"] = metrics_file
+            cfg[key]["json_file"] = osp.join(cfg.work_dir, name)
             cfg[key]["overwrite"] = bool(getattr(args, "overwrite", False))
             backbone = backbone_cfg(cfg)
             cfg[key]["protocol"] = dict(protocol="linear" if backbone.get("frozen") else "finetune",

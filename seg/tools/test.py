@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Evaluate a trained segmentor: mIoU, mAcc, aAcc and per-class IoU to <work_dir>/seg_metrics.json.
+"""Evaluate a trained segmentor: mIoU, mAcc, aAcc and per-class IoU to <work_dir>/seg_metrics.json
+(a depth estimator: RMSE, AbsRel, delta1 and the other errors to <work_dir>/depth_metrics.json).
 
     python -m seg.tools.test seg/configs/upernet_semaim.py work_dirs/upernet_semaim_b/iter_160000.pth
     python -m seg.tools.test upernet_semaim.py CKPT --tta --out preds/ --show-dir vis/
 
 --tta: multi-scale + flip (the config's tta_pipeline and tta_model, as mmseg's tools/test.py);
---out: the predicted label maps as PNGs; --show-dir: coloured predictions beside the images.
+--out: the predicted label maps as PNGs (depth: 16-bit PNGs in millimetres); --show-dir: coloured
+predictions beside the images.
 """
 import os
 
@@ -60,7 +62,7 @@ def main(argv=None):
     load_segmentor(runner.model, args.checkpoint)
     with torch.no_grad():
         metrics = runner.test()
-    print(f"{metrics} -> {cfg.work_dir}/seg_metrics.json")
+    print(f"{metrics} -> {json_file}")
     return metrics
 
 

@@ -9,6 +9,8 @@ bundled ``data/tiny_coco``) this writes, deterministically:
   ``clsID_to_trID`` for things), everything else is 255. Instances are painted largest first so
   that a small object lying on a larger one keeps its label; crowd regions are labelled with
   their class, as in COCO-Stuff.
+* ``depth_scenes/``: NYU Depth v2's layout, scenes of known depth rendered over the images
+  (``tools.lib.depth_scenes``), for the linear depth protocol's checks.
 * ``crops/``: a torchvision ``ImageFolder`` (``{train,val}/<class>/*.jpg``) of non-crowd object
   crops, for the classes with at least ``min_train`` usable instances in the train split and
   ``min_val`` in the val split.
@@ -31,6 +33,7 @@ import numpy as np
 from PIL import Image
 
 from semaim_core.errors import UserError
+from tools.lib.depth_scenes import write_scenes
 
 SPLITS = ("train2017", "val2017")
 COCO_THING_IDS = (
@@ -247,8 +250,16 @@ def _build(out: Path, manifest: dict, write) -> dict:
     return manifest
 
 
+def _write_depth_scenes(source: Path, out: Path) -> dict:
+    images = {}
+    for split in SPLITS:
+        coco, img_dir = load_split(source, split)
+        images[split] = [read_image(img_dir / coco.imgs[i]["file_name"]) for i in sorted(coco.imgs)]
+    return write_scenes(images, out)
+
+
 def derive(source: Path, out: Path, crops: CropSettings = CropSettings()) -> dict:
-    """Write ``out/coco_stuff`` and ``out/crops`` from ``source``; return their manifests."""
+    """Write ``out/coco_stuff``, ``out/depth_scenes`` and ``out/crops`` from ``source``; return their manifests."""
     source, out = Path(source), Path(out)
     if not source.is_dir():
         raise DatasetError(f"COCO source folder {source} does not exist (expected data/tiny_coco or a COCO 2017 root).")
@@ -256,6 +267,8 @@ def derive(source: Path, out: Path, crops: CropSettings = CropSettings()) -> dic
     return {
         "coco_stuff": _build(out / "coco_stuff", {"kind": "coco_stuff", "source": digest},
                              lambda d: _write_semantic(source, d)),
+        "depth_scenes": _build(out / "depth_scenes", {"kind": "depth_scenes", "source": digest},
+                               lambda d: _write_depth_scenes(source, d)),
         "crops": _build(out / "crops", {"kind": "crops", "source": digest, "settings": asdict(crops)},
                         lambda d: _write_crops(source, d, crops)),
     }

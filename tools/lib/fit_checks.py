@@ -15,6 +15,7 @@ CLS_TOP1, CLS_MAJORITY_MAX = 75.0, 25.0  # top-1 on the 16 crops; the crops' mos
 SEG_AACC_OVER_MAJORITY, SEG_MIOU_TIMES_MAJORITY = 8.0, 2.0
 DET_BOX_AP50, DET_MASK_AP = 30.0, 12.0
 SEG_FIT_MAPS = 4  # the seg fit config's ``indices``: the first 4 training maps
+DEPTH_RMSE_TIMES_CONSTANT, DEPTH_D1 = 0.5, 75.0  # RMSE at most half the best constant's; delta1 (%)
 
 
 def seg_majority(maps_dir: str | Path, count: int = SEG_FIT_MAPS) -> tuple[float, float]:
@@ -56,4 +57,27 @@ def det_failure(metrics: dict) -> str | None:
         return f"box AP50 {metrics['bbox']['AP50']:.1f} < {DET_BOX_AP50:g}"
     if metrics["segm"]["AP"] < DET_MASK_AP:
         return f"mask AP {metrics['segm']['AP']:.1f} < {DET_MASK_AP:g}"
+    return None
+
+
+def depth_constant(maps_dir: str | Path, count: int = SEG_FIT_MAPS) -> float:
+    """RMSE (m) of the best constant prediction, the mean depth, over the first ``count`` depth maps
+    (16-bit PNGs in millimetres)."""
+    maps = sorted(Path(maps_dir).glob("*.png"))[:count]
+    if len(maps) < count:
+        raise FileNotFoundError(f"{maps_dir}: {len(maps)} depth maps, the depth fit check needs {count} "
+                                "(derive them: make data)")
+    from PIL import Image
+
+    depth = np.concatenate([np.asarray(Image.open(f), dtype=np.float64).ravel() / 1000 for f in maps])
+    return float(depth.std())
+
+
+def depth_failure(metrics: dict, constant_rmse: float) -> str | None:
+    """Why a depth fit check's ``depth_metrics.json`` fails, beside ``depth_constant`` of its maps."""
+    if metrics["rmse"] > DEPTH_RMSE_TIMES_CONSTANT * constant_rmse:
+        return (f"RMSE {metrics['rmse']:.3f} m > {DEPTH_RMSE_TIMES_CONSTANT:g} x the best constant's "
+                f"{constant_rmse:.3f} m")
+    if metrics["d1"] < DEPTH_D1:
+        return f"delta1 {metrics['d1']:.1f} % < {DEPTH_D1:g} %"
     return None

@@ -4,8 +4,9 @@ through the path a user takes, one training step and one evaluation step each.
 The tests run every config shrunk (tiny width, 64-256 px); these steps run them as a user's first
 real job does: pretraining's ``base`` preset (ViT-B/16, 224 px), its export and every converter
 output, then the det configs at 1024 px, the seg configs at 512 px with slide inference on one
-640 x 480 image, and the cls entry points at 224 px, all from that export (its 14 x 14 position
-table interpolated to the detector's 64 x 64 grid as detectron2 does it, and to mmseg's 32 x 32).
+640 x 480 image (the depth configs at 416 x 544, tested on one whole 640 x 480 scene), and the cls
+entry points at 224 px, all from that export (its 14 x 14 position table interpolated to the
+detector's 64 x 64 grid as detectron2 does it, and to mmseg's 32 x 32 or 26 x 34).
 The ViT-L configs start from a ViT-L export of the same kind (random weights of the real shape).
 
 Each step runs in a process of its own, so that its wall time and peak memory (the process's
@@ -14,7 +15,8 @@ What a step cannot take from the bundled data it says: LVIS and ADE20K are not s
 LVIS configs train on tiny_coco's images and annotations (their 1203-class heads and federated
 loss as written, its class weights from LVIS's own counts, which detectron2 ships) and are scored
 by running the detector on one image (LVIS's evaluator needs LVIS's annotations); the ADE20K
-configs train and test on the derived COCO-Stuff maps through their own pipeline. On a CPU, AMP
+configs train and test on the derived COCO-Stuff maps through their own pipeline, and the NYU
+configs on the derived depth scenes (NYU's layout and frame) through theirs. On a CPU, AMP
 is off (detectron2's AMPTrainer and mmengine's AmpOptimWrapper are CUDA-only) and SyncBN runs as
 BN (one process, mmengine reverts it).
 """
@@ -53,7 +55,9 @@ DET = ["vitdet_semaim", "vitdet_semaim_cascade", "vitdet_semaim_lvis", "vitdet_s
 DET_L = ["vitdet_semaim_large", "vitdet_semaim_cascade_large", "vitdet_semaim_lvis_cascade_large"]
 SEG = ["upernet_semaim-vit-b16_8xb2-amp-160k_ade20k-512x512",
        "upernet_semaim-vit-b16_8xb2-amp-80k_coco-stuff164k-512x512",
-       "linear_semaim-vit-b16_8xb2-40k_ade20k-512x512", "linear4_semaim-vit-b16_8xb2-40k_ade20k-512x512"]
+       "linear_semaim-vit-b16_8xb2-40k_ade20k-512x512", "linear4_semaim-vit-b16_8xb2-40k_ade20k-512x512",
+       "lineardepth_semaim-vit-b16_8xb2-38400iters_nyu-416x544",
+       "lineardepth4_semaim-vit-b16_8xb2-38400iters_nyu-416x544"]
 SEG_L = ["upernet_semaim-vit-l16_8xb2-amp-160k_ade20k-512x512"]
 CLS = ["finetune", "linprobe", "attnprobe", "knn"]
 
@@ -263,6 +267,10 @@ def seg_config(step: Step, work: Path, device: str) -> Path:
     cfg = Config.fromfile(resolve_config(step.config, REPO / "seg" / "configs"))
     for split, folder in SEG_DATA.items():
         dataset = cfg[f"{split}_dataloader"].dataset
+        if dataset.type == "NYUDataset":  # the derived scenes are NYU's layout and frame size: as written
+            dataset.data_root = str(work / "derived" / "depth_scenes")
+            cfg[f"{split}_dataloader"].update(num_workers=0, persistent_workers=False)
+            continue
         reduce = any(t.get("reduce_zero_label") for t in dataset.pipeline)  # ADE20K's pipeline: as written
         dataset.update(type="COCOStuffDataset", data_root=str(work / "derived" / "coco_stuff"),
                        data_prefix=dict(img_path=f"images/{folder}", seg_map_path=f"annotations/{folder}"),
@@ -274,7 +282,10 @@ def seg_config(step: Step, work: Path, device: str) -> Path:
     if device == "cpu":
         cfg.optim_wrapper.type = "OptimWrapper"
         cfg.optim_wrapper.pop("loss_scale", None)
-    cfg.test_dataloader.dataset.indices = [one_640x480(work / "derived" / "coco_stuff" / "images" / "val2017")]
+    if cfg.test_dataloader.dataset.type == "NYUDataset":
+        cfg.test_dataloader.dataset.indices = [0]
+    else:
+        cfg.test_dataloader.dataset.indices = [one_640x480(work / "derived" / "coco_stuff" / "images" / "val2017")]
     path = work / f"{step.config}.py"
     cfg.dump(str(path))
     return path
@@ -295,7 +306,8 @@ def run_seg_train(step: Step, work: Path, device: str) -> dict:
     scalars = next((work / step.config).glob("*/vis_data/scalars.json")).read_text().splitlines()
     loss = next(row["loss"] for row in map(json.loads, scalars) if "loss" in row)
     assert math.isfinite(loss)
-    return dict(loss=loss, detail="1 step at 512 px, the written batch of 2")
+    crop = "416 x 544" if "nyu" in step.config else "512 px"
+    return dict(loss=loss, detail=f"1 step at {crop}, the written batch of 2")
 
 
 def run_seg_eval(step: Step, work: Path, device: str) -> dict:
@@ -304,6 +316,8 @@ def run_seg_eval(step: Step, work: Path, device: str) -> dict:
     metrics = main([str(work / f"{step.config}.py"), str(work / step.config / "iter_1.pth"), "--work-dir",
                     str(work / step.config)])
     drop_checkpoints(work / step.config)
+    if "rmse" in metrics:
+        return dict(detail=f"whole-image inference with its flip on one 640 x 480 scene: RMSE {metrics['rmse']:.3f} m")
     return dict(detail=f"slide inference (512, stride 341) on one 640 x 480 image: mIoU {metrics['mIoU']}")
 
 
@@ -334,11 +348,11 @@ RUNNERS = dict(pretrain=run_pretrain, convert=run_convert, export=run_export, de
 
 # ---------------------------------------------------------------------------- the driver
 def derived_data(work: Path) -> Path:
-    """The segmentation maps and crops derived from tiny_coco, in ``work`` (once)."""
+    """The segmentation maps, depth scenes and crops derived from tiny_coco, in ``work`` (reused
+    when up to date)."""
     from tools.lib.coco_derive import derive
 
-    if not (work / "derived" / "crops").is_dir():
-        derive(TINY_COCO, work / "derived")
+    derive(TINY_COCO, work / "derived")
     return work / "derived"
 
 

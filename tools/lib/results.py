@@ -2,7 +2,8 @@
 
 A *row* is a name and the run directories that belong to one pretrained encoder: its
 pretraining run (``config.json``), and any of det (``det_metrics.json``), seg
-(``seg_metrics.json``) and cls (``cls_metrics.json``) runs. Every problem is reported for its row
+(``seg_metrics.json``), depth (``depth_metrics.json``) and cls (``cls_metrics.json``) runs. Every
+problem is reported for its row
 and makes the tool exit 1: a missing directory, a file that is not the expected JSON, an unknown
 metrics file or cls mode, a value that is not a number (NaN included), a file without provenance.
 
@@ -34,6 +35,7 @@ from tools.lib.figures import pyplot, save_figure
 
 # DESIGN.md section 5: published ViT-B/16 numbers (ImageNet-1k pretraining), with their setups
 IN1K, COCO, ADE = "ImageNet-1k val", "COCO val2017", "ADE20K val"
+NYU = "NYU"  # what a depth run on NYUDataset records
 PUBLISHED = [
     dict(method="MAE 1600ep", source="MAE paper (detection: Mask R-CNN with FPN, not ViTDet)",
          top1=83.6, ap_box=50.3, ap_mask=44.9, miou=48.1),
@@ -48,17 +50,21 @@ PUBLISHED = [
          attnprobe=75.5),
     # frozen-feature references from other pretraining data (LVD-142M / LVD-1689M), by their model cards
     dict(method="DINOv2 ViT-B/14 distilled", source="facebookresearch/dinov2 MODEL_CARD.md (LVD-142M; k-NN and "
-         "linear on ImageNet-1k, linear on ImageNet-V2)", knn=82.1, linprobe=84.5,
-         cells={("linprobe", "ImageNet-V2"): 74.9}),
+         "linear on ImageNet-1k, linear on ImageNet-V2; NYU Depth v2 RMSE of the linear head on 4 blocks, lin. 4)",
+         knn=82.1, linprobe=84.5, cells={("linprobe", "ImageNet-V2"): 74.9, ("rmse", NYU): 0.362}),
     dict(method="DINOv3 ViT-B/16 distilled", source="facebookresearch/dinov3 MODEL_CARD.md (LVD-1689M; the DINOv3 "
-         "paper's linear probes)", cells={("linprobe", "ImageNet-ReaL"): 89.3, ("linprobe", "ImageNet-R"): 76.7,
-                                          ("miou_linear", ADE): 51.8}),
+         "paper's linear probes; NYU Depth v2 RMSE of its linear head on the last block, with BatchNorm and "
+         "without the [CLS] token)", cells={("linprobe", "ImageNet-ReaL"): 89.3, ("linprobe", "ImageNet-R"): 76.7,
+                                            ("miou_linear", ADE): 51.8, ("rmse", NYU): 0.373}),
 ]
 PUBLISHED_DATASETS = dict(top1=IN1K, linprobe=IN1K, attnprobe=IN1K, knn=IN1K, ap_box=COCO, ap_mask=COCO, miou=ADE)
 METRICS = [("top1", "top-1 (ft)"), ("linprobe", "top-1 (lin)"), ("attnprobe", "top-1 (attn)"), ("knn", "top-1 (k-NN)"),
-           ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU"), ("miou_linear", "mIoU (linear)")]
+           ("ap_box", "AP box"), ("ap_mask", "AP mask"), ("miou", "mIoU"), ("miou_linear", "mIoU (linear)"),
+           ("rmse", "RMSE m (linear)"), ("abs_rel", "AbsRel (linear)"), ("delta1", "δ1 % (linear)")]
+DEPTH = {"rmse": "rmse", "abs_rel": "abs_rel", "delta1": "d1"}  # column -> depth_metrics.json key
+DECIMALS = {"rmse": 3, "abs_rel": 3}  # errors in metres / ratios; every other score is a percentage
 CLS_MODES = {"finetune": "top1", "linprobe": "linprobe", "attnprobe": "attnprobe", "knn": "knn"}
-METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "cls_metrics.json")
+METRIC_FILES = ("det_metrics.json", "seg_metrics.json", "depth_metrics.json", "cls_metrics.json")
 # config.json entries that are not pretraining settings to compare: the trainer's operational and
 # stopping settings, and the values it derives (world size, effective batch, absolute lr)
 OPERATIONAL = (*recipe.OPERATIONAL, *recipe.STOPPING, "world_size", "effective_batch", "lr")
@@ -131,6 +137,8 @@ def _extract(name: str, data: dict, path: Path) -> dict:
     if name == "seg_metrics.json":  # a frozen encoder's linear head is its own column
         metric = "miou_linear" if data.get("protocol") == "linear" else "miou"
         return {(metric, _dataset("seg", data)): _get(data, "mIoU", path)}
+    if name == "depth_metrics.json":
+        return {(column, _dataset("seg", data)): _get(data, key, path) for column, key in DEPTH.items()}
     mode = _get(data, "mode", path)
     if mode not in CLS_MODES:
         raise MetricsError(f"{path}: unknown cls mode {mode!r} (expected one of {', '.join(CLS_MODES)})")
@@ -166,7 +174,7 @@ def collect_dir(run: Path, row: Row) -> None:
             source["sweep"] = data["sweep"]
         if data.get("preset"):  # the attentive probe's recipe and probed blocks: the column names them
             source["protocol"] = f"{data['preset']} {data['probe_layers']}"
-        if data.get("protocol") == "linear":  # the blocks a linear segmentation head read
+        if data.get("protocol") == "linear":  # the blocks a linear segmentation or depth head read
             source["protocol"] = "blocks " + ",".join(map(str, data.get("blocks", [])))
         if "provenance" not in data:
             row.problems.append(f"{path}: no provenance (checkpoint, dataset, commit): re-run the evaluation "
@@ -290,13 +298,14 @@ def _cell(row: Row, key) -> str:
         return f"{value:g}" if isinstance(value, float) else str(value)
     if not _is_score(value):
         return f"{value}!"
-    text = f"{value:.1f}" if isinstance(value, float) else str(value)
+    digits = DECIMALS.get(key[0], 1)
+    text = f"{value:.{digits}f}" if isinstance(value, float) else str(value)
     if key in row.spread:
         std, n = row.spread[key]
-        text += f" ± {std:.1f} ({n})"
+        text += f" ± {std:.{digits}f} ({n})"
     if key in row.delta:
         diff, diff_std = row.delta[key]
-        text += f", Δ {diff:+.1f}" + (f" ± {diff_std:.1f}" if diff_std is not None else "")
+        text += f", Δ {diff:+.{digits}f}" + (f" ± {diff_std:.{digits}f}" if diff_std is not None else "")
     runs = row.sources.get(key, {}).get("runs") or [row.sources.get(key)]
     return text + ("?" if key in row.sources and any("checkpoint" not in src for src in runs) else "")
 
@@ -389,7 +398,8 @@ def ablation(rows: list[Row], fmt: str = "md") -> tuple[str, list[str]]:
 
 TASKS = [("classification: top-1 (%)", ("top1", "linprobe", "attnprobe", "knn")),
          ("detection and instance segmentation: AP (%)", ("ap_box", "ap_mask")),
-         ("semantic segmentation: mIoU (%)", ("miou", "miou_linear"))]
+         ("semantic segmentation: mIoU (%)", ("miou", "miou_linear")),
+         ("monocular depth: δ1 (%)", ("delta1",))]  # RMSE and AbsRel, not percentages, are in the tables alone
 
 
 def chart_panels(rows: list[Row]) -> list[tuple[str, list[tuple[str, bool, dict]]]]:
