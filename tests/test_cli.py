@@ -204,12 +204,15 @@ def test_a_baseline_runs_through_the_same_recipes(demo_encoder, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "(mae)" in proc.stdout and (tmp_path / "mae" / "encoder.pth").is_file()
     dry = subprocess.run(["bash", "tools/baseline.sh", "mae", str(mae)], cwd=REPO, capture_output=True, text=True,
-                         env=dict(env, TASKS="det seg ft lin attn knn", DRY_RUN="1", IMAGENET="/in1k", SEED="2"),
+                         env=dict(env, TASKS="det seg lindepth ft lin attn knn", DRY_RUN="1", IMAGENET="/in1k",
+                                  SEED="2"),
                          timeout=60)
     assert dry.returncode == 0, dry.stderr
     enc = tmp_path / "mae" / "encoder.pth"
     assert f"--config det/configs/vitdet_semaim.py --num-gpus 8 train.init_checkpoint={enc}" in dry.stdout
     assert f"seg/configs/upernet_semaim.py --launcher pytorch --work-dir {tmp_path}/mae/seg_s2" in dry.stdout
+    assert f"lineardepth_semaim-vit-b16_8xb2-38400iters_nyu-416x544.py --launcher pytorch --work-dir " \
+           f"{tmp_path}/mae/lindepth_s2" in dry.stdout
     assert "randomness.seed=2" in dry.stdout and "train.seed=2" in dry.stdout and "--seed 2" in dry.stdout
     assert '--row "mae (same harness)"' in dry.stdout
     assert f"-m cls.attnprobe --data /in1k --encoder {enc} --seed 2 --output-dir {tmp_path}/mae/cls_attn_s2" \
