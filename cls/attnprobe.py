@@ -69,7 +69,8 @@ logger = logging.getLogger("cls.attnprobe")  # by name: run with -m, __name__ is
 
 
 def parse_args(argv=None):
-    ap = base_parser(__doc__, batch_size=128)
+    ap = base_parser(__doc__, batch_size=128, no_device_form="the attentive probe's timm augmentation (color "
+                     "jitter, RandAugment), mixup and cutmix have no device form here")
     ap.add_argument("--preset", choices=sorted(PRESETS), default="xtra",
                     help="the published recipe the grid, augmentation and probed blocks default to (see above); "
                          "a flag given beside it wins")

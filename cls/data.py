@@ -7,8 +7,9 @@ from pathlib import Path
 import torch
 from torchvision.datasets import ImageFolder
 
-from semaim_core.data import EpochKeys, SeededSamples
+from semaim_core.data import MAX_IMAGE_PIXELS, EpochKeys, SeededSamples
 from semaim_core.errors import DataError
+from semaim_core.gpu_loader import DeviceLoader, EncodedSamples, Plan
 
 
 def fit_subset(folder: ImageFolder, count: int) -> ImageFolder:
@@ -46,16 +47,25 @@ def check_layout(root: str, fit_images: int | None = None):
                             "layout; `make data` writes data/derived/crops)")
 
 
-def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last):
+def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last, kind="torch", device=None):
     """With ``shuffle`` (training) the order of epoch e is a function of (seed, e) alone
     (``set_epoch``) and each image's augmentation of (seed, e, index) (``SeededSamples``), so a
     resumed run sees the data the uninterrupted one would, whatever the number of workers. Without
-    (evaluation) each rank reads its ``shard``."""
+    (evaluation) each rank reads its ``shard``. ``kind`` gpu: the same order and draws, the images
+    decoded and transformed on ``device`` (semaim_core.gpu_loader)."""
     if shuffle:
         sampler = torch.utils.data.DistributedSampler(dataset, world, rank, shuffle=True, seed=seed) if world > 1 \
             else EpochSampler(dataset, seed)
-        dataset, sampler = SeededSamples(dataset, seed), EpochKeys(sampler)
+        sampler = EpochKeys(sampler)
     else:  # evaluation, in order: each image on one rank
+        sampler = None if world == 1 else range(rank, len(dataset), world)
+    if kind == "gpu":
+        samples = EncodedSamples([path for path, _ in dataset.samples], Plan(dataset.transform, "this transform"),
+                                 seed, targets=dataset.targets, max_image_pixels=MAX_IMAGE_PIXELS)
+        return DeviceLoader(samples, device, batch_size, sampler, workers, drop_last, yields="targets")
+    if shuffle:
+        dataset = SeededSamples(dataset, seed)
+    elif world > 1:
         dataset, sampler = shard(dataset, rank, world), None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available())

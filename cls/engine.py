@@ -26,6 +26,7 @@ from cls.robustness import check_eval_sets, score_eval_sets
 from semaim_core.data import eval_transform
 from semaim_core.distributed import all_reduce_mean, init_distributed
 from semaim_core.errors import HelpFormatter, SettingError
+from semaim_core.gpu_loader import LOADERS
 from semaim_core.layouts import read_encoder
 from semaim_core.optim import build_scheduler
 from semaim_core.provenance import provenance
@@ -50,8 +51,10 @@ FORMAT = "semaim-cls-train"
 logger = logging.getLogger(__name__)
 
 
-def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> argparse.ArgumentParser:
-    """The flags every cls entry point takes; ``trains``: also those of an epoch loop (k-NN has none)."""
+def base_parser(description: str, batch_size: int = 64, trains: bool = True,
+                no_device_form: str | None = None) -> argparse.ArgumentParser:
+    """The flags every cls entry point takes; ``trains``: also those of an epoch loop (k-NN has none).
+    ``no_device_form``: why its training transform cannot run on the device (--loader gpu is refused)."""
     ap = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     ap.add_argument("--data", required=True, help="ImageFolder root with train/ and val/ (ImageNet layout)")
     ap.add_argument("--encoder", required=True,
@@ -61,6 +64,10 @@ def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> 
     ap.add_argument("--batch-size", type=int, default=batch_size, help="per process; effective = this x processes")
     ap.add_argument("--num-workers", type=int, default=8, help="data-loading worker processes")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cuda or cpu")
+    ap.add_argument("--loader", default="torch", type=loader_choice(no_device_form), metavar="{torch,gpu}",
+                    help="torch: decode and augment in the worker processes; gpu: they read bytes, the device "
+                         "decodes (nvJPEG) and crops: the same crops, pixels within the interpolation's tolerance "
+                         "(docs/fidelity.md)" + (f"; not here: {no_device_form}" if no_device_form else ""))
     ap.add_argument("--fit-images", type=int, default=None,
                     help="a fit check: train on this many training images (spread over the classes) and score on "
                          "the same images; a working pipeline fits them")
@@ -78,6 +85,17 @@ def base_parser(description: str, batch_size: int = 64, trains: bool = True) -> 
                     help="write checkpoint.pth every this many epochs (and always at the last one and at "
                          "--stop-after-epochs); a killed run resumes from the last one written")
     return ap
+
+
+def loader_choice(no_device_form: str | None):
+    """``--loader``'s type: one of LOADERS, and gpu only where the transforms have a device form."""
+    def parse(value: str) -> str:
+        if value not in LOADERS:
+            raise argparse.ArgumentTypeError(f"{value!r}: choose from {', '.join(LOADERS)}")
+        if value == "gpu" and no_device_form:
+            raise argparse.ArgumentTypeError(f"gpu: {no_device_form}; use --loader torch")
+        return value
+    return parse
 
 
 # Arguments that do not change the result (a rerun may change them).
@@ -107,6 +125,8 @@ def start(args, check_encoder=None) -> bool:
     if rank != 0:
         return (Path(args.output_dir) / "checkpoint.pth").is_file()
     recipe = {k: v for k, v in vars(args).items() if k not in OPERATIONAL}
+    if recipe.get("loader") == "torch":  # the default loader, as recipes written before --loader existed
+        del recipe["loader"]
     return open_run(args.output_dir, with_input_digests(recipe, ["encoder"]), overwrite=args.overwrite)
 
 
@@ -185,10 +205,11 @@ class EpochTrainer:
         if self.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        batch, workers, seed = args.batch_size, args.num_workers, args.seed
-        self.train_set = train_set
-        self.train_loader = loader(train_set, batch, workers, self.world, self.rank, True, seed, True)
-        self.val_loader = loader(val_set, batch, workers, self.world, self.rank, False, seed, False)
+        shared = dict(batch_size=args.batch_size, workers=args.num_workers, world=self.world, rank=self.rank,
+                      seed=args.seed, kind=args.loader, device=self.device)
+        self.train_set, self.val_set = train_set, val_set
+        self.train_loader = loader(train_set, shuffle=True, drop_last=True, **shared)
+        self.val_loader = loader(val_set, shuffle=False, drop_last=False, **shared)
         self.steps_per_epoch = len(self.train_loader)
         if self.steps_per_epoch == 0:
             raise SettingError(f"{len(train_set)} training images are fewer than one batch of {args.batch_size} "
@@ -278,7 +299,7 @@ class EpochTrainer:
             metrics = evaluate(self.model, self.val_loader, self.device, self.world)
         result = dict(task="cls", mode=mode, epochs=self.epoch, top1=metrics["top1"], top5=metrics["top5"],
                       best=self.best,
-                      majority_top1=majority_top1(self.train_set, self.val_loader.dataset),
+                      majority_top1=majority_top1(self.train_set, self.val_set),
                       encoder=str(self.args.encoder), data=str(self.args.data))
         if "head_top1" in metrics:
             result.update(head_top1=metrics["head_top1"], best_head=metrics["best_head"])
@@ -291,9 +312,9 @@ class EpochTrainer:
                 logger.info(f"{mode} top-1 {scored['top1']:.2f} on {scored['images']} images of {scored['dataset']} "
                             f"({scored['path']})")
         if self.rank == 0:
-            logger.info(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_loader.dataset)} images of "
+            logger.info(f"{mode} top-1 {result['top1']:.2f} on {len(self.val_set)} images of "
                         f"{scored_folder(self.args)} (always answering the most frequent class: "
                         f"{result['majority_top1']:.2f})")
-            logger.info(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_loader.dataset))}")
+            logger.info(f"wrote {write_metrics(self.args, result, self.epoch, len(self.val_set))}")
             release_lock(self.out)
         return result

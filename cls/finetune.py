@@ -28,7 +28,8 @@ RECIPES = {
 
 
 def parse_args(argv=None):
-    ap = base_parser(__doc__)
+    ap = base_parser(__doc__, no_device_form="fine-tuning's timm RandAugment, random erasing, mixup and cutmix "
+                                             "have no device form here")
     ap.add_argument("--recipe", choices=sorted(RECIPES), default="base",
                     help="defaults by model size: base (the paper's ViT-B recipe) or large (MAE's ViT-L: 50 epochs, "
                          "5 warm-up, blr 1e-3, layer decay 0.75, drop path 0.2)")

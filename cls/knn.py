@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cls.backbone import timm_vit_from_encoder
-from cls.data import image_folders
+from cls.data import image_folders, loader
 from cls.engine import base_parser, majority_top1, scored_folder, start, write_metrics
 from semaim_core.data import eval_transform
 from semaim_core.errors import command, positive_float, positive_int
@@ -26,10 +26,10 @@ from semaim_core.rundir import release_lock
 
 
 @torch.no_grad()
-def features(model, dataset, batch_size, workers, device):
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=workers)
+def features(model, dataset, batch_size, workers, device, kind="torch"):
     feats, labels = [], []
-    for images, target in tqdm(loader, desc="features", dynamic_ncols=True):
+    for images, target in tqdm(loader(dataset, batch_size, workers, 1, 0, False, 0, False, kind, device),
+                               desc="features", dynamic_ncols=True):
         out = model(images.to(device)).float()  # num_classes=0: the pooled feature
         if not torch.isfinite(out).all():  # NaN similarities would silently vote for one class
             raise FloatingPointError(f"the encoder gives non-finite features for {dataset.root}: its weights hold a "
@@ -71,8 +71,8 @@ def main(argv=None):
     train_set, val_set = image_folders(args.data, eval_transform(args.img_size), eval_transform(args.img_size),
                                        args.fit_images)  # a fit check: the memory bank is the images scored
     model = feature_model(args).to(device).eval()
-    train_f, train_y = features(model, train_set, args.batch_size, args.num_workers, device)
-    val_f, val_y = features(model, val_set, args.batch_size, args.num_workers, device)
+    train_f, train_y = features(model, train_set, args.batch_size, args.num_workers, device, args.loader)
+    val_f, val_y = features(model, val_set, args.batch_size, args.num_workers, device, args.loader)
     sweep = knn_sweep(train_f, train_y, val_f, val_y, len(train_set.classes), args.k, args.temperature)
     headline = sweep[0]  # the first k and T
     result = dict(task="cls", mode="knn", **headline, pool=args.pool,

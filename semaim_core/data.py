@@ -2,6 +2,8 @@
 augmentation (RandomResizedCrop 0.2-1.0, bicubic, flip). Labels are ignored."""
 from __future__ import annotations
 
+import contextlib
+import io
 import random
 from pathlib import Path
 
@@ -60,6 +62,32 @@ def find_images(root: str | Path) -> list[Path]:
     return files
 
 
+@contextlib.contextmanager
+def checked_image(source: str | Path | io.BytesIO, max_image_pixels: int, name: str | Path | None = None):
+    """The opened image (its header read) of a file or of its bytes (``name``: the file they came
+    from), with more than ``max_image_pixels`` pixels (0: no limit) or an unreadable one, here or in
+    the ``with`` block that decodes it, an ``UnreadableImageError`` naming the file and the fix."""
+    path = name or source
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead, with a message
+    try:
+        with Image.open(source) as im:  # reads the header only
+            pixels = im.width * im.height
+            if max_image_pixels and pixels > max_image_pixels:
+                raise UnreadableImageError(
+                    f"image {path} is {im.width} x {im.height} = {pixels:,} pixels, more than the limit of "
+                    f"{max_image_pixels:,} (PIL's guard against decompression bombs). If it is a real image, pass "
+                    f"--max-image-pixels {pixels} (0: no limit); or --skip-unreadable to skip such files (they are "
+                    "counted).")
+            yield im
+    except UnreadableImageError:
+        raise
+    except (OSError, SyntaxError, ValueError) as e:
+        raise UnreadableImageError(f"cannot read image {path}: {e}. Remove or replace it, or pass "
+                                   "--skip-unreadable to skip such files (they are counted).") from e
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Images found under a folder (or an explicit list of files). An unreadable image, or one of
     more than ``max_image_pixels`` pixels (0: no limit), raises an error naming the file, unless
@@ -77,25 +105,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.files)
 
     def load(self, index: int) -> Image.Image:
-        path = self.files[index]
-        pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # checked here instead, with a message
-        try:
-            with Image.open(path) as im:  # reads the header only
-                pixels = im.width * im.height
-                if self.max_image_pixels and pixels > self.max_image_pixels:
-                    raise UnreadableImageError(
-                        f"image {path} is {im.width} x {im.height} = {pixels:,} pixels, more than the limit of "
-                        f"{self.max_image_pixels:,} (PIL's guard against decompression bombs). If it is a real "
-                        f"image, pass --max-image-pixels {pixels} (0: no limit); or --skip-unreadable to skip "
-                        "such files (they are counted).")
-                return im.convert("RGB")
-        except UnreadableImageError:
-            raise
-        except (OSError, SyntaxError, ValueError) as e:
-            raise UnreadableImageError(f"cannot read image {path}: {e}. Remove or replace it, or pass "
-                                       "--skip-unreadable to skip such files (they are counted).") from e
-        finally:
-            Image.MAX_IMAGE_PIXELS = pil_limit
+        with checked_image(self.files[index], self.max_image_pixels) as im:
+            return im.convert("RGB")
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.files)):
@@ -107,6 +118,11 @@ class ImageDataset(torch.utils.data.Dataset):
                     raise
                 self.skipped.add(str(self.files[i]))
         raise UnreadableImageError(f"none of the {len(self.files)} images is readable")
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation draws in one epoch."""
+    return (seed * 1_000_003 + epoch) * 10_000_019 + index
 
 
 class SeededSamples(torch.utils.data.Dataset):
@@ -124,7 +140,7 @@ class SeededSamples(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         epoch, index = key
-        seed = (self.seed * 1_000_003 + epoch) * 10_000_019 + index
+        seed = sample_seed(self.seed, epoch, index)
         python, numpy = random.getstate(), np.random.get_state()
         try:
             with torch.random.fork_rng(devices=[]):

@@ -74,6 +74,9 @@ class Config:
                                   "--similarity-precision autocast with the online similarity source")
     device: str = setting("cuda", "cuda or cpu")
     num_workers: int = setting(8, "data-loading processes per process")
+    loader: str = setting("torch", "torch: decode and augment in the loader processes (the authors' pipeline); gpu: "
+                                   "they read bytes, the device decodes (nvJPEG) and augments: the same crops, pixels "
+                                   "within the interpolation's tolerance (docs/fidelity.md)")
     seed: int = setting(0, "seeds initialization, data order, augmentation and tie-breaks")
     save_every: int = setting(1000, "optimizer steps between checkpoints (also at every epoch end)")
     keep: int = setting(3, "checkpoints kept (at least 1)")
@@ -124,10 +127,11 @@ STOPPING = ("max_steps",)
 
 def choices() -> dict:
     """The settings that take one of a few names, and those names."""
+    from .gpu_loader import LOADERS
     from .model import ATTENTION, MODELS, SIMILARITY_PRECISIONS, SIMILARITY_SOURCES
     from .orders import ORDERS
     from .targets import TEACHER_INPUTS, TEACHERS
 
     return dict(model=sorted(MODELS), order=ORDERS, attention=ATTENTION, similarity_source=SIMILARITY_SOURCES,
                 similarity_precision=SIMILARITY_PRECISIONS, target=("pixel", *TEACHERS), teacher_input=TEACHER_INPUTS,
-                dtype=("bf16", "fp16", "fp32"))
+                dtype=("bf16", "fp16", "fp32"), loader=LOADERS)

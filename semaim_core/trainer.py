@@ -25,6 +25,7 @@ from . import build_model
 from .data import ImageDataset, SeededSamples, find_images, pretrain_transform
 from .distributed import all_reduce_mean, init_distributed
 from .export import export_encoder, save_encoder
+from .gpu_loader import pretraining_loader
 from .layouts import FORMAT_TRAIN
 from .monitor import Monitor
 from .optim import build_optimizer, build_scheduler
@@ -124,6 +125,8 @@ class Trainer:
         self.is_main = self.rank == 0
         files = find_images(cfg.data)
         recipe = {k: v for k, v in asdict(cfg).items() if k not in OPERATIONAL}
+        if recipe["loader"] == "torch":  # the default loader, as recipes written before --loader existed
+            del recipe["loader"]
         recipe.update(world_size=self.world, model_overrides=model_overrides or {},
                       data_files=file_list_digest(files, Path(cfg.data)))
         recipe = with_input_digests(recipe, ["teacher_weights"])
@@ -255,7 +258,11 @@ class Trainer:
         return self.cfg.ema_decay + ramp * (self.cfg.ema_decay_end - self.cfg.ema_decay)
 
     def loader(self, epoch: int, start_batch: int):
+        """(images, skipped-image count) per batch of the epoch from ``start_batch`` on."""
         self.sampler.set_epoch(epoch, start_batch)
+        if self.cfg.loader == "gpu":
+            return pretraining_loader(self.dataset, self.cfg.seed, self.sampler, self.cfg.batch_size,
+                                      self.cfg.num_workers, epoch, self.device)
         return torch.utils.data.DataLoader(
             SeededSamples(self.dataset, self.cfg.seed), batch_size=self.cfg.batch_size, sampler=self.sampler,
             num_workers=self.cfg.num_workers, pin_memory=self.device.type == "cuda", drop_last=True,
@@ -323,7 +330,7 @@ class Trainer:
             for _ in range(cfg.accum_iter):
                 images, n_skipped = next(batches)
                 micro.append(images)
-                skipped = max(skipped, int(n_skipped.max()))
+                skipped = max(skipped, int(torch.as_tensor(n_skipped).max()))
             loss, grad_norm = self.train_step(micro)
             self.last_loss = loss
             log.warn(watch.update(loss, f"at step {self.step}"))

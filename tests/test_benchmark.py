@@ -58,7 +58,7 @@ def test_the_jpeg_feed_is_compared_with_synthetic_tensors_in_the_same_run(tiny_c
 
 SHRUNK = ("--device cpu --model semaim_vit_tiny_patch16 --large-model semaim_vit_tiny_patch16 --batch 2 "
           "--large-batch 1 --steps 1 --warmup 1 --workers 0 --no-compile --dtype fp32 --depth 1 --smoke-iters 2 "
-          "--agree-steps 3")
+          "--agree-steps 3 --jpeg-workers 0 --feed-images 8")
 
 
 @pytest.mark.slow(seconds=90)
@@ -88,8 +88,11 @@ def test_the_gpu_check_runs_every_stage_shrunk(tmp_path):
     assert len(text) == len(rows) and text[-1].startswith("curve: ok") and "fp8 loss / bf16 - 1" in text[-1]
     bench = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     expected = (["sorted", "official"] if "exact" in stages else []) + ["sorted", "fast", "fp8", "sorted", "sorted",
-                                                                        "sorted"]
+                                                                        "sorted", "sorted"]
     assert [r["variant"] for r in bench] == expected
+    assert [(r["data"] != "synthetic", r["loader"]) for r in bench[-4:-1]] == [(False, None), (True, "torch"),
+                                                                               (True, "gpu")]
+    assert set(by["jpeg"]["jpeg"]) == {"torch 0", "gpu 0"} and by["jpeg"]["feed_img_per_s"] > 0
     assert "==> [gpu check] smoke: ok" in (out / "log.txt").read_text()  # the whole output, beside the records
     for png in ("bench.png", "loss.png"):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
@@ -120,6 +123,10 @@ def test_the_loader_is_measured_per_core_on_the_bundled_jpegs(tiny_coco, tmp_pat
     assert per_core > 0 and record["decode_img_per_s"] > 0
     assert record["loader_img_per_s"] > 0 and record["cores_for_1500"] == math.ceil(1500 / per_core)
     assert f"1500 img/s need about {record['cores_for_1500']} cores" in capsys.readouterr().out
+    gpu = main(["--loader-only", "--loader", "gpu", "--loader-images", "12", "--workers", "1", "--batch", "4",
+                "--img-size", "64", "--data", str(tiny_coco / "val2017"), "--device", "cpu"])
+    assert gpu["loader"] == "gpu" and gpu["read_draw_img_per_s"] > 0 and gpu["loader_img_per_s"] > 0
+    assert "gpu loader on" in capsys.readouterr().out
 
 
 def test_the_step_timer_times_each_call_once_after_the_warmup_and_reports_the_spread():

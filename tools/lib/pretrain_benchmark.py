@@ -12,7 +12,8 @@ backward + clip + AdamW), for several variants measured in the same run:
               main_pretrain.py runs it: fp32 similarity pass in eval mode, fp16 autocast + GradScaler
 
 Images are synthetic tensors already on the device, or, with --data DIR, JPEGs read through the
-pretraining loader (the bundled images are repeated as often as the run needs).
+pretraining loader, --loader torch (decoded and augmented in the loader processes) or gpu (decoded
+and augmented on the device); the bundled images are repeated as often as the run needs.
 
     python tools/benchmark_pretrain.py --variants sorted fast official --official ../SemAIM --compile
 """
@@ -35,6 +36,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from semaim_core import MODEL_SIZES, MODELS, build_model
 from semaim_core.data import ImageDataset, SeededSamples, find_images, pretrain_transform
 from semaim_core.errors import HelpFormatter, command
+from semaim_core.gpu_loader import LOADERS, EncodedSamples, Plan, pretraining_loader
 from semaim_core.optim import build_optimizer
 from semaim_core.training import AMP_DTYPES, autocast, grad_scaler, optimizer_step
 from tools.lib.benchmark import (
@@ -101,42 +103,60 @@ def center_agreement(model, images: torch.Tensor, dtype: torch.dtype, batch: int
     return same / len(images)
 
 
-def image_source(data: str | None, batch: int, img_size: int, batches: int, workers: int, device: torch.device):
+def image_source(data: str | None, batch: int, img_size: int, batches: int, workers: int, device: torch.device,
+                 loader: str = "torch"):
     """A function returning the next batch on ``device``: one synthetic batch, or JPEGs from ``data``
-    through the pretraining loader (decode, RandomResizedCrop, flip, normalize in ``workers``
-    processes), the folder repeated so that one pass yields ``batches`` batches."""
+    through the pretraining loader (``loader``: torch or gpu) with ``workers`` processes, the folder
+    repeated so that one pass yields ``batches`` batches."""
     if not data:
         images = torch.randn(batch, 3, img_size, img_size, device=device)
         return lambda: images
     files = find_images(data)
     files = files * math.ceil(batch * batches / len(files))
-    samples = SeededSamples(ImageDataset(files, pretrain_transform(img_size)), seed=0)
-    loader = torch.utils.data.DataLoader(samples, batch_size=batch, sampler=[(0, i) for i in range(len(files))],
-                                         num_workers=workers, pin_memory=device.type == "cuda", drop_last=True,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    batches_iter = iter(loader)
+    batches_iter = feed(files, img_size, batch, workers, device, loader)
     return lambda: next(batches_iter)[0].to(device, non_blocking=True)
 
 
-def loader_throughput(data: str, img_size: int, images: int, workers: int, batch: int) -> dict:
-    """The CPU side of feeding the GPU, on the JPEGs of ``data``: images per second of one process
-    (one core) for decoding alone and for the whole pretraining transform (decode, RandomResizedCrop,
-    flip, to tensor, normalize), and through the loader with ``workers`` processes."""
+def feed(files: list, img_size: int, batch: int, workers: int, device: torch.device, loader: str):
+    """The pretraining loader's (images, skipped) batches of ``files`` in order, as the trainer builds it."""
+    transform = pretrain_transform(img_size)
+    keys = [(0, i) for i in range(len(files))]
+    if loader == "gpu":
+        return iter(pretraining_loader(ImageDataset(files, transform), 0, keys, batch, workers, 0, device))
+    samples = SeededSamples(ImageDataset(files, transform), seed=0)
+    return iter(torch.utils.data.DataLoader(samples, batch_size=batch, sampler=keys, num_workers=workers,
+                                            pin_memory=device.type == "cuda", drop_last=True,
+                                            persistent_workers=False, prefetch_factor=4 if workers else None))
+
+
+def loader_throughput(data: str, img_size: int, images: int, workers: int, batch: int, loader: str = "torch",
+                      device: torch.device = torch.device("cpu")) -> dict:
+    """Feeding the model from the JPEGs of ``data``: images per second of one process (one core) for
+    its share of the work (torch: decoding alone, then the whole transform; gpu: reading the bytes
+    and drawing the crop), and the batches delivered on ``device`` by the loader with ``workers``
+    processes (gpu: decoded and augmented there)."""
     files = find_images(data)
     files = (files * math.ceil(images / len(files)))[:images]
-    dataset = ImageDataset(files, pretrain_transform(img_size))
+    transform = pretrain_transform(img_size)
+    dataset = ImageDataset(files, transform)
+    samples = EncodedSamples(files, Plan(transform), 0, max_image_pixels=dataset.max_image_pixels)
     torch.manual_seed(0)
+    per_core = {"torch": (("decode", dataset.load), ("decode_transform", dataset.__getitem__)),
+                "gpu": (("read_draw", lambda i: samples[(0, i)]),)}[loader]
     rates = {}
-    for name, work in (("decode", dataset.load), ("decode_transform", dataset.__getitem__)):
+    for name, work in per_core:
         work(0)  # file cache and lazy imports warm
         start = time.perf_counter()
         for i in range(len(files)):
             work(i)
         rates[name] = len(files) / (time.perf_counter() - start)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, num_workers=workers, drop_last=False,
-                                         persistent_workers=False, prefetch_factor=4 if workers else None)
+    batches = feed(files, img_size, batch, workers, device, loader)
     start = time.perf_counter()
-    n = sum(len(b[0]) for b in loader)  # worker start-up included, as each epoch pays it
+    n = 0
+    for images, _ in batches:  # worker start-up included, as each epoch pays it
+        n += len(images.to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     rates["loader"] = n / (time.perf_counter() - start)
     return rates
 
@@ -221,7 +241,7 @@ def measure(variant: str, args, device: torch.device, data: str | None) -> dict:
     cfg.setdefault("decoder_depth", cfg["depth"])
     flops = train_step_flops(cfg, (args.img_size // 16,) * 2, 3 * 16 * 16)
     batches = args.warmup + args.steps + (3 if args.profile else 0)
-    next_images = image_source(data, args.batch, args.img_size, batches, args.workers, device)
+    next_images = image_source(data, args.batch, args.img_size, batches, args.workers, device, args.loader)
     timed = time_steps(lambda: step(next_images()), args.steps, args.warmup, device)
     if args.profile and device.type == "cuda":
         print(f"--- profile: {variant}, compile={args.compile}\n{profile_step(lambda: step(next_images()))}")
@@ -233,6 +253,7 @@ def measure(variant: str, args, device: torch.device, data: str | None) -> dict:
     return dict(variant=variant, exact=exact, compile=args.compile or "no", model=args.model, batch=args.batch,
                 grad_checkpointing=args.grad_checkpointing and variant != "official",
                 img_size=args.img_size, dtype=dtype, data=data or "synthetic", device=device_name(device),
+                loader=args.loader if data else None, workers=args.workers if data else None,
                 img_per_s=round(ips, 1), step_ms=round(1000 * timed["s_per_iter"], 1),
                 **spread(timed),
                 peak_mem_gib=timed["peak_mem_gib"], tflops=round(flops * ips / 1e12, 1),
@@ -271,6 +292,9 @@ def main(argv=None):
     ap.add_argument("--official", help="a checkout of the authors' SemAIM code, for the official variant")
     ap.add_argument("--data", help="a folder of JPEGs read through the pretraining loader (default: synthetic tensors)")
     ap.add_argument("--workers", type=int, default=8, help="data-loading processes for --data")
+    ap.add_argument("--loader", default="torch", choices=LOADERS,
+                    help="for --data and --loader-only: torch (decode and augment in the loader processes) or gpu "
+                         "(they read bytes; the device decodes and augments)")
     ap.add_argument("--compare-synthetic", action="store_true",
                     help="with --data: measure each variant on synthetic tensors too, and print JPEG / synthetic")
     ap.add_argument("--grad-checkpointing", action="store_true",
@@ -293,18 +317,21 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.loader_only:
         data = args.data or str(Path(__file__).resolve().parents[2] / "data" / "tiny_coco" / "train2017")
-        rates = loader_throughput(data, args.img_size, args.loader_images, args.workers, args.batch)
-        per_core = rates["decode_transform"]
-        record = dict(variant="loader", data=data, img_size=args.img_size, images=args.loader_images,
-                      workers=args.workers, cpu=platform.processor() or platform.machine(),
+        device = torch.device(args.device)
+        rates = loader_throughput(data, args.img_size, args.loader_images, args.workers, args.batch, args.loader,
+                                  device)
+        per_core = rates["decode_transform" if args.loader == "torch" else "read_draw"]
+        record = dict(variant="loader", loader=args.loader, data=data, img_size=args.img_size,
+                      images=args.loader_images, workers=args.workers, device=device_name(device),
+                      cpu=platform.processor() or platform.machine(),
                       cores_visible=len(os.sched_getaffinity(0)), torch_threads=torch.get_num_threads(),
                       **{f"{k}_img_per_s": round(v, 1) for k, v in rates.items()},
                       cores_for_1500=math.ceil(1500 / per_core), command=shlex.join(
                           ["python", "tools/benchmark_pretrain.py", *(sys.argv[1:] if argv is None else argv)]))
-        print(f"loader on {data} ({args.loader_images} images, {args.img_size} px): one core decodes "
-              f"{rates['decode']:.0f} img/s and decodes + transforms {per_core:.0f} img/s; {args.workers} loader "
-              f"processes deliver {rates['loader']:.0f} img/s; 1500 img/s need about {record['cores_for_1500']} "
-              f"cores like these")
+        work = "decodes + transforms" if args.loader == "torch" else "reads the bytes and draws the crop of"
+        print(f"{args.loader} loader on {data} ({args.loader_images} images, {args.img_size} px): one core {work} "
+              f"{per_core:.0f} img/s; {args.workers} loader processes deliver {rates['loader']:.0f} img/s on "
+              f"{record['device']}; 1500 img/s need about {record['cores_for_1500']} cores like these")
         append_records(args.json, [record])
         return record
     if args.plot_only:
@@ -352,7 +379,7 @@ def main(argv=None):
     if len(feeds) == 2:
         for variant in args.variants:
             print(f"{variant}: JPEG / synthetic throughput: {by[variant, args.data] / by[variant, 'synthetic']:.3f} "
-                  f"({context}, {args.workers} loader processes; target >= 0.95)")
+                  f"({context}, --loader {args.loader}, {args.workers} loader processes; target >= 0.95)")
     append_records(args.json, results)
     if args.plot:
         records = read_records(args.json) if args.json else results
