@@ -58,22 +58,21 @@ def loader(dataset, batch_size, workers, world, rank, shuffle, seed, drop_last, 
             else EpochSampler(dataset, seed)
         sampler = EpochKeys(sampler)
     else:  # evaluation, in order: each image on one rank
-        sampler = None if world == 1 else range(rank, len(dataset), world)
+        sampler = shard(range(len(dataset)), rank, world)
     if kind == "gpu":
         samples = EncodedSamples([path for path, _ in dataset.samples], Plan(dataset.transform, "this transform"),
                                  seed, targets=dataset.targets, max_image_pixels=MAX_IMAGE_PIXELS)
         return DeviceLoader(samples, device, batch_size, sampler, workers, drop_last, yields="targets")
     if shuffle:
         dataset = SeededSamples(dataset, seed)
-    elif world > 1:
-        dataset, sampler = shard(dataset, rank, world), None
     return torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
                                        drop_last=drop_last, pin_memory=torch.cuda.is_available())
 
 
 def shard(dataset, rank: int, world: int) -> torch.utils.data.Dataset:
-    """This rank's share of an evaluation set, every world-th image: each image is scored once over
-    all ranks (a DistributedSampler pads the last shard with repeats, which a score counts twice)."""
+    """This rank's share of an evaluation set (the loaders take it of the set's indices), every
+    world-th image: each image is scored once over all ranks (a DistributedSampler pads the last
+    shard with repeats, which a score counts twice)."""
     return dataset if world == 1 else torch.utils.data.Subset(dataset, range(rank, len(dataset), world))
 
 

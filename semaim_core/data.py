@@ -109,15 +109,24 @@ class ImageDataset(torch.utils.data.Dataset):
             return im.convert("RGB")
 
     def __getitem__(self, index: int):
-        for attempt in range(len(self.files)):
-            i = (index + attempt) % len(self.files)
-            try:
-                return self.transform(self.load(i)), len(self.skipped)
-            except UnreadableImageError:
-                if not self.skip_unreadable:
-                    raise
-                self.skipped.add(str(self.files[i]))
-        raise UnreadableImageError(f"none of the {len(self.files)} images is readable")
+        _, image = first_readable(self.files, index, lambda i: self.transform(self.load(i)), self.skip_unreadable,
+                                  self.skipped)
+        return image, len(self.skipped)
+
+
+def first_readable(files: list, index: int, read, skip_unreadable: bool, skipped: set, first: int = 0):
+    """(attempt, ``read(i)``) for the first of ``files`` from ``index + first`` on (wrapping around)
+    that ``read`` reads: an unreadable one raises, unless ``skip_unreadable``: then it is added to
+    ``skipped`` and the next one stands in."""
+    for attempt in range(first, len(files)):
+        i = (index + attempt) % len(files)
+        try:
+            return attempt, read(i)
+        except UnreadableImageError:
+            if not skip_unreadable:
+                raise
+            skipped.add(str(files[i]))
+    raise UnreadableImageError(f"none of the {len(files)} images is readable")
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:

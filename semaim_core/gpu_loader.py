@@ -26,7 +26,7 @@ import torchvision.transforms.functional as TF
 from torchvision import transforms
 from torchvision.io import ImageReadMode, decode_jpeg
 
-from .data import ImageDataset, UnreadableImageError, checked_image, sample_seed
+from .data import ImageDataset, UnreadableImageError, checked_image, first_readable, sample_seed
 from .errors import SettingError
 
 LOADERS = ("torch", "gpu")
@@ -103,24 +103,23 @@ class EncodedSamples(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.files)
 
+    def header(self, index: int) -> tuple[Path, bytes, tuple[int, int]]:
+        """(path, bytes, (width, height)) of file ``index``; an ``UnreadableImageError`` if it cannot be read."""
+        path = self.files[index]
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise UnreadableImageError(f"cannot read image {path}: {e}") from e
+        with checked_image(io.BytesIO(data), self.max_image_pixels, name=path) as im:
+            return path, data, im.size
+
     def __getitem__(self, key, first: int = 0) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
-        for attempt in range(first, len(self.files)):
-            path = self.files[(index + attempt) % len(self.files)]
-            try:
-                data = path.read_bytes()
-                with checked_image(io.BytesIO(data), self.max_image_pixels, name=path) as im:
-                    width, height = im.size
-            except (UnreadableImageError, OSError) as e:
-                if not self.skip_unreadable:
-                    raise e if isinstance(e, UnreadableImageError) else UnreadableImageError(
-                        f"cannot read image {path}: {e}") from e
-                self.skipped.add(str(path))
-                continue
-            return dict(data=torch.frombuffer(bytearray(data), dtype=torch.uint8), path=str(path), key=key,
-                        attempt=attempt, params=self.plan.draw(sample_seed(self.seed, epoch, index), height, width),
-                        target=self.targets[index] if self.targets is not None else -1, skipped=len(self.skipped))
-        raise UnreadableImageError(f"none of the {len(self.files)} images is readable")
+        attempt, (path, data, (width, height)) = first_readable(self.files, index, self.header, self.skip_unreadable,
+                                                                self.skipped, first)
+        return dict(data=torch.frombuffer(bytearray(data), dtype=torch.uint8), path=str(path), key=key,
+                    attempt=attempt, params=self.plan.draw(sample_seed(self.seed, epoch, index), height, width),
+                    target=self.targets[index] if self.targets is not None else -1, skipped=len(self.skipped))
 
 
 class DeviceAugment:

@@ -18,12 +18,18 @@ SEG_FIT_MAPS = 4  # the seg fit config's ``indices``: the first 4 training maps
 DEPTH_RMSE_TIMES_CONSTANT, DEPTH_D1 = 0.5, 75.0  # RMSE at most half the best constant's; delta1 (%)
 
 
-def seg_majority(maps_dir: str | Path, count: int = SEG_FIT_MAPS) -> tuple[float, float]:
-    """(aAcc, mIoU) of always answering the most frequent class on the first ``count`` maps."""
+def first_maps(maps_dir: str | Path, count: int, what: str, check: str) -> list[Path]:
+    """The first ``count`` PNG maps of ``maps_dir`` (a fit check's images), or an error saying how to make them."""
     maps = sorted(Path(maps_dir).glob("*.png"))[:count]
     if len(maps) < count:
-        raise FileNotFoundError(f"{maps_dir}: {len(maps)} label maps, the seg fit check needs {count} "
+        raise FileNotFoundError(f"{maps_dir}: {len(maps)} {what}, the {check} fit check needs {count} "
                                 "(derive them: make data)")
+    return maps
+
+
+def seg_majority(maps_dir: str | Path, count: int = SEG_FIT_MAPS) -> tuple[float, float]:
+    """(aAcc, mIoU) of always answering the most frequent class on the first ``count`` maps."""
+    maps = first_maps(maps_dir, count, "label maps", "seg")
     from PIL import Image
 
     labels = np.concatenate([np.asarray(Image.open(f)).ravel() for f in maps])
@@ -63,10 +69,7 @@ def det_failure(metrics: dict) -> str | None:
 def depth_constant(maps_dir: str | Path, count: int = SEG_FIT_MAPS) -> float:
     """RMSE (m) of the best constant prediction, the mean depth, over the first ``count`` depth maps
     (16-bit PNGs in millimetres)."""
-    maps = sorted(Path(maps_dir).glob("*.png"))[:count]
-    if len(maps) < count:
-        raise FileNotFoundError(f"{maps_dir}: {len(maps)} depth maps, the depth fit check needs {count} "
-                                "(derive them: make data)")
+    maps = first_maps(maps_dir, count, "depth maps", "depth")
     from PIL import Image
 
     depth = np.concatenate([np.asarray(Image.open(f), dtype=np.float64).ravel() / 1000 for f in maps])

@@ -266,16 +266,15 @@ def seg_config(step: Step, work: Path, device: str) -> Path:
 
     cfg = Config.fromfile(resolve_config(step.config, REPO / "seg" / "configs"))
     for split, folder in SEG_DATA.items():
+        cfg[f"{split}_dataloader"].update(num_workers=0, persistent_workers=False)
         dataset = cfg[f"{split}_dataloader"].dataset
         if dataset.type == "NYUDataset":  # the derived scenes are NYU's layout and frame size: as written
             dataset.data_root = str(work / "derived" / "depth_scenes")
-            cfg[f"{split}_dataloader"].update(num_workers=0, persistent_workers=False)
             continue
         reduce = any(t.get("reduce_zero_label") for t in dataset.pipeline)  # ADE20K's pipeline: as written
         dataset.update(type="COCOStuffDataset", data_root=str(work / "derived" / "coco_stuff"),
                        data_prefix=dict(img_path=f"images/{folder}", seg_map_path=f"annotations/{folder}"),
                        reduce_zero_label=reduce)
-        cfg[f"{split}_dataloader"].update(num_workers=0, persistent_workers=False)
     cfg.model.backbone.checkpoint = str(encoder_path(work, step.size))
     cfg.train_cfg.update(max_iters=1, val_begin=2)  # mmengine would validate after the last iteration
     cfg.default_hooks.checkpoint.interval = cfg.default_hooks.logger.interval = 1
